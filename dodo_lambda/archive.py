@@ -1,0 +1,384 @@
+"""The deterministic, streaming zip writer.
+
+Same inputs, same bytes: entries sorted by path, one fixed timestamp, modes
+normalised to 0644/0755, no extra fields, deflate from a compressor that ships
+inside its wheel (libdeflate via ``deflate``). Files are compressed in worker
+threads (the compressors release the GIL) through a bounded window, so memory
+stays flat. A rebuild copies the unchanged entries' bytes from the previous
+zip, as ``zip -FS`` does, and recompresses only what changed; the output is
+identical to a cold build because each entry's bytes depend only on its path,
+content and mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DodoLambdaError
+from .select import Entry
+
+UNZIPPED_LIMIT = 262_144_000  # Lambda: function code plus layers, unzipped
+MAX_ENTRIES = 0xFFFF  # without ZIP64
+STREAM_THRESHOLD = 16 << 20  # larger files are streamed, never read whole
+FORMAT = 1  # bump whenever the bytes written for the same inputs change
+_BATCH_BYTES = 1 << 20
+_BATCH_FILES = 64
+_READ = 1 << 20
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")
+_END = struct.Struct("<IHHHHIIH")
+_UTF8_FLAG = 0x800
+
+
+def _libdeflate() -> tuple[str, Callable[[bytes], bytes]] | None:
+    try:
+        import deflate
+    except ImportError:
+        return None
+    level = 9
+    return f"libdeflate-{level}", lambda data: deflate.deflate_compress(data, level)
+
+
+def _zlib(level: int = 9) -> tuple[str, Callable[[bytes], bytes]]:
+    def compress(data: bytes) -> bytes:
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+        return c.compress(data) + c.flush()
+
+    return f"zlib-{level}", compress
+
+
+COMPRESSOR_ID, _compress = _libdeflate() or _zlib()
+
+
+def dos_timestamp(epoch: str | None = None) -> tuple[int, int]:
+    """(time, date) in DOS format: 1980-01-01 00:00, or SOURCE_DATE_EPOCH (UTC)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH") if epoch is None else epoch
+    if not epoch:
+        return 0, (0 << 9) | (1 << 5) | 1
+    try:
+        t = time.gmtime(max(int(epoch), 315532800))
+    except (ValueError, OverflowError):
+        raise DodoLambdaError(
+            f"SOURCE_DATE_EPOCH={epoch!r} is not a number of seconds; unset it or fix it"
+        ) from None
+    year = min(t.tm_year, 2107)
+    return ((t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2),
+            ((year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday)
+
+
+@dataclass
+class Packed:
+    """One entry's bytes as they go in the zip (``data`` None: copy from the
+    previous zip; ``stream``: compress from disk in the writer)."""
+
+    entry: Entry
+    sha256: str
+    crc: int
+    method: int
+    csize: int
+    size: int
+    data: bytes | None = None
+    old_offset: int | None = None
+    stream: bool = False
+
+
+def _name_bytes(arcname: str) -> tuple[bytes, int]:
+    raw = arcname.encode("utf-8")
+    return raw, (0 if raw.isascii() else _UTF8_FLAG)
+
+
+def _pack(entry: Entry, cached: list[Any] | None) -> Packed:
+    """Work for a thread: decide reuse, else read, hash and compress one file."""
+    if cached is not None and cached[0] == entry.size and cached[1] == entry.mtime_ns:
+        return Packed(entry, cached[3], cached[4], cached[5], cached[6], entry.size,
+                      old_offset=cached[7])
+    if entry.size > STREAM_THRESHOLD:
+        return Packed(entry, "", 0, 8, 0, entry.size, stream=True)
+    with open(entry.path, "rb") as f:
+        data = f.read()
+    sha = hashlib.sha256(data).hexdigest()
+    crc = zlib.crc32(data)
+    if cached is not None and cached[3] == sha and cached[0] == len(data):
+        return Packed(entry, sha, crc, cached[5], cached[6], len(data), old_offset=cached[7])
+    comp = _compress(data) if data else b""
+    if len(comp) >= len(data):
+        return Packed(entry, sha, crc, 0, len(data), len(data), data=data)
+    return Packed(entry, sha, crc, 8, len(comp), len(data), data=comp)
+
+
+def _pack_batch(batch: Sequence[tuple[Entry, list[Any] | None]]) -> list[Packed]:
+    return [_pack(entry, cached) for entry, cached in batch]
+
+
+def _batches(entries: Sequence[Entry], cache: dict[str, list[Any]]
+             ) -> Iterator[list[tuple[Entry, list[Any] | None]]]:
+    batch: list[tuple[Entry, list[Any] | None]] = []
+    size = 0
+    for e in entries:
+        cached = cache.get(e.arcname)
+        if cached is not None and cached[2] != e.mode:
+            cached = None
+        batch.append((e, cached))
+        if cached is None or cached[1] != e.mtime_ns:
+            size += e.size
+        if size >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _ordered(entries: Sequence[Entry], cache: dict[str, list[Any]]) -> Iterator[Packed]:
+    """Packed entries in order, computed ahead by a bounded pool of threads."""
+    workers = max(1, min(8, os.cpu_count() or 1))
+    window: deque[Future[list[Packed]]] = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="dodo_lambda-zip") as pool:
+        for batch in _batches(entries, cache):
+            window.append(pool.submit(_pack_batch, batch))
+            if len(window) > 2 * workers:
+                yield from window.popleft().result()
+        while window:
+            yield from window.popleft().result()
+
+
+class _Writer:
+    """Appends entries to the open temporary zip and remembers the directory."""
+
+    def __init__(self, out: Any, old: Any, dostime: tuple[int, int]) -> None:
+        self.out, self.old = out, old
+        self.time, self.date = dostime
+        self.central: list[bytes] = []
+        self.records: dict[str, list[Any]] = {}
+        self.pending: tuple[int, int] | None = None  # a run of old bytes to copy
+
+    def _flush_copy(self) -> None:
+        if self.pending is not None:
+            start, length = self.pending
+            self.old.seek(start)
+            _copy_exact(self.old, self.out, length)
+            self.pending = None
+
+    def add(self, p: Packed) -> None:
+        e = p.entry
+        name, flags = _name_bytes(e.arcname)
+        offset = self.out.tell() + (self.pending[1] if self.pending else 0)
+        if p.old_offset is not None:
+            span = _LOCAL.size + len(name) + p.csize
+            if self.pending and self.pending[0] + self.pending[1] == p.old_offset:
+                self.pending = (self.pending[0], self.pending[1] + span)
+            else:
+                self._flush_copy()
+                self.pending = (p.old_offset, span)
+        else:
+            self._flush_copy()
+            if p.stream:
+                p = self._stream(p, name, flags)
+            else:
+                self.out.write(self._local(p, name, flags))
+                self.out.write(p.data or b"")
+        self.central.append(_CENTRAL.pack(
+            0x02014B50, (3 << 8) | 20, 20, flags, p.method, self.time, self.date, p.crc,
+            p.csize, p.size, len(name), 0, 0, 0, 0, (0o100000 | e.mode) << 16, offset) + name)
+        self.records[e.arcname] = [e.size, e.mtime_ns, e.mode, p.sha256, p.crc, p.method,
+                                   p.csize, offset]
+
+    def _local(self, p: Packed, name: bytes, flags: int) -> bytes:
+        return _LOCAL.pack(0x04034B50, 20, flags, p.method, self.time, self.date, p.crc,
+                           p.csize, p.size, len(name), 0) + name
+
+    def _stream(self, p: Packed, name: bytes, flags: int) -> Packed:
+        """Compress a large file chunk by chunk, then patch its header."""
+        start = self.out.tell()
+        self.out.write(self._local(p, name, flags))
+        sha, crc, size, csize = hashlib.sha256(), 0, 0, 0
+        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+        with open(p.entry.path, "rb") as f:
+            while chunk := f.read(_READ):
+                sha.update(chunk)
+                crc = zlib.crc32(chunk, crc)
+                size += len(chunk)
+                out = comp.compress(chunk)
+                csize += len(out)
+                self.out.write(out)
+        tail = comp.flush()
+        csize += len(tail)
+        self.out.write(tail)
+        done = Packed(p.entry, sha.hexdigest(), crc, 8, csize, size)
+        if csize >= size:  # incompressible: store it instead, as the small path does
+            self.out.seek(start)
+            self.out.truncate()
+            done.method, done.csize = 0, size
+            self.out.write(self._local(done, name, flags))
+            with open(p.entry.path, "rb") as f:
+                _copy_exact(f, self.out, size)
+        else:
+            end = self.out.tell()
+            self.out.seek(start)
+            self.out.write(self._local(done, name, flags))
+            self.out.seek(end)
+        return done
+
+    def finish(self) -> None:
+        self._flush_copy()
+        cd_offset = self.out.tell()
+        for rec in self.central:
+            self.out.write(rec)
+        n = len(self.central)
+        self.out.write(_END.pack(0x06054B50, 0, 0, n, n, self.out.tell() - cd_offset,
+                                 cd_offset, 0))
+
+
+def _copy_exact(src: Any, dst: Any, length: int) -> None:
+    while length > 0:
+        chunk = src.read(min(_READ, length))
+        if not chunk:
+            raise DodoLambdaError(f"{getattr(src, 'name', 'a file')} changed while it was packed;"
+                                  " run the build again")
+        dst.write(chunk)
+        length -= len(chunk)
+
+
+@dataclass(frozen=True)
+class ZipResult:
+    sha256: str
+    code_sha256: str
+    zip_size: int
+    unzipped_size: int
+    files: int
+    content_digest: str
+    records: dict[str, list[Any]]
+
+
+def group_of(arcname: str) -> str:
+    """The package (node_modules/<pkg>, scoped too) or top folder a path counts toward."""
+    parts = arcname.split("/")
+    if "node_modules" in parts:
+        i = parts.index("node_modules")
+        n = 3 if len(parts) > i + 2 and parts[i + 1].startswith("@") else 2
+        return "/".join(parts[: i + n]) if len(parts) > i + n - 1 else arcname
+    return parts[0] + ("/" if len(parts) > 1 else "")
+
+
+def group_sizes(entries: Sequence[Entry]) -> dict[str, int]:
+    sizes: dict[str, int] = {}
+    for e in entries:
+        g = group_of(e.arcname)
+        sizes[g] = sizes.get(g, 0) + e.size
+    return sizes
+
+
+def largest(sizes: dict[str, int], n: int = 10) -> str:
+    top = sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+    return ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in top)
+
+
+def check_size(entries: Sequence[Entry], who: str, limit: int = UNZIPPED_LIMIT) -> None:
+    total = sum(e.size for e in entries)
+    if total > limit:
+        raise DodoLambdaError(
+            f"{who}: {total:,} bytes unzipped, over Lambda's limit of {limit:,};"
+            f" largest: {largest(group_sizes(entries))};"
+            " exclude what is not needed at run time (.lambdaignore, exclude=) or move it to a layer"
+        )
+
+
+def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
+              previous: dict[str, list[Any]] | None = None,
+              dostime: tuple[int, int] | None = None) -> ZipResult:
+    """Write ``entries`` (sorted) to ``dest`` through a temporary file.
+
+    ``previous`` maps zip paths to the records of the zip currently at
+    ``dest`` (see ``ZipResult.records``); their bytes are copied, not
+    recompressed, when size and mtime (or content) still match.
+    """
+    if len(entries) > MAX_ENTRIES:
+        raise DodoLambdaError(f"{who}: {len(entries)} files, more than a zip without ZIP64 holds"
+                              f" ({MAX_ENTRIES}); exclude what is not needed at run time")
+    for e in entries:
+        if e.arcname.startswith("/") or ".." in e.arcname.split("/") or "\\" in e.arcname:
+            raise DodoLambdaError(f"{who}: refusing unsafe zip path {e.arcname!r}; rename the file")
+    check_size(entries, who)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    cache = previous if previous and dest.is_file() else {}
+    try:
+        with open(tmp, "wb") as out, _open_old(dest if cache else None) as old:
+            writer = _Writer(out, old, dostime or dos_timestamp())
+            for packed in _ordered(entries, cache):
+                writer.add(packed)
+            writer.finish()
+        with open(tmp, "rb") as f:
+            sha = hashlib.file_digest(f, "sha256") if hasattr(hashlib, "file_digest") \
+                else _sha256_stream(f)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    from base64 import b64encode
+
+    from .digest import content_digest
+
+    records = writer.records
+    return ZipResult(
+        sha256=sha.hexdigest(),
+        code_sha256=b64encode(sha.digest()).decode(),
+        zip_size=dest.stat().st_size,
+        unzipped_size=sum(r[0] for r in records.values()),
+        files=len(records),
+        content_digest=content_digest((name, r[2], r[3]) for name, r in records.items()),
+        records=records,
+    )
+
+
+def _sha256_stream(f: Any) -> Any:
+    h = hashlib.sha256()
+    while chunk := f.read(_READ):
+        h.update(chunk)
+    return h
+
+
+class _open_old:
+    """The previous zip opened for copying, or nothing."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self.f = path, None
+
+    def __enter__(self) -> Any:
+        if self.path is not None:
+            self.f = open(self.path, "rb")  # noqa: SIM115 (closed in __exit__)
+        return self.f
+
+    def __exit__(self, *exc: object) -> None:
+        if self.f is not None:
+            self.f.close()
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+__all__ = ["write_zip", "ZipResult", "check_size", "write_json", "read_json", "shutil"]

@@ -1,0 +1,190 @@
+"""An item's package: which roots and rules make it, where it is written, and
+whether it must be rebuilt. Ties select, npm, digest and archive together."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import archive, digest, npm
+from .config import Function, Layer, label
+from .errors import DodoLambdaError
+from .select import Entry, Patterns, Root, patterns_for, select, walk
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Everything the package step writes for one item."""
+
+    zip: Path
+    manifest: Path
+    cache: Path
+
+
+def paths(item: Function | Layer, build_dir: str | Path) -> Paths:
+    b = Path(build_dir)
+    sub = "layers/" if isinstance(item, Layer) else ""
+    return Paths(
+        zip=b / "dist" / f"{sub}{item.name}.zip",
+        manifest=b / "dist" / f"{sub}{item.name}.manifest.json",
+        cache=b / "cache" / f"{sub}{item.name}.json",
+    )
+
+
+def _inside(child: Path, parent: Path) -> str | None:
+    """``child`` relative to ``parent`` (posix), or None when it is elsewhere."""
+    try:
+        return child.resolve().relative_to(parent.resolve()).as_posix()
+    except ValueError:
+        return None
+
+
+def roots(item: Function | Layer, build_dir: str | Path) -> list[Root]:
+    src = Path(item.source)
+    staged = npm.staging(item, build_dir).node_modules
+    if isinstance(item, Layer):
+        own = Root(src / "nodejs", "nodejs/", frozenset({"node_modules"}))
+        return [own, Root(staged, "nodejs/node_modules/", staged=True)]
+    prune = {"node_modules", ".git"}
+    inner = _inside(Path(build_dir), src)
+    if inner:
+        prune.add(inner)
+    out = [Root(src, "", frozenset(prune))]
+    if npm.has_dependencies(item):
+        out.append(Root(staged, "node_modules/", staged=True))
+    return out
+
+
+def patterns(item: Function | Layer, build_dir: str | Path) -> Patterns:
+    extra = []
+    inner = _inside(Path(build_dir), Path(item.source))
+    if inner:
+        extra.append(f"/{inner}/")
+    return patterns_for(Path(item.source), item.exclude, item.include, extra)
+
+
+def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
+    """Everything besides the files that changes the zip's bytes."""
+    return digest.value_digest({
+        "format": archive.FORMAT,
+        "compressor": archive.COMPRESSOR_ID,
+        "time": archive.dos_timestamp(),
+        "patterns": patterns(item, build_dir),
+        "roots": [(r.path.as_posix(), r.prefix, sorted(r.prune), r.staged)
+                  for r in roots(item, build_dir)],
+    })
+
+
+def _walk_all(rts: list[Root], who: str) -> list[Entry]:
+    return [e for r in rts for e in walk(r, who)]
+
+
+def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
+    """Build the item's zip and manifest (incrementally when a previous one exists)."""
+    who = label(item)
+    problem = item.problem
+    if problem:
+        raise DodoLambdaError(problem)
+    if npm.has_dependencies(item) and not npm.staging(item, build_dir).record.is_file():
+        raise DodoLambdaError(f"{who}: dependencies are not installed; run `doit npm:{item.name}`"
+                              " (or `doit package`, which runs it first)")
+    p = paths(item, build_dir)
+    rts = roots(item, build_dir)
+    options = options_digest(item, build_dir)
+    everything = _walk_all(rts, who)
+    entries = select(rts, patterns(item, build_dir), who)
+    cache = archive.read_json(p.cache) or {}
+    previous = None
+    if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
+        previous = cache.get("entries")
+    p.cache.unlink(missing_ok=True)  # stale the moment the zip changes
+    result = archive.write_zip(entries, p.zip, who=who, previous=previous)
+    archive.write_json(p.manifest, {
+        "name": item.name,
+        "kind": item.kind,
+        "sha256": result.sha256,
+        "code_sha256": result.code_sha256,
+        "zip_size": result.zip_size,
+        "unzipped_size": result.unzipped_size,
+        "files": result.files,
+        "content_digest": result.content_digest,
+        "compressor": archive.COMPRESSOR_ID,
+        "packages": _packages(entries),
+    })
+    archive.write_json(p.cache, {
+        "options": options,
+        "zip": _stat(p.zip),
+        "stat": digest.stat_digest(everything),
+        "entries": result.records,
+    })
+    return result
+
+
+def _packages(entries: list[Entry]) -> dict[str, int]:
+    """Top-level npm packages in the zip and their unzipped sizes."""
+    out: dict[str, int] = {}
+    for group, size in archive.group_sizes(entries).items():
+        parts = group.split("/")
+        if "node_modules" in parts and parts.index("node_modules") == len(parts) - 2 - (
+                parts[-2].startswith("@")):
+            name = "/".join(parts[parts.index("node_modules") + 1:])
+            out[name] = size
+    return out
+
+
+def _stat(path: Path) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+def is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
+    """True when the zip on disk is what ``package`` would write now.
+
+    One stat walk when nothing changed; when only mtimes moved, the files whose
+    stats changed are hashed and compared with the recorded content.
+    """
+    try:
+        return _is_packaged(item, build_dir)
+    except (DodoLambdaError, OSError):
+        return False  # let the action run and report it
+
+
+def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
+    if item.problem:
+        return False
+    p = paths(item, build_dir)
+    cache = archive.read_json(p.cache)
+    manifest = archive.read_json(p.manifest)
+    if not cache or not manifest or cache.get("zip") != _stat(p.zip):
+        return False
+    if cache.get("options") != options_digest(item, build_dir):
+        return False
+    rts = roots(item, build_dir)
+    everything = _walk_all(rts, label(item))
+    stat = digest.stat_digest(everything)
+    if stat == cache.get("stat"):
+        return True
+    entries = select(rts, patterns(item, build_dir), label(item))
+    old = cache.get("entries") or {}
+    files = []
+    for e in entries:
+        rec = old.get(e.arcname)
+        if rec and rec[0] == e.size and rec[1] == e.mtime_ns:
+            sha = rec[3]
+        else:
+            sha = digest.file_sha256(e.path)
+        files.append((e.arcname, e.mode, sha))
+    if digest.content_digest(files) != manifest.get("content_digest"):
+        return False
+    # same content, new stats: remember them so the next check is one walk again
+    new_entries = dict(old)
+    for e, (_, _, sha) in zip(entries, files, strict=False):
+        rec = old.get(e.arcname)
+        if rec:
+            new_entries[e.arcname] = [e.size, e.mtime_ns, e.mode, sha, *rec[4:]]
+    archive.write_json(p.cache, {**cache, "stat": stat, "entries": new_entries})
+    return True

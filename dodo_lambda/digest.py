@@ -1,0 +1,58 @@
+"""The one place that fingerprints files and trees.
+
+Two kinds of digest: a cheap *stat* digest (paths, sizes, mtimes, modes: one
+stat walk, nothing read) that says "maybe changed", and a *content* digest
+(paths, modes, file SHA-256s) that says "changed" independently of mtimes and
+of the compressor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .select import Entry
+
+CHUNK = 1 << 20
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 (hex) of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def optional_file_sha256(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except FileNotFoundError:
+        return None
+
+
+def stat_digest(entries: Iterable[Entry]) -> str:
+    """Changes when any path, size, mtime or mode changes (order-independent)."""
+    h = hashlib.sha256()
+    for e in sorted(entries, key=lambda e: e.arcname):
+        h.update(f"{e.arcname}\0{e.size}\0{e.mtime_ns}\0{e.mode:o}\n".encode())
+    return h.hexdigest()
+
+
+def content_digest(files: Iterable[tuple[str, int, str]]) -> str:
+    """Digest of (zip path, mode, sha256 hex) triples, sorted by path: the same
+    files give the same digest whatever the compressor or the timestamps."""
+    h = hashlib.sha256()
+    for arcname, mode, sha in sorted(files):
+        h.update(f"{arcname}\0{mode:o}\0{sha}\n".encode())
+    return h.hexdigest()
+
+
+def value_digest(value: Any) -> str:
+    """Digest of a JSON-able value (settings, option sets)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,299 @@
+"""Production dependencies: ``npm ci --omit=dev`` for the target platform, in a
+staging folder under the build dir (the developer's own node_modules, with its
+dev dependencies, is never touched).
+
+The *install key* is everything that decides what npm installs: package.json,
+the lock file, .npmrc, node and npm major versions, target os/cpu/libc and the
+flags. A JSON record beside the staging folder holds the key and a digest of
+the installed tree, so "up to date" costs one stat walk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import digest
+from .config import ARCHITECTURES, Function, Layer, label
+from .errors import DodoLambdaError
+from .select import Entry, Root, walk
+
+LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
+RECORD_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Where an item's dependencies are installed and recorded."""
+
+    folder: Path  # holds package.json, the lock and node_modules/
+    record: Path
+
+    @property
+    def node_modules(self) -> Path:
+        return self.folder / "node_modules"
+
+
+def staging(item: Function | Layer, build_dir: str | Path) -> Staging:
+    base = Path(build_dir) / "npm" / ("layers" if isinstance(item, Layer) else "functions")
+    return Staging(base / item.name, base / f"{item.name}.json")
+
+
+def has_dependencies(item: Function | Layer) -> bool:
+    """A function without package.json has no npm step (the plain index.js case)."""
+    return (Path(item.source) / "package.json").is_file()
+
+
+def lock_file(source: Path) -> Path | None:
+    for name in LOCK_FILES:
+        if (source / name).is_file():
+            return source / name
+    return None
+
+
+def input_files(item: Function | Layer) -> list[Path]:
+    """The files npm's result depends on (those that exist)."""
+    src = Path(item.source)
+    names = ("package.json", *LOCK_FILES, ".npmrc")
+    return [src / n for n in names if (src / n).is_file()]
+
+
+def flags(item: Function | Layer) -> list[str]:
+    cpu = ARCHITECTURES[item.architecture]
+    return ["--omit=dev", "--os=linux", f"--cpu={cpu}", "--libc=glibc", "--install-links",
+            "--no-audit", "--no-fund", "--no-update-notifier"]
+
+
+# -- tool versions, cached by the executables' identity (running them costs ~0.3 s)
+
+_TOOLS_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def _tools(record: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"stamp": ..., "versions": {"node": major, "npm": major}}``; the versions are
+    asked only when the executables differ from those the record saw."""
+    stamp = []
+    for tool in ("node", "npm"):
+        exe = shutil.which(tool)
+        if exe is None:
+            raise DodoLambdaError(f"{tool} not found on PATH; install Node.js (with npm 10 or"
+                                  " newer) to build functions that have package.json")
+        real = os.path.realpath(exe)
+        st = os.stat(real)
+        stamp.append([real, st.st_size, st.st_mtime_ns])
+    cached = (record or {}).get("tools")
+    if cached and cached.get("stamp") == stamp:
+        return cached
+    key = json.dumps(stamp)
+    if key not in _TOOLS_CACHE:
+        versions = {}
+        for tool in ("node", "npm"):
+            out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
+            versions[tool] = out.stdout.strip().lstrip("v").split(".")[0] or "?"
+        _TOOLS_CACHE[key] = {"stamp": stamp, "versions": versions}
+    return _TOOLS_CACHE[key]
+
+
+def install_key(item: Function | Layer, versions: dict[str, str]) -> dict[str, Any]:
+    src = Path(item.source)
+    return {
+        "format": RECORD_FORMAT,
+        "files": {p.name: digest.file_sha256(p) for p in input_files(item)},
+        "node": versions["node"],
+        "npm": versions["npm"],
+        "flags": flags(item),
+        "source": src.as_posix(),
+    }
+
+
+def _tree(node_modules: Path) -> list[Entry]:
+    return list(walk(Root(node_modules)))
+
+
+def read_record(st: Staging) -> dict[str, Any] | None:
+    try:
+        return json.loads(st.record.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
+    """True when the staged tree is what the current inputs would install."""
+    st = staging(item, build_dir)
+    record = read_record(st)
+    if record is None or not st.node_modules.is_dir() and record.get("tree_files"):
+        return False
+    try:
+        key = install_key(item, _tools(record)["versions"])
+    except (DodoLambdaError, OSError):
+        return False
+    if record.get("key") != key:
+        return False
+    tree = _tree(st.node_modules)
+    if digest.stat_digest(tree) == record.get("tree_stat"):
+        return True
+    # mtimes moved (a copy, a touch): decide by content and remember the new stats
+    if _content(tree) != record.get("tree_content"):
+        return False
+    record["tree_stat"] = digest.stat_digest(tree)
+    _write_json(st.record, record)
+    return True
+
+
+def _content(tree: list[Entry]) -> str:
+    return digest.content_digest((e.arcname, e.mode, digest.file_sha256(e.path)) for e in tree)
+
+
+def _read_package_json(item: Function | Layer) -> dict[str, Any]:
+    path = Path(item.source) / "package.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DodoLambdaError(f"{label(item)}: {path} is not valid JSON ({exc}); fix the file"
+                              " (check it with `npm pkg get name`)") from None
+    if not isinstance(data, dict):
+        raise DodoLambdaError(f"{label(item)}: {path} must hold a JSON object; fix the file")
+    return data
+
+
+def _read_lock(item: Function | Layer) -> tuple[Path, dict[str, Any]]:
+    src = Path(item.source)
+    lock = lock_file(src)
+    if lock is None:
+        raise DodoLambdaError(
+            f"{label(item)}: {src / 'package-lock.json'} not found; run"
+            f" `npm install --package-lock-only` in {src} and commit package-lock.json"
+        )
+    try:
+        data = json.loads(lock.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DodoLambdaError(f"{label(item)}: {lock} is not valid JSON ({exc}); recreate it"
+                              f" with `npm install --package-lock-only` in {src}") from None
+    return lock, data
+
+
+def _relocate(spec: str, source: Path, dest: Path) -> str:
+    """A relative path spec as seen from ``source``, rewritten for ``dest``."""
+    if spec.startswith("file:"):
+        return "file:" + _relocate(spec[5:], source, dest)
+    if spec.startswith(("/", "~")) or ":" in spec.split("/")[0]:
+        return spec
+    return Path(os.path.relpath(source / spec, dest)).as_posix()
+
+
+def _is_path_spec(spec: Any) -> bool:
+    return isinstance(spec, str) and (spec.startswith(("file:", ".", "/")))
+
+
+def relocate_manifests(pkg: dict[str, Any], lock: dict[str, Any], source: Path,
+                       dest: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """package.json and the lock with relative ``file:``/link paths resolved as
+    they are from ``source``, for an install run in ``dest``."""
+    src, dst = source.resolve(), dest.resolve()
+
+    def fix_deps(deps: Any) -> Any:
+        if not isinstance(deps, dict):
+            return deps
+        return {k: _relocate(v, src, dst) if _is_path_spec(v) else v for k, v in deps.items()}
+
+    dep_fields = ("dependencies", "optionalDependencies", "devDependencies", "peerDependencies")
+    pkg = dict(pkg)
+    for f in dep_fields:
+        if f in pkg:
+            pkg[f] = fix_deps(pkg[f])
+    lock = dict(lock)
+    packages = {}
+    for key, meta in (lock.get("packages") or {}).items():
+        if key and not key.startswith("node_modules/"):
+            key = _relocate(key, src, dst)  # a linked folder, named by its path
+        if isinstance(meta, dict):
+            meta = dict(meta)
+            if key == "":
+                for f in dep_fields:
+                    if f in meta:
+                        meta[f] = fix_deps(meta[f])
+            resolved = meta.get("resolved")
+            if isinstance(resolved, str) and (resolved.startswith("file:") or meta.get("link")):
+                meta["resolved"] = _relocate(resolved, src, dst)
+        packages[key] = meta
+    if "packages" in lock:
+        lock["packages"] = packages
+    deps = lock.get("dependencies")  # lockfile v1
+    if isinstance(deps, dict):
+        lock["dependencies"] = {
+            k: {**v, "version": _relocate(v["version"], src, dst)}
+            if isinstance(v, dict) and _is_path_spec(v.get("version")) else v
+            for k, v in deps.items()
+        }
+    return pkg, lock
+
+
+def install(item: Function | Layer, build_dir: str | Path, log: Any = None) -> None:
+    """Install production dependencies into the staging folder, atomically:
+    on failure nothing is left that a later run would take as installed."""
+    who = label(item)
+    st = staging(item, build_dir)
+    src = Path(item.source)
+    pkg = _read_package_json(item)
+    lock_path, lock = _read_lock(item)
+    tools = _tools(read_record(st))
+    versions = tools["versions"]
+    if versions["npm"].isdigit() and int(versions["npm"]) < 10:
+        raise DodoLambdaError(f"{who}: npm {versions['npm']} cannot pick platform binaries"
+                              " (--os/--cpu); install npm 10 or newer (`npm i -g npm@10`)")
+    key = install_key(item, versions)
+    st.record.unlink(missing_ok=True)  # from here on, nothing counts as installed
+    work = st.folder.with_name(f".{st.folder.name}.tmp")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        pkg, lock = relocate_manifests(pkg, lock, src, work)
+        (work / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
+        (work / lock_path.name).write_text(json.dumps(lock, indent=2) + "\n")
+        if (src / ".npmrc").is_file():
+            shutil.copyfile(src / ".npmrc", work / ".npmrc")
+        _run_npm(["npm", "ci", *flags(item)], work, who, lock_path)
+        old = st.folder.with_name(f".{st.folder.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if st.folder.exists():
+            os.replace(st.folder, old)
+        os.replace(work, st.folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    tree = _tree(st.node_modules)
+    _write_json(st.record, {
+        "key": key,
+        "tools": tools,
+        "tree_stat": digest.stat_digest(tree),
+        "tree_content": _content(tree),
+        "tree_files": len(tree),
+    })
+
+
+def _run_npm(cmd: list[str], cwd: Path, who: str, lock_path: Path) -> None:
+    env = dict(os.environ, npm_config_update_notifier="false", npm_config_fund="false",
+               npm_config_audit="false")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        return
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("npm error") and "A complete log" not in ln
+              and "log of this run" not in ln]
+    tail = " | ".join((errors or lines)[-4:]) or f"exit code {proc.returncode}"
+    raise DodoLambdaError(
+        f"{who}: `{' '.join(cmd)}` failed for {lock_path}: {tail}; fix package.json or the lock"
+        f" file (`npm install` in {lock_path.parent} updates it) and run again"
+    )
+
+
+def _write_json(path: Path, value: Any) -> None:
+    from .archive import write_json
+
+    write_json(path, value)

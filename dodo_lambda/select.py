@@ -1,0 +1,190 @@
+"""Which files go into a zip: default secret/junk excludes, ``.lambdaignore``,
+``exclude=``/``include=`` patterns (gitignore syntax via pathspec) and the
+symlink policy.
+
+A package is built from one or more *roots*: the item's source folder and the
+staged ``node_modules``, each mapped to a prefix inside the zip.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DodoLambdaError
+
+# Never packed unless an include= pattern names them: secrets and OS junk.
+DEFAULT_EXCLUDES: tuple[str, ...] = (
+    ".git/",
+    ".env*",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    ".npmrc",
+    ".aws/",
+    ".DS_Store",
+    "/.lambdaignore",
+)
+IGNORE_FILE = ".lambdaignore"
+# npm's own bookkeeping in node_modules: machine-specific and not needed to run.
+_STAGED_JUNK = frozenset({".bin", ".package-lock.json", ".cache"})
+
+
+@dataclass(frozen=True)
+class Root:
+    """A folder on disk packed under ``prefix`` inside the zip."""
+
+    path: Path
+    prefix: str = ""
+    prune: frozenset[str] = frozenset()  # relative folder paths never walked
+    staged: bool = False  # npm's node_modules: drop .bin and npm's own files
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One file as it will be packed."""
+
+    arcname: str
+    path: str  # the file to read (a link's target for symlinks)
+    size: int
+    mtime_ns: int
+    mode: int  # 0o644 or 0o755
+    problem: str | None = field(default=None, compare=False)
+
+
+def _mode(st_mode: int) -> int:
+    return 0o755 if st_mode & 0o111 else 0o644
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
+def walk(root: Root, who: str = "") -> Iterator[Entry]:
+    """Every file under ``root`` (pruned folders skipped), symlinks resolved.
+
+    A link that is broken, leaves the root or loops is yielded with a
+    ``problem``; selection decides whether that matters (an excluded broken
+    link does not).
+    """
+    top = os.path.realpath(root.path)
+    if os.path.isdir(top):
+        yield from _walk_dir(root, top, top, "", who)
+
+
+def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str) -> Iterator[Entry]:
+    stack: list[tuple[str, str]] = [(start, start_rel)]
+    prune, staged, prefix = root.prune, root.staged, root.prefix
+    while stack:
+        folder, rel = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            raise DodoLambdaError(f"{who}: cannot read {folder}: {exc.strerror}") from None
+        for e in entries:
+            name = e.name
+            relname = rel + name
+            if staged and name in _STAGED_JUNK and (rel == "" or rel.endswith("node_modules/")):
+                continue
+            if e.is_symlink():
+                yield from _link(root, top, folder, e.path, relname, who)
+            elif e.is_dir(follow_symlinks=False):
+                if relname not in prune:
+                    stack.append((e.path, relname + "/"))
+            elif e.is_file(follow_symlinks=False):
+                st = e.stat(follow_symlinks=False)
+                yield Entry(prefix + relname, e.path, st.st_size, st.st_mtime_ns,
+                            _mode(st.st_mode))
+
+
+def _link(root: Root, top: str, folder: str, path: str, relname: str,
+          who: str) -> Iterator[Entry]:
+    arcname = root.prefix + relname
+    target = os.path.realpath(path)
+    shown = os.path.join(str(root.path), relname)
+
+    def bad(problem: str) -> Entry:
+        return Entry(arcname, path, 0, 0, 0o644, problem=f"symlink {shown} {problem}")
+
+    try:
+        st = os.stat(target)
+    except OSError:
+        yield bad(f"is broken (points to {os.readlink(path)}); remove it or add it to"
+                  " .lambdaignore")
+        return
+    if not _inside(target, top):
+        yield bad(f"points outside {root.path} (to {target}); replace it with a copy or"
+                  " add it to .lambdaignore")
+    elif stat.S_ISDIR(st.st_mode):
+        if _inside(os.path.realpath(folder), target):
+            yield bad(f"makes a loop (points to {target}); remove it or add it to"
+                      " .lambdaignore")
+        else:
+            yield from _walk_dir(root, top, target, relname + "/", who)
+    elif stat.S_ISREG(st.st_mode):
+        yield Entry(arcname, target, st.st_size, st.st_mtime_ns, _mode(st.st_mode))
+
+
+@dataclass(frozen=True)
+class Patterns:
+    """The selection rules, as plain data (part of the package's inputs)."""
+
+    excludes: tuple[str, ...]
+    includes: tuple[str, ...]
+
+    def matcher(self) -> Matcher:
+        return Matcher(self)
+
+
+class Matcher:
+    """Decides per zip path: include= wins over every exclude."""
+
+    def __init__(self, patterns: Patterns) -> None:
+        import pathspec  # imported late: a no-op `doit package` never needs it
+
+        self.ignore = pathspec.GitIgnoreSpec.from_lines(patterns.excludes)
+        self.keep = pathspec.GitIgnoreSpec.from_lines(patterns.includes) if patterns.includes else None
+
+    def selected(self, arcname: str) -> bool:
+        if self.keep is not None and self.keep.match_file(arcname):
+            return True
+        return not self.ignore.match_file(arcname)
+
+
+def read_ignore_file(source: Path) -> tuple[str, ...]:
+    """The lines of ``<source>/.lambdaignore`` (none when there is no such file)."""
+    try:
+        text = (source / IGNORE_FILE).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ()
+    return tuple(line.rstrip("\r") for line in text.split("\n"))
+
+
+def patterns_for(source: Path, exclude: Iterable[str], include: Iterable[str],
+                 extra_excludes: Iterable[str] = ()) -> Patterns:
+    """Defaults, then .lambdaignore, then exclude=; include= re-includes."""
+    lines = (*DEFAULT_EXCLUDES, *extra_excludes, *read_ignore_file(source), *exclude)
+    return Patterns(tuple(lines), tuple(include))
+
+
+def select(roots: Iterable[Root], patterns: Patterns, who: str) -> list[Entry]:
+    """The files to pack, sorted by zip path. Raises for a selected bad symlink
+    or two files landing on the same zip path."""
+    matcher = patterns.matcher()
+    chosen: dict[str, Entry] = {}
+    for root in roots:
+        for entry in walk(root, who):
+            if not matcher.selected(entry.arcname):
+                continue
+            if entry.problem:
+                raise DodoLambdaError(f"{who}: {entry.problem}")
+            if entry.arcname in chosen:
+                raise DodoLambdaError(
+                    f"{who}: {entry.arcname} comes from both {chosen[entry.arcname].path} and"
+                    f" {entry.path}; exclude one of them"
+                )
+            chosen[entry.arcname] = entry
+    return [chosen[name] for name in sorted(chosen)]

@@ -1,0 +1,224 @@
+"""A loopback HTTP proxy in front of moto that answers chosen requests with faults.
+
+For tests that run doit (or anything) in another process: point AWS_ENDPOINT_URL
+at ``proxy.url``. Everything is forwarded byte for byte (headers, bodies, the
+Host header the client signed) except requests matching a rule, which get the
+rule's answer for their first ``times`` matches. A rule may instead forward the
+request and rewrite the JSON answer (e.g. to report LastUpdateStatus InProgress,
+which moto never does).
+
+    with FaultProxy(moto_url) as proxy:
+        rule = proxy.add("PUT", r"^/2015-03-31/functions/orders/code$",
+                         **lambda_error(409, "ResourceConflictException"), times=2)
+        ...
+        assert rule.hits == 2
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+# Per-connection headers that must not be relayed as they are.
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+
+
+@dataclass
+class Rule:
+    """Answer requests matching ``method`` and ``path`` (a regex searched in path?query)."""
+
+    method: str
+    path: str
+    status: int = 500
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    times: int = 1  # how many matches get the fault; later ones pass through
+    transform: Callable[[Any], Any] | None = None  # forward, then rewrite the JSON answer
+    hits: int = 0  # matches answered by this rule so far
+    seen: int = 0  # all matches, answered or passed through
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method in ("*", method)) and re.search(self.path, path) is not None
+
+
+def lambda_error(status: int, code: str, message: str = "injected by faultproxy") -> dict:
+    """Rule arguments for a Lambda (rest-json) error answer."""
+    body = json.dumps({"Type": "User", "message": message}).encode()
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": code}
+    return {"status": status, "body": body, "headers": headers}
+
+
+def s3_error(status: int, code: str, message: str = "injected by faultproxy") -> dict:
+    """Rule arguments for an S3 (XML) error answer."""
+    body = (
+        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{code}</Code>"
+        f"<Message>{message}</Message><RequestId>fault</RequestId></Error>"
+    ).encode()
+    return {"status": status, "body": body, "headers": {"Content-Type": "application/xml"}}
+
+
+def function_state(**fields: Any) -> Callable[[Any], Any]:
+    """A transform setting Configuration fields in GetFunction / GetFunctionConfiguration."""
+
+    def rewrite(doc: Any) -> Any:
+        target = doc.get("Configuration", doc) if isinstance(doc, dict) else doc
+        target.update(fields)
+        return doc
+
+    return rewrite
+
+
+class FaultProxy:
+    """A threaded loopback proxy forwarding to ``upstream`` with fault rules."""
+
+    def __init__(self, upstream: str) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or 80
+        self.rules: list[Rule] = []
+        self.log: list[tuple[str, str, int]] = []  # (method, path, status) of every request
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def add(self, method: str, path: str, **kwargs: Any) -> Rule:
+        """Add a rule (see Rule's fields); returns it so a test can read ``hits``."""
+        rule = Rule(method, path, **kwargs)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        with self._lock:
+            self.rules.clear()
+            self.log.clear()
+
+    def count(self, method: str, path: str) -> int:
+        """How many requests with ``method`` and a path matching regex ``path`` came through."""
+        with self._lock:
+            return sum(1 for m, p, _ in self.log if m == method and re.search(path, p))
+
+    def _pick(self, method: str, path: str) -> Rule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(method, path):
+                    rule.seen += 1
+                    if rule.hits < rule.times:
+                        rule.hits += 1
+                        return rule
+            return None
+
+    def _record(self, method: str, path: str, status: int) -> None:
+        with self._lock:
+            self.log.append((method, path, status))
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, like botocore expects
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # the log list is the record; stderr stays quiet
+
+            def _body(self) -> bytes:
+                if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                    out = bytearray()
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip(), 16)
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass  # trailers end with an empty line
+                            return bytes(out)
+                        out += self.rfile.read(size)
+                        self.rfile.readline()
+                length = int(self.headers.get("Content-Length") or 0)
+                return self.rfile.read(length) if length else b""
+
+            def _handle(self) -> None:
+                body = self._body()
+                rule = proxy._pick(self.command, self.path)
+                if rule is not None and rule.transform is None:
+                    self._answer(rule.status, dict(rule.headers), rule.body)
+                    return
+                status, headers, answer = self._forward(body)
+                if rule is not None and rule.transform is not None and status == 200:
+                    doc = rule.transform(json.loads(answer or b"null"))
+                    answer = json.dumps(doc).encode()
+                    headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+                    headers.append(("Content-Length", str(len(answer))))
+                self._answer(status, headers, answer, relay=True)
+
+            def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+                conn = http.client.HTTPConnection(
+                    proxy.upstream_host, proxy.upstream_port, timeout=120
+                )
+                try:
+                    # putrequest/putheader keep the client's Host (it is signed)
+                    # and every header exactly as sent.
+                    conn.putrequest(self.command, self.path, skip_host=True,
+                                    skip_accept_encoding=True)
+                    for key, value in self.headers.items():
+                        # Expect: 100-continue was answered by this proxy already.
+                        if key.lower() not in _HOP_BY_HOP | {"content-length", "expect"}:
+                            conn.putheader(key, value)
+                    if body or self.command in ("PUT", "POST", "PATCH"):
+                        conn.putheader("Content-Length", str(len(body)))
+                    conn.endheaders(body or None)
+                    resp = conn.getresponse()
+                    answer = resp.read()
+                    headers = [(k, v) for k, v in resp.getheaders()
+                               if k.lower() not in _HOP_BY_HOP]
+                    return resp.status, headers, answer
+                finally:
+                    conn.close()
+
+            def _answer(self, status: int, headers: Any, body: bytes, relay: bool = False) -> None:
+                items = headers if isinstance(headers, list) else list(headers.items())
+                self.send_response_only(status)
+                has_length = any(k.lower() == "content-length" for k, _ in items)
+                for key, value in items:
+                    self.send_header(key, value)
+                if not has_length:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+                proxy._record(self.command, self.path, status)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
+
+        return Handler
