@@ -28,6 +28,8 @@ DEFAULT_WORKDIR = BENCH_DIR / ".work"
 FUNCTION_NAME = "bench"
 MODULE_COUNT = 300
 EDITED_MODULE = "src/lib/mod_007.js"
+# npm's own files at the top of node_modules: not part of a deployable tree
+NPM_BOOKKEEPING = [".bin", ".package-lock.json", ".cache"]
 NPM_CI_ARGS = ["ci", "--omit=dev", "--os=linux", "--cpu=x64", "--no-audit", "--no-fund"]
 
 DEPENDENCIES = {
@@ -333,7 +335,8 @@ def production_node_modules(ws: Workspace) -> Path:
 
 
 def build_ref_tree(ws: Workspace, node_modules: Path) -> Path:
-    """Lay out what the zip should contain as plain files: fn/ sources + node_modules."""
+    """Lay out what the zip should contain as plain files: fn/ sources + node_modules
+    (without npm's bookkeeping: .bin/, the hidden lockfile)."""
     dest = ws.ref_tree
     if dest.exists():
         shutil.rmtree(dest)
@@ -347,10 +350,8 @@ def build_ref_tree(ws: Workspace, node_modules: Path) -> Path:
         node_modules,
         dest / "node_modules",
         symlinks=True,
-        ignore=lambda d, names: [".bin"] if Path(d) == node_modules else [],
+        ignore=lambda d, names: NPM_BOOKKEEPING if Path(d) == node_modules else [],
     )
-    # npm's own bookkeeping file is not part of a deployable tree either way; keep it (it's
-    # what a plain `zip -r` of the folder would include, and it is small).
     return dest
 
 

@@ -283,14 +283,28 @@ def _run_npm(cmd: list[str], cwd: Path, who: str, lock_path: Path) -> None:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode == 0:
         return
-    lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("npm error") and "A complete log" not in ln
-              and "log of this run" not in ln]
-    tail = " | ".join((errors or lines)[-4:]) or f"exit code {proc.returncode}"
+    tail = _npm_reason(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"
     raise DodoLambdaError(
         f"{who}: `{' '.join(cmd)}` failed for {lock_path}: {tail}; fix package.json or the lock"
         f" file (`npm install` in {lock_path.parent} updates it) and run again"
     )
+
+
+def _npm_reason(output: str) -> str:
+    """npm's own explanation, without its usage text and log-file hints."""
+    code, reasons = "", []
+    for line in output.splitlines():
+        text = line.removeprefix("npm error").removeprefix("npm ERR!").strip()
+        if not text or line == text:
+            continue
+        if text.startswith(("Usage:", "Clean install a project")):
+            break
+        if text.startswith("code "):
+            code = text[5:]
+        elif not text.startswith(("A complete log", "errno ", "syscall ")) \
+                and "log of this run" not in text:
+            reasons.append(text)
+    return ": ".join(x for x in (code, " | ".join(reasons[:3])) if x)
 
 
 def _write_json(path: Path, value: Any) -> None:
