@@ -146,13 +146,22 @@ def threaded(fn: Compressor, batches: list[list[bytes]], workers: int = 2) -> li
         return [size for part in parts for size in part]
 
 
-def best_time(run: Callable[[], list[int]], repeat: int) -> tuple[float, list[int]]:
-    best, sizes = float("inf"), []
+Run = Callable[[], list[int]]
+
+
+def best_times(first: Run, second: Run, repeat: int) -> tuple[float, float, list[int]]:
+    """Best-of-``repeat`` times of two runs, alternated so that noise hits both alike;
+    also returns the first run's output sizes, checked equal to the second's."""
+    best = [float("inf"), float("inf")]
+    outputs: list[list[int]] = [[], []]
     for _ in range(repeat):
-        start = time.perf_counter()
-        sizes = run()
-        best = min(best, time.perf_counter() - start)
-    return best, sizes
+        for i, run in enumerate((first, second)):
+            start = time.perf_counter()
+            outputs[i] = run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    if outputs[0] != outputs[1]:
+        raise AssertionError("threaded output sizes differ from single-threaded ones")
+    return best[0], best[1], outputs[0]
 
 
 def big_blobs(corpus: Corpus) -> list[bytes]:
@@ -164,15 +173,13 @@ def big_blobs(corpus: Corpus) -> list[bytes]:
 
 def measure(name: str, fn: Compressor, corpus: Corpus, repeat: int) -> Result:
     batches = corpus.batches()
-    t1, sizes = best_time(lambda: single(fn, corpus.blobs), repeat)
-    t2, sizes2 = best_time(lambda: threaded(fn, batches), repeat)
-    if sizes != sizes2:
-        raise AssertionError(f"{name}: threaded output sizes differ")
+    t1, t2, sizes = best_times(lambda: single(fn, corpus.blobs), lambda: threaded(fn, batches), repeat)
     fallback = sum(min(c, len(b)) for c, b in zip(sizes, corpus.blobs, strict=True))
     big = [[blob] for blob in big_blobs(corpus)]
     big_repeat = max(repeat, BIG_REPEAT_MIN)  # short runs: more tries against the noise
-    b1, _ = best_time(lambda: single(fn, [blob for [blob] in big]), big_repeat)
-    b2, _ = best_time(lambda: threaded(fn, big), big_repeat)
+    b1, b2, _ = best_times(
+        lambda: single(fn, [blob for [blob] in big]), lambda: threaded(fn, big), big_repeat
+    )
     return Result(name, t1, t2, sum(sizes), fallback, b1 / b2)
 
 
@@ -251,7 +258,7 @@ def print_report(results: list[Result], corpus: Corpus, ref: InfoZip, repeat: in
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=lp.DEFAULT_WORKDIR)
-    parser.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="best of N (default 5)")
     parser.add_argument("--max-mib", type=int, default=256, help="cap on bytes loaded")
     parser.add_argument("--only", nargs="*", help="compressor names to run (default all)")
     return parser.parse_args(argv)

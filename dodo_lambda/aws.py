@@ -1,8 +1,9 @@
 """boto3 clients, S3 uploads and the Lambda calls a deploy needs, with waits and retries.
 
 Every failure leaves this module as a one-line ``DodoLambdaError``; botocore
-exceptions never escape. boto3 is imported inside functions only, so that
-loading a dodo.py (or a no-op ``doit package``) does not pay for it.
+exceptions never escape. botocore (the core of boto3; nothing here needs boto3's
+resources) is imported inside functions only, so that loading a dodo.py or a
+no-op ``doit package`` does not pay for it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import contextlib
 import hashlib
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +60,16 @@ _ACCESS_CODES = {
     "Forbidden",
     "403",
 }
+# S3 operations -> the IAM action a policy must allow (the others are named alike).
+_S3_ACTIONS = {
+    "HeadObject": "s3:GetObject",
+    "HeadBucket": "s3:ListBucket",
+    "CreateMultipartUpload": "s3:PutObject",
+    "UploadPart": "s3:PutObject",
+    "CompleteMultipartUpload": "s3:PutObject",
+}
+_SSO_ERRORS = {"SSOTokenLoadError", "TokenRetrievalError", "UnauthorizedSSOTokenError",
+               "SSOError", "PendingAuthorizationExpiredError"}
 _THROTTLE_CODES = {"TooManyRequestsException", "Throttling", "ThrottlingException", "SlowDown"}
 _FUNCTION_OPS = {
     "GetFunction",
@@ -85,12 +97,13 @@ class AwsTarget:
 class Clients:
     """The boto3 clients of one target, with per-process caches that belong to it."""
 
-    session: Any
+    session: Any  # botocore.session.Session
     s3: Any
     lam: Any
     region: str
     endpoint: str | None  # the endpoint given by target or environment, None for AWS's own
     profile: str | None
+    target: AwsTarget = AwsTarget()
     _functions: dict[str, dict] = field(default_factory=dict, repr=False)
     _listed: list[bool] = field(default_factory=lambda: [False], repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -98,7 +111,10 @@ class Clients:
     @cached_property
     def sts(self) -> Any:
         """An STS client, made only when an account id is really needed."""
-        return self.session.client("sts", **_client_kwargs(self.endpoint, self.region))
+        # Only an explicit endpoint is passed: AWS_ENDPOINT_URL(_STS) are botocore's own.
+        return self.session.create_client(
+            "sts", **_client_kwargs(self.target.endpoint, self.region)
+        )
 
     @cached_property
     def account_id(self) -> str:
@@ -118,7 +134,9 @@ def _env_key() -> tuple[tuple[str, str], ...]:
 
 
 def _env_endpoint() -> str | None:
-    return os.environ.get("AWS_ENDPOINT_URL") or None
+    # botocore honours these itself; we only need to know that one is set.
+    env = os.environ
+    return env.get("AWS_ENDPOINT_URL_LAMBDA") or env.get("AWS_ENDPOINT_URL") or None
 
 
 def _client_kwargs(endpoint: str | None, region: str) -> dict[str, Any]:
@@ -161,8 +179,23 @@ def reset_clients() -> None:
         _memo.clear()
 
 
+_loader: Any = None  # botocore's data loader, shared: parsing service models costs ~0.1 s
+
+
+def _session(profile: str | None) -> Any:
+    # Plain botocore (boto3's Session only wraps it, and resources are not needed).
+    import botocore.session
+
+    global _loader
+    session = botocore.session.Session(profile=profile)
+    if _loader is None:
+        _loader = session.get_component("data_loader")
+    else:
+        session.register_component("data_loader", _loader)
+    return session
+
+
 def _make_clients(target: AwsTarget, who: str | None) -> Clients:
-    import boto3
     from botocore.exceptions import (
         BotoCoreError,
         InvalidRegionError,
@@ -172,16 +205,22 @@ def _make_clients(target: AwsTarget, who: str | None) -> Clients:
 
     pre = _prefix(who)
     try:
-        session = boto3.Session(profile_name=target.profile, region_name=target.region)
-        region = session.region_name
+        session = _session(target.profile)
+        # botocore reads AWS_DEFAULT_REGION only; the AWS CLI v2 and the other SDKs
+        # prefer AWS_REGION, and users expect it to work here too.
+        region = (
+            target.region
+            or os.environ.get("AWS_REGION")
+            or session.get_config_variable("region")
+        )
         if not region:
             raise NoRegionError()
         endpoint = target.endpoint or _env_endpoint()
         if not endpoint:
             _check_region_known(session, region, pre)
         kwargs = _client_kwargs(target.endpoint, region)
-        s3 = session.client("s3", **kwargs)
-        lam = session.client("lambda", **kwargs)
+        s3 = session.create_client("s3", **kwargs)
+        lam = session.create_client("lambda", **kwargs)
         credentials = session.get_credentials()
     except ProfileNotFound as exc:
         profile = target.profile or os.environ.get("AWS_PROFILE", "")
@@ -194,9 +233,9 @@ def _make_clients(target: AwsTarget, who: str | None) -> Clients:
             f"{pre}no AWS region configured; set AWS_REGION (e.g. AWS_REGION=us-east-1),"
             " region= in lambda_tasks, or a region in your AWS profile"
         ) from None
-    except InvalidRegionError:
+    except InvalidRegionError as exc:
         raise DodoLambdaError(
-            f"{pre}AWS region {target.region or os.environ.get('AWS_REGION')!r} is not a valid"
+            f"{pre}AWS region {exc.kwargs.get('region_name')!r} is not a valid"
             " region name; fix AWS_REGION or region= in lambda_tasks (e.g. 'us-east-1')"
         ) from None
     except BotoCoreError as exc:
@@ -213,6 +252,7 @@ def _make_clients(target: AwsTarget, who: str | None) -> Clients:
         region=region,
         endpoint=endpoint,
         profile=target.profile or os.environ.get("AWS_PROFILE") or None,
+        target=target,
     )
 
 
@@ -229,9 +269,12 @@ def _check_region_known(session: Any, region: str, pre: str) -> None:
 
 
 def target_id(target: AwsTarget | None = None) -> str:
-    """A stable name for where deploys go (profile, region, endpoint), for uptodate checks."""
+    """A stable name for where deploys go (profile, region, endpoints), for uptodate checks."""
     c = clients(target)
-    return f"profile={c.profile or ''} region={c.region} endpoint={c.endpoint or 'aws'}"
+    return (
+        f"profile={c.profile or ''} region={c.region}"
+        f" lambda={c.lam.meta.endpoint_url} s3={c.s3.meta.endpoint_url}"
+    )
 
 
 # --------------------------------------------------------------------------- errors
@@ -275,6 +318,11 @@ def aws_error(
         return DodoLambdaError(f"{pre}connection to AWS failed ({exc}); run again")
     if isinstance(exc, WaiterError):
         return DodoLambdaError(f"{pre}gave up waiting: {exc}")
+    if type(exc).__name__ in _SSO_ERRORS:
+        return DodoLambdaError(
+            f"{pre}the AWS SSO session is missing or expired ({type(exc).__name__});"
+            " run `aws sso login` and run again"
+        )
     text = " ".join(str(exc).split()) or type(exc).__name__
     return DodoLambdaError(f"{pre}AWS call failed: {text}")
 
@@ -284,7 +332,10 @@ def _client_error(exc: Any, pre: str, bucket: str | None, c: Clients | None) -> 
     code = str(err.get("Code", ""))
     message = " ".join(str(err.get("Message", "")).split())
     op = exc.operation_name
-    service = "s3" if bucket is not None else "lambda"
+    if bucket is not None:
+        action = _S3_ACTIONS.get(op, f"s3:{op}")
+    else:
+        action = f"lambda:{op}"
     if code in ("ExpiredToken", "ExpiredTokenException", "RequestExpired"):
         return DodoLambdaError(
             f"{pre}AWS credentials have expired ({code} during {op}); refresh them"
@@ -294,7 +345,7 @@ def _client_error(exc: Any, pre: str, bucket: str | None, c: Clients | None) -> 
         where = f" on s3://{bucket}" if bucket else ""
         return DodoLambdaError(
             f"{pre}access denied for {op}{where} ({code}: {message or 'no message'});"
-            f" check the AWS credentials and that they allow {service}:{op}"
+            f" check the AWS credentials and that they allow {action}"
         )
     if code == "NoSuchBucket":
         return DodoLambdaError(
@@ -396,11 +447,40 @@ def _object_matches(c: Clients, bucket: str, key: str, sha256_hex: str, size: in
     if head.get("ContentLength") != size:
         return False
     checksum = head.get("ChecksumSHA256")
-    if checksum and "-" not in checksum:  # a full-object checksum S3 computed itself
-        return bool(checksum == b64_sha256(sha256_hex))
-    # A multipart object has a checksum of part checksums ("...-N"): rely on
-    # the metadata we wrote, which only our verified uploads set.
+    if checksum == b64_sha256(sha256_hex):  # S3 computed it over the bytes it holds
+        return True
+    # A multipart object's checksum is one of part checksums ("...-N"), not
+    # comparable with ours: rely on the metadata only our verified uploads set.
+    multipart = (
+        head.get("ChecksumType") == "COMPOSITE"
+        or "-" in (checksum or "")
+        or re.search(r"-\d+\"?$", head.get("ETag", "")) is not None
+    )
+    if checksum and not multipart:
+        return False
     return bool(head.get("Metadata", {}).get("sha256") == sha256_hex)
+
+
+def s3_object_exists(c: Clients, bucket: str, key: str, *, who: str) -> bool:
+    """Whether s3://bucket/key exists; a missing bucket or no permission is an error."""
+    from botocore.exceptions import ClientError
+
+    with translating(who, bucket=bucket, c=c):
+        try:
+            c.s3.head_object(Bucket=bucket, Key=key)
+            return True
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 403:
+                raise DodoLambdaError(
+                    f"{_prefix(who)}access denied reading s3://{bucket}/{key}; the credentials"
+                    " need s3:GetObject on it (and s3:ListBucket, or S3 answers 403 for a"
+                    " missing key)"
+                ) from None
+            if status != 404:
+                raise
+        _require_bucket(c, who, bucket)
+        return False
 
 
 def _require_bucket(c: Clients, who: str, bucket: str) -> None:
@@ -437,7 +517,8 @@ def _multipart_upload(
         Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", **extra
     )["UploadId"]
     try:
-        parts = _send_parts(c, bucket, key, upload_id, zip_path, sha256_hex, part_size, report)
+        parts = _send_parts(c, who, bucket, key, upload_id, zip_path, sha256_hex, part_size,
+                            report)
         c.s3.complete_multipart_upload(
             Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
@@ -450,6 +531,7 @@ def _multipart_upload(
 
 def _send_parts(
     c: Clients,
+    who: str,
     bucket: str,
     key: str,
     upload_id: str,
@@ -497,50 +579,52 @@ def _send_parts(
         parts = [f.result() for f in futures]
     if whole.hexdigest() != sha256_hex:
         raise DodoLambdaError(
-            f"{zip_path} changed while it was being uploaded; run again"
+            f"{_prefix(who)}{zip_path} changed while it was being uploaded; run again"
         )
     return parts
 
 
 class _Progress:
-    """Throttled 'uploading x: 45% (30.1/66.0 MiB)' lines for big uploads."""
+    """Throttled 'uploading x: 45% (30.1/66.0 MiB)' lines for big uploads (thread-safe)."""
 
     def __init__(self, sink: Callable[[str], None] | None, what: str, size: int) -> None:
         self.sink = sink if size >= PROGRESS_MIN_SIZE else None
         self.what = what
         self.size = size
         self.sent = 0
-        self.step = 0  # last 25% step reported
+        self.step = 0  # the last 25% step reported
         self.last = time.monotonic()
         self.lock = threading.Lock()
 
-    def set(self, sent: int) -> None:
+    def reached(self, position: int) -> None:
+        """The upload has got this far (a single put's read position)."""
         with self.lock:
-            if sent <= self.sent:
-                return
-            self.sent = min(sent, self.size)
-            step = self.sent * 4 // max(self.size, 1)
-            now = time.monotonic()
-            if self.sink is None or self.sent == self.size:
-                return
-            if step > self.step or now - self.last >= PROGRESS_INTERVAL:
-                self.step, self.last = step, now
-                self._line()
+            self._move(max(self.sent, position))
 
     def add(self, n: int) -> None:
+        """Another ``n`` bytes were sent (a multipart part)."""
         with self.lock:
-            target = self.sent + n
-        self.set(target)
+            self._move(self.sent + n)
 
     def done(self) -> None:
         with self.lock:
             self.sent = self.size
-            if self.sink is not None:
-                self._line()
+            self._line()
+
+    def _move(self, sent: int) -> None:
+        self.sent = min(sent, self.size)
+        if self.sent == self.size:
+            return  # done() reports the end, once
+        step = self.sent * 4 // max(self.size, 1)
+        now = time.monotonic()
+        if step > self.step or now - self.last >= PROGRESS_INTERVAL:
+            self.step, self.last = step, now
+            self._line()
 
     def _line(self) -> None:
+        if self.sink is None:
+            return
         pct = 100 * self.sent // max(self.size, 1)
-        assert self.sink is not None
         self.sink(
             f"uploading {self.what}: {pct}% ({self.sent / MiB:.1f}/{self.size / MiB:.1f} MiB)"
         )
@@ -557,7 +641,7 @@ class _ProgressReader:
         data = self._fh.read(n)
         # The furthest position reached: signing may read the body once before
         # sending it, and a retry rereads from the start.
-        self._report.set(self._fh.tell())
+        self._report.reached(self._fh.tell())
         return bytes(data)
 
     def seek(self, offset: int, whence: int = 0) -> int:
@@ -781,8 +865,14 @@ def create_function(
     """Create the function and wait until it is Active; its configuration."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    if not role:
+        raise DodoLambdaError(
+            f"{who}: the function does not exist; give role= (the IAM role it runs as)"
+            " so dodo_lambda creates it, or create it yourself"
+        )
     code = _code(who, zip_path, s3)
-    arn = role_arn(c, role)
+    with translating(who, c=c):
+        arn = role_arn(c, role)
     wait = POLL_DELAY if delay is None else delay
     for attempt in range(ROLE_PROPAGATION_ATTEMPTS):
         try:
@@ -852,6 +942,30 @@ def point_alias(
     if found is None:
         found = call_with_conflict_retry(c.lam.create_alias, **common, **args)
     return _clean(found)
+
+
+def latest_version(
+    c: Clients, name: str, *, who: str, code_sha256: str | None = None
+) -> dict | None:
+    """The newest published version with $LATEST's code (or ``code_sha256``), or None."""
+    with translating(who, c=c):
+        versions = [
+            v
+            for page in c.lam.get_paginator("list_versions_by_function").paginate(
+                FunctionName=name
+            )
+            for v in page.get("Versions", [])
+        ]
+    if code_sha256 is None:
+        latest = [v for v in versions if v.get("Version") == "$LATEST"]
+        if not latest:
+            return None
+        code_sha256 = latest[0].get("CodeSha256")
+    published = [
+        v for v in versions
+        if str(v.get("Version", "")).isdigit() and v.get("CodeSha256") == code_sha256
+    ]
+    return max(published, key=lambda v: int(v["Version"]), default=None)
 
 
 def latest_layer_version(c: Clients, layer_name: str, *, who: str | None = None) -> dict | None:

@@ -8,13 +8,15 @@ doit's ``TaskFailed`` (one line, no traceback).
 from __future__ import annotations
 
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, npm
+from . import archive, build, deploy, npm
+from .aws import AwsTarget
 from .config import Function, Layer, label
 from .errors import DodoLambdaError
 
@@ -24,6 +26,9 @@ TaskDict = dict[str, Any]
 GROUP_DOCS = {
     "npm": "install production dependencies (npm ci --omit=dev) for the target platform",
     "package": "build the deterministic deployment zips",
+    "upload": "put zips in S3 under content-addressed keys (skipped when already there)",
+    "layer": "publish layer versions whose content differs from the latest published one",
+    "deploy": "update (or create) the Lambda functions whose deployed code or settings differ",
 }
 
 
@@ -37,7 +42,58 @@ def _package(item: Item, build_dir: str) -> None:
           f" {result.files} files, {result.unzipped_size:,} bytes unzipped")
 
 
-_STEPS: dict[str, Callable[..., Any]] = {"npm": _install, "package": _package}
+def say(message: str) -> None:
+    """Status that must be seen whatever doit's verbosity (doit captures stdout)."""
+    print(message, file=sys.stderr)
+
+
+def _upload(fn: Function, build_dir: str, opts: deploy.Options) -> None:
+    sent = deploy.upload(fn, build_dir, opts)
+    record = archive.read_json(deploy.record_paths(fn, build_dir)["uploaded"]) or {}
+    where = f"s3://{record.get('bucket')}/{record.get('key')}"
+    say(f"{label(fn)}: {'uploaded to' if sent else 'already in'} {where}")
+
+
+def _deploy(fn: Function, build_dir: str, opts: deploy.Options) -> None:
+    plan = deploy.deploy_function(fn, build_dir, opts)
+    record = archive.read_json(deploy.record_paths(fn, build_dir)["deployed"]) or {}
+    if plan.create:
+        say(f"{label(fn)}: created")
+    else:
+        say(f"{label(fn)}: " + ("; ".join(plan.reasons) or "already up to date, nothing changed"))
+    say(f"{label(fn)}: deployed {record.get('arn')} version {record.get('version')}"
+        f" CodeSha256 {record.get('code_sha256')}")
+
+
+def _layer(layer: Layer, build_dir: str, opts: deploy.Options, users: tuple[Function, ...]
+           ) -> None:
+    plan = deploy.publish_layer(layer, build_dir, opts, users)
+    record = archive.read_json(deploy.record_paths(layer, build_dir)["published"]) or {}
+    verb = "published" if plan.publish else "unchanged, using"
+    say(f"{label(layer)}: {verb} {record.get('arn')}")
+
+
+def _plan(items: list[Item], build_dir: str, opts: deploy.Options) -> None:
+    for line in deploy.plan_lines(items, build_dir, opts):
+        print(line)
+
+
+_STEPS: dict[str, Callable[..., Any]] = {
+    "npm": _install, "package": _package, "upload": _upload, "deploy": _deploy,
+    "layer": _layer, "plan": _plan,
+}
+
+
+def record_matches(path: str, expected: dict[str, Any]) -> bool:
+    """uptodate: the JSON record at ``path`` holds these values."""
+    record = archive.read_json(Path(path))
+    return isinstance(record, dict) and all(record.get(k) == v for k, v in expected.items())
+
+
+def deploy_uptodate(fn: Function, build_dir: str, target: str) -> bool:
+    path = deploy.record_paths(fn, build_dir)["deployed"]
+    return record_matches(str(path), {"target": target,
+                                      "settings_digest": deploy.settings_digest(fn, build_dir)})
 
 
 def run_step(step: str, *args: Any) -> TaskFailed | None:
@@ -90,6 +146,56 @@ def _package_task(item: Item, build_dir: str) -> TaskDict:
     }
 
 
+def _upload_task(fn: Function, build_dir: str, opts: deploy.Options, target: str) -> TaskDict:
+    p = build.paths(fn, build_dir)
+    record = deploy.record_paths(fn, build_dir)["uploaded"]
+    return {
+        "basename": "upload",
+        "name": fn.name,
+        "doc": f"{label(fn)}: put {p.zip} in s3://{fn.bucket}/{fn.bucket_prefix}{fn.name}/",
+        "actions": [(run_step, ["upload", fn, build_dir, opts])],
+        "file_dep": [str(p.zip), str(p.manifest)],
+        "targets": [str(record)],
+        "uptodate": [(record_matches, [str(record), {"target": target, "bucket": fn.bucket}])],
+    }
+
+
+def _layer_task(layer: Layer, build_dir: str, opts: deploy.Options, target: str,
+                users: tuple[Function, ...]) -> TaskDict:
+    p = build.paths(layer, build_dir)
+    record = deploy.record_paths(layer, build_dir)["published"]
+    return {
+        "basename": "layer",
+        "name": layer.name,
+        "doc": f"{label(layer)}: publish {p.zip} when it differs from the latest version",
+        "actions": [(run_step, ["layer", layer, build_dir, opts, users])],
+        "file_dep": [str(p.zip), str(p.manifest)] + [
+            str(build.paths(fn, build_dir).manifest) for fn in users],
+        "targets": [str(record)],
+        "uptodate": [(record_matches, [str(record), {"target": target}])],
+    }
+
+
+def _deploy_task(fn: Function, build_dir: str, opts: deploy.Options, target: str) -> TaskDict:
+    p = build.paths(fn, build_dir)
+    records = deploy.record_paths(fn, build_dir)
+    file_dep = [str(p.zip), str(p.manifest)]
+    if fn.bucket:
+        file_dep.append(str(records["uploaded"]))
+    for layer in fn.layers:
+        if isinstance(layer, Layer):
+            file_dep.append(str(deploy.record_paths(layer, build_dir)["published"]))
+    return {
+        "basename": "deploy",
+        "name": fn.name,
+        "doc": f"{label(fn)}: update the function when its code or settings differ",
+        "actions": [(run_step, ["deploy", fn, build_dir, opts])],
+        "file_dep": file_dep,
+        "targets": [str(records["deployed"])],
+        "uptodate": [(deploy_uptodate, [fn, build_dir, target])],
+    }
+
+
 def _failing(basename: str, item: Item, message: str) -> TaskDict:
     return {
         "basename": basename,
@@ -100,33 +206,67 @@ def _failing(basename: str, item: Item, message: str) -> TaskDict:
     }
 
 
-def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda") -> Iterator[TaskDict]:
+def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
+                 region: str | None = None, endpoint: str | None = None, emulator: bool = False,
+                 direct_upload_limit: int = deploy.DIRECT_UPLOAD_LIMIT) -> Iterator[TaskDict]:
     """doit tasks for the given Functions and Layers::
 
         def task_lambda():
             yield from lambda_tasks(orders, shared)
 
-    gives ``npm:<name>``, ``package:<name>`` and the groups ``npm`` and
-    ``package``. Paths are relative to the directory doit runs in.
+    gives ``npm:<name>``, ``package:<name>``, ``upload:<name>`` (functions with a
+    bucket), ``layer:<name>``, ``deploy:<name>``, their groups, and ``plan``.
+    Paths are relative to the directory doit runs in. AWS access follows boto3's
+    standard chain; ``profile``, ``region`` and ``endpoint`` override it for
+    this project. ``emulator=True`` deploys to a local moto server started for
+    the run instead of AWS (needs the ``local`` extra).
     """
     build_dir = str(build_dir)
-    seen: dict[tuple[str, str], Item] = {}
+    opts = deploy.Options(AwsTarget(profile, region, endpoint), direct_upload_limit,
+                          many=sum(isinstance(i, Function) for i in items) > 2,
+                          emulator=emulator)
+    target = deploy.target_key(opts)
     for basename, doc in GROUP_DOCS.items():
         yield {"basename": basename, "name": None, "doc": doc}
+    valid: list[Item] = []
+    seen: dict[str, Item] = {}
     for item in items:
         if not isinstance(item, (Function, Layer)):
             message = f"lambda_tasks() takes Function and Layer objects, not {item!r}"
             yield {"basename": "package", "name": "invalid", "actions": [(fail, [message])],
                    "uptodate": [False], "doc": message}
             continue
-        key = (item.kind, item.name)
         problem = item.problem
-        if key in seen and seen[key] != item:
-            problem = f"{label(item)} is defined twice with different settings; rename one"
-        seen[key] = item
+        twin = seen.get(item.name)
+        if twin is not None and twin != item:
+            problem = (f"{label(item)} and {label(twin)} share a name (task names must be"
+                       " unique); rename one")
+        if isinstance(item, Function):
+            missing = [x.name for x in item.layers if isinstance(x, Layer) and x not in items]
+            if missing and not problem:
+                problem = (f"{label(item)} uses layer '{missing[0]}', which is not passed to"
+                           " lambda_tasks; pass the Layer too")
+        seen[item.name] = item
         if problem:
-            yield _failing("package", item, problem)
+            for step in ("package", "deploy"):
+                yield _failing(step, item, problem)
             continue
+        valid.append(item)
         if isinstance(item, Layer) or npm.has_dependencies(item):
             yield _npm_task(item, build_dir)
         yield _package_task(item, build_dir)
+        if isinstance(item, Layer):
+            users = tuple(f for f in items if isinstance(f, Function) and item in f.layers)
+            yield _layer_task(item, build_dir, opts, target, users)
+        else:
+            if item.bucket:
+                yield _upload_task(item, build_dir, opts, target)
+            yield _deploy_task(item, build_dir, opts, target)
+    yield {
+        "basename": "plan",
+        "doc": "show what deploy would change for each function and layer, and why (read-only)",
+        "actions": [(run_step, ["plan", valid, build_dir, opts])],
+        "task_dep": [f"package:{i.name}" for i in valid],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

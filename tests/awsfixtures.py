@@ -78,6 +78,8 @@ class MotoServer:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._sync_ids = itertools.count(1)
+        self._session: Any = None
+        self._clients: dict[str, Any] = {}
         self.proc = subprocess.Popen(
             [command, "-H", "127.0.0.1", "-p", "0"],
             stdout=subprocess.PIPE,
@@ -146,6 +148,21 @@ class MotoServer:
             if match and _SYNC not in match["path"]:
                 out.append(Request(match["method"], match["path"], int(match["status"])))
         return out
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for this server, made once per session (they cost ~50 ms each)."""
+        import boto3
+
+        with self._cond:
+            if service not in self._clients:
+                if self._session is None:
+                    # Explicit settings: independent of whatever a test does to os.environ.
+                    self._session = boto3.Session(
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        aws_session_token="testing", region_name=REGION,
+                    )
+                self._clients[service] = self._session.client(service, endpoint_url=self.url)
+            return self._clients[service]
 
     def reset(self) -> None:
         request = urllib.request.Request(f"{self.url}/moto-api/reset", method="POST", data=b"")
@@ -233,9 +250,7 @@ class AwsEnv:
 
     def boto(self, service: str) -> Any:
         """A plain boto3 client for moto (test set-up and inspection, not the code under test)."""
-        import boto3
-
-        return boto3.client(service, endpoint_url=self.url, region_name=self.region)
+        return self.server.client(service)
 
     def role_arn(self, name: str = "dodo-lambda-test") -> str:
         """Create an IAM role Lambda may assume and return its ARN."""

@@ -96,6 +96,10 @@ class Project:
         with zipfile.ZipFile(self.zip_path(name)) as z:
             return z.namelist()
 
+    def record(self, kind: str, name: str = "demo") -> dict:
+        """A JSON record beside the zip: deployed, uploaded, published."""
+        return json.loads((self.root / ".dodo_lambda" / "dist" / f"{name}.{kind}.json").read_text())
+
     def manifest(self, name: str = "demo") -> dict:
         return json.loads((self.root / ".dodo_lambda" / "dist" / f"{name}.manifest.json").read_text())
 

@@ -1,0 +1,233 @@
+"""Deploy against a real local AWS API (moto server): doit as a subprocess, requests
+counted in the server's log."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import shutil
+
+import pytest
+
+from projects import FUNCTION, Project
+
+CODE = r"/2015-03-31/functions/{}/code$"
+CONFIG = r"/2015-03-31/functions/{}/configuration$"
+
+
+def _reset_state(project: Project) -> None:
+    """A fresh checkout: no doit state, no build dir."""
+    shutil.rmtree(project.root / ".dodo_lambda")
+    for db in project.root.glob(".doit.db*"):
+        db.unlink()
+
+
+def _deployed(aws_env, name: str = "demo") -> dict:
+    return aws_env.boto("lambda").get_function_configuration(FunctionName=name)
+
+
+@pytest.fixture
+def fn(aws_env) -> dict:
+    return {**FUNCTION, "role": aws_env.role_arn()}
+
+
+def test_create_then_nothing_to_do(project: Project, aws_env, fn: dict) -> None:
+    project.configure([fn])
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert {"npm:demo", "package:demo", "deploy:demo"} <= run.executed
+    zip_bytes = project.zip_path().read_bytes()
+    expected = base64.b64encode(hashlib.sha256(zip_bytes).digest()).decode()
+    assert _deployed(aws_env)["CodeSha256"] == expected == project.manifest()["code_sha256"]
+    record = project.record("deployed")
+    assert record["code_sha256"] == expected and record["arn"].endswith(":function:demo")
+
+    mark = aws_env.mark()
+    again = project.doit("deploy")
+    assert again.rc == 0 and "deploy:demo" in again.skipped
+    assert aws_env.requests(mark) == []
+
+    _reset_state(project)
+    mark = aws_env.mark()
+    fresh = project.doit("deploy")
+    assert fresh.rc == 0, fresh.text
+    assert "deploy:demo" in fresh.executed
+    assert project.zip_path().read_bytes() == zip_bytes
+    assert aws_env.count("PUT", CODE.format("demo"), mark) == 0
+    assert aws_env.count("POST", r"/functions$", mark) == 0
+    assert aws_env.count("PUT", CONFIG.format("demo"), mark) == 0
+
+
+def test_edited_source_is_deployed(project: Project, aws_env, fn: dict) -> None:
+    project.configure([fn])
+    assert project.doit("deploy").rc == 0
+    before = _deployed(aws_env)["CodeSha256"]
+    (project.fn / "lib" / "util.js").write_text("exports.wrap = (s) => `{${s}}`;\n")
+    mark = aws_env.mark()
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert run.executed == {"package:demo", "deploy:demo"}
+    assert aws_env.count("PUT", CODE.format("demo"), mark) == 1
+    assert aws_env.count("PUT", CONFIG.format("demo"), mark) == 0
+    after = _deployed(aws_env)["CodeSha256"]
+    assert after != before and after == project.manifest()["code_sha256"]
+
+
+def test_edited_memory_updates_only_settings(project: Project, aws_env, fn: dict) -> None:
+    project.configure([{**fn, "memory": 128, "environment": {"A": "1"}}])
+    assert project.doit("deploy").rc == 0
+    project.configure([{**fn, "memory": 256, "environment": {"A": "1"}}])
+    mark = aws_env.mark()
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert run.executed == {"deploy:demo"}
+    assert "MemorySize 128 → 256" in run.text
+    assert aws_env.count("PUT", CODE.format("demo"), mark) == 0
+    assert aws_env.count("PUT", CONFIG.format("demo"), mark) == 1
+    config = _deployed(aws_env)
+    assert config["MemorySize"] == 256 and config["Environment"]["Variables"] == {"A": "1"}
+
+
+def test_s3_path_content_addressed_and_skipped(project: Project, aws_env, fn: dict) -> None:
+    bucket = aws_env.bucket("artifacts")
+    project.configure([{**fn, "bucket": bucket, "bucket_prefix": "lambda/"}])
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert {"upload:demo", "deploy:demo"} <= run.executed
+    sha = project.manifest()["sha256"]
+    key = f"lambda/demo/{sha}.zip"
+    head = aws_env.boto("s3").head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == project.manifest()["code_sha256"]
+    assert head["ServerSideEncryption"] == "AES256"
+    assert _deployed(aws_env)["CodeSha256"] == project.manifest()["code_sha256"]
+
+    _reset_state(project)
+    mark = aws_env.mark()
+    fresh = project.doit("deploy")
+    assert fresh.rc == 0, fresh.text
+    assert aws_env.count("PUT", rf"/{bucket}/lambda/demo/", mark) == 0
+    assert aws_env.count("PUT", CODE.format("demo"), mark) == 0
+    assert "already in s3://" in fresh.text
+
+
+def test_over_the_direct_limit_goes_through_s3(project: Project, aws_env, fn: dict) -> None:
+    bucket = aws_env.bucket("big")
+    project.configure([{**fn, "bucket": bucket}], options={"direct_upload_limit": 1000})
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert project.manifest()["zip_size"] > 1000
+    assert aws_env.count("PUT", rf"/{bucket}/demo/") == 1
+    assert _deployed(aws_env)["CodeSha256"] == project.manifest()["code_sha256"]
+
+
+def test_over_the_direct_limit_without_bucket_sends_nothing(project: Project, aws_env,
+                                                            fn: dict) -> None:
+    project.configure([fn], options={"direct_upload_limit": 1000})
+    mark = aws_env.mark()
+    run = project.doit("deploy")
+    assert run.rc != 0 and "Traceback" not in run.text
+    assert "bucket=" in run.text and "function 'demo'" in run.text
+    assert aws_env.requests(mark) == []
+
+
+def test_missing_function_without_role(project: Project, aws_env) -> None:
+    project.configure([FUNCTION])
+    run = project.doit("deploy")
+    assert run.rc != 0 and "Traceback" not in run.text
+    line = next(ln for ln in run.text.splitlines() if "function 'demo'" in ln and "role=" in ln)
+    assert "does not exist" in line
+
+
+def test_publish_and_alias_only_when_something_changed(project: Project, aws_env,
+                                                       fn: dict) -> None:
+    lam = aws_env.boto("lambda")
+
+    def versions() -> list[str]:
+        listed = lam.list_versions_by_function(FunctionName="demo")["Versions"]
+        return sorted(v["Version"] for v in listed if v["Version"] != "$LATEST")
+
+    settings = {**fn, "publish": True, "alias": "live", "memory": 128}
+    project.configure([settings])
+    assert project.doit("deploy").rc == 0
+    assert versions() == ["1"]
+    assert lam.get_alias(FunctionName="demo", Name="live")["FunctionVersion"] == "1"
+    assert project.record("deployed")["version"] == "1"
+
+    _reset_state(project)
+    assert project.doit("deploy").rc == 0
+    assert versions() == ["1"]
+
+    project.configure([{**settings, "memory": 512}])
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert versions() == ["1", "2"]
+    assert lam.get_alias(FunctionName="demo", Name="live")["FunctionVersion"] == "2"
+
+
+def test_plan_reports_and_changes_nothing(project: Project, aws_env, fn: dict) -> None:
+    project.configure([{**fn, "memory": 128},
+                       {"name": "other", "source": "fn", "handler": "index.handler"}])
+    assert project.doit("deploy:demo").rc == 0
+    (project.fn / "lib" / "util.js").write_text("exports.wrap = (s) => s;\n")
+    project.configure([{**fn, "memory": 256, "timeout": 30},
+                       {"name": "other", "source": "fn", "handler": "index.handler",
+                        "role": fn["role"]}])
+    mark = aws_env.mark()
+    run = project.doit("plan")
+    assert run.rc == 0, run.text
+    deployed = _deployed(aws_env)["CodeSha256"]
+    assert f"code differs (local {project.manifest()['code_sha256']} vs deployed {deployed})" \
+        in run.out
+    assert "MemorySize 128 → 256" in run.out and "Timeout 3 → 30" in run.out
+    assert "function 'other': would create" in run.out
+    assert [r for r in aws_env.requests(mark) if r.method not in ("GET", "HEAD")] == []
+    assert _deployed(aws_env)["MemorySize"] == 128
+
+
+def test_many_functions_one_listing(project: Project, aws_env, fn: dict) -> None:
+    names = ["a1", "a2", "a3"]
+    project.configure([{**fn, "name": n} for n in names])
+    assert project.doit("deploy").rc == 0
+    _reset_state(project)
+    mark = aws_env.mark()
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert aws_env.count("GET", r"/2015-03-31/functions/?(\?|$)", mark) == 1
+    for n in names:
+        assert aws_env.count("GET", CONFIG.format(n), mark) == 0
+
+
+def test_access_denied_and_missing_bucket(project: Project, aws_env, fn: dict,
+                                          fault_proxy) -> None:
+    from faultproxy import lambda_error
+
+    project.configure([{**fn, "bucket": "no-such-bucket"}])
+    run = project.doit("deploy")
+    assert run.rc != 0 and "Traceback" not in run.text
+    assert "no-such-bucket" in run.text and "bucket=" in run.text
+
+    project.configure([fn])
+    fault_proxy.add("*", r"/2015-03-31/functions", times=100,
+                    **lambda_error(403, "AccessDeniedException", "not allowed"))
+    run = project.doit("deploy")
+    assert run.rc != 0 and "Traceback" not in run.text
+    assert "access denied" in run.text and "function 'demo'" in run.text
+
+
+def test_no_credentials_and_unknown_region(project: Project, aws_env, fn: dict,
+                                           monkeypatch) -> None:
+    project.configure([fn])
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key)
+    run = project.doit("deploy")
+    assert run.rc != 0 and "Traceback" not in run.text
+    assert "no AWS credentials" in run.text
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_REGION", "mars-north-1")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "mars-north-1")
+    run = project.doit("deploy")
+    assert run.rc != 0 and "Traceback" not in run.text
+    assert "mars-north-1" in run.text and "AWS_REGION" in run.text
