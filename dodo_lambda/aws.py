@@ -78,6 +78,7 @@ _FUNCTION_OPS = {
     "UpdateFunctionConfiguration",
     "PublishVersion",
     "CreateAlias",
+    "ListVersionsByFunction",
 }
 
 
@@ -716,12 +717,12 @@ def invalidate(c: Clients, name: str | None = None) -> None:
             c._functions.pop(name, None)
 
 
-def _poll(
-    c: Clients, name: str, who: str, field_name: str, ok: str, busy: set[str], what: str,
-    delay: float | None,
-) -> dict:
-    # Mirrors botocore's function_updated_v2 / function_active_v2 waiters, but
-    # returns the final configuration (saving a call) and explains failures.
+def _poll(c: Clients, name: str, who: str, *, updated: bool, what: str,
+          delay: float | None) -> dict:
+    # Mirrors botocore's function_active_v2 (State) and function_updated_v2
+    # (LastUpdateStatus) waiters, but returns the final configuration (saving a
+    # call) and says why a failure happened. A Pending function also refuses
+    # updates, so waiting for an update waits out Pending too.
     delay = POLL_DELAY if delay is None else delay
     deadline = time.monotonic() + POLL_TIMEOUT
     while True:
@@ -731,17 +732,20 @@ def _poll(
                 f"{who}: the Lambda function does not exist in {c.region}; create it, or give"
                 " role= so dodo_lambda creates it"
             )
-        status = config.get(field_name) or ok
-        if status == ok:
-            return _remember(c, config)
-        if status not in busy:
-            reason = config.get(f"{field_name}Reason") or "no reason given"
-            code = config.get(f"{field_name}ReasonCode")
-            detail = f"{reason} ({code})" if code else reason
-            raise DodoLambdaError(
-                f"{who}: {what} ended {status}: {detail}; fix the cause and run again"
-            )
+        state = config.get("State") or "Active"
+        busy = state == "Pending"
+        _check_failed(config, "State", who, what)
+        if updated:
+            busy = busy or config.get("LastUpdateStatus") == "InProgress"
+            _check_failed(config, "LastUpdateStatus", who, what)
+        elif state != "Active":
+            busy = True  # Inactive after a create is not expected; keep asking until the limit
+        if not busy:
+            if ":" not in name:  # a version's configuration is not the function's
+                _remember(c, config)
+            return config
         if time.monotonic() > deadline:
+            status = config.get("LastUpdateStatus") if updated else state
             raise DodoLambdaError(
                 f"{who}: still {status} after {POLL_TIMEOUT:.0f} s waiting for {what}; check the"
                 " function in the AWS console and run again"
@@ -749,15 +753,23 @@ def _poll(
         time.sleep(delay)
 
 
+def _check_failed(config: dict, field_name: str, who: str, what: str) -> None:
+    if config.get(field_name) != "Failed":
+        return
+    reason = config.get(f"{field_name}Reason") or "no reason given"
+    code = config.get(f"{field_name}ReasonCode")
+    detail = f"{reason} ({code})" if code else reason
+    raise DodoLambdaError(f"{who}: {what} ended Failed: {detail}; fix the cause and run again")
+
+
 def wait_updated(c: Clients, name: str, *, who: str, delay: float | None = None) -> dict:
-    """Wait until LastUpdateStatus leaves InProgress; its configuration, or an error on Failed."""
-    return _poll(c, name, who, "LastUpdateStatus", "Successful", {"InProgress"}, "the update",
-                 delay)
+    """Wait while the function is Pending or its update InProgress; its configuration."""
+    return _poll(c, name, who, updated=True, what="the update", delay=delay)
 
 
 def wait_active(c: Clients, name: str, *, who: str, delay: float | None = None) -> dict:
     """Wait until State is Active (after create); its configuration, or an error on Failed."""
-    return _poll(c, name, who, "State", "Active", {"Pending"}, "activation", delay)
+    return _poll(c, name, who, updated=False, what="activation", delay=delay)
 
 
 def call_with_conflict_retry(
@@ -775,6 +787,8 @@ def call_with_conflict_retry(
     """Call a Lambda API, waiting out ResourceConflictException (botocore does not retry 409).
 
     With ``missing_ok``, ResourceNotFoundException returns None instead of raising.
+    ``base_delay`` (None: CONFLICT_BASE_DELAY and POLL_DELAY) also sets the polling
+    pace; the Lambda functions below pass their ``delay`` on as it.
     """
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -927,8 +941,8 @@ def publish_version(
         c.lam.publish_version, who=who, c=c, name=name, base_delay=delay, **kwargs
     ))
     if version.get("State", "Active") != "Active":
-        _poll(c, f"{name}:{version['Version']}", who, "State", "Active", {"Pending"},
-              f"activation of version {version['Version']}", delay)
+        _poll(c, f"{name}:{version['Version']}", who, updated=False,
+              what=f"activation of version {version['Version']}", delay=delay)
     return version
 
 

@@ -124,6 +124,7 @@ class Run:
 
 
 FUNCTION = {"name": "demo", "source": "fn", "handler": "index.handler"}
+LAYER = {"name": "shared", "source": "layers/shared", "runtimes": ["nodejs20.x"]}
 
 
 @pytest.fixture(scope="session")
@@ -177,6 +178,14 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     nm = fn / "node_modules" / "devtool"
     nm.mkdir(parents=True)
     (nm / "index.js").write_text("dev\n")
+    # a layer sharing greet-util with the function, plus code of its own under nodejs/
+    layer = root / "layers" / "shared"
+    (layer / "nodejs" / "lib").mkdir(parents=True)
+    (layer / "nodejs" / "lib" / "helper.js").write_text("exports.shared = true;\n")
+    (layer / "package.json").write_text(json.dumps({
+        "name": "shared", "version": "1.0.0", "private": True,
+        "dependencies": {"greet-util": "file:../../pkgs/greet-util-1.0.0.tgz"}}, indent=2))
+    lock(layer)
     Project(root).configure([FUNCTION])
     (root / "dodo.py").write_text(DODO)
     return root

@@ -496,6 +496,24 @@ def test_pending_is_waited_out_after_create(aws_env: AwsEnv, make_zip: MakeZip) 
     assert config["State"] == "Active"
 
 
+def test_update_waits_out_a_pending_function(aws_env: AwsEnv, make_zip: MakeZip) -> None:
+    create(aws_env, make_zip("v1"))
+    c = aws.clients()
+    with fake_function_state(c.lam, times=2, State="Pending") as state:
+        config = aws.wait_updated(c, "orders", who=WHO)
+    assert state.injected == 2
+    assert config["State"] == "Active"
+
+
+def test_failed_state_reports_the_reason(aws_env: AwsEnv, make_zip: MakeZip) -> None:
+    create(aws_env, make_zip("v1"))
+    c = aws.clients()
+    with fake_function_state(c.lam, times=99, State="Failed",
+                             StateReason="The role is invalid"), \
+            pytest.raises(DodoLambdaError, match=f"^{WHO}: activation ended Failed: The role"):
+        aws.wait_active(c, "orders", who=WHO)
+
+
 def test_waiting_gives_up(aws_env: AwsEnv, make_zip: MakeZip,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     create(aws_env, make_zip("v1"))

@@ -231,3 +231,52 @@ def test_no_credentials_and_unknown_region(project: Project, aws_env, fn: dict,
     run = project.doit("deploy")
     assert run.rc != 0 and "Traceback" not in run.text
     assert "mars-north-1" in run.text and "AWS_REGION" in run.text
+
+
+def test_conflicts_throttling_and_in_progress_recover(project: Project, aws_env, fn: dict,
+                                                      fault_proxy) -> None:
+    from faultproxy import function_state, lambda_error
+
+    project.configure([fn])
+    assert project.doit("deploy").rc == 0
+    (project.fn / "lib" / "util.js").write_text("exports.wrap = (s) => s + '?';\n")
+    conflict = fault_proxy.add("PUT", CODE.format("demo"), times=2,
+                               **lambda_error(409, "ResourceConflictException", "in progress"))
+    throttle = fault_proxy.add("PUT", CODE.format("demo"), times=1,
+                               **lambda_error(429, "TooManyRequestsException", "slow down"))
+    busy = fault_proxy.add("GET", CONFIG.format("demo"), times=2,
+                           transform=function_state(LastUpdateStatus="InProgress"))
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert conflict.hits == 2 and throttle.hits == 1 and busy.hits == 2
+    assert _deployed(aws_env)["CodeSha256"] == project.manifest()["code_sha256"]
+
+
+def test_failed_update_reports_the_reason(project: Project, aws_env, fn: dict,
+                                          fault_proxy) -> None:
+    from faultproxy import function_state
+
+    project.configure([fn])
+    assert project.doit("deploy").rc == 0
+    project.configure([{**fn, "memory": 1024}])
+    fault_proxy.add("GET", CONFIG.format("demo"), times=100, transform=function_state(
+        LastUpdateStatus="Failed", LastUpdateStatusReason="the role cannot be assumed"))
+    run = project.doit("deploy")
+    assert run.rc != 0 and "Traceback" not in run.text
+    assert "the role cannot be assumed" in run.text
+
+
+def test_example_deploys_to_the_embedded_emulator(tmp_path, monkeypatch) -> None:
+    from test_package import EXAMPLE
+
+    root = tmp_path / "quickstart"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".dodo_lambda", ".doit.db*",
+                                                                  "node_modules"))
+    for key in [k for k in __import__("os").environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws either
+    run = Project(root).doit("deploy")
+    assert run.rc == 0, run.text
+    assert "LOCAL EMULATOR" in run.err and "NOT to AWS" in run.err
+    assert "function 'dodo-lambda-hello': created" in run.err
+    assert "deployed arn:aws:lambda:us-east-1:123456789012:function:dodo-lambda-hello" in run.err
