@@ -8,7 +8,6 @@ import hashlib
 import shutil
 
 import pytest
-
 from projects import FUNCTION, Project
 
 CODE = r"/2015-03-31/functions/{}/code$"

@@ -8,7 +8,6 @@ import subprocess
 import zipfile
 
 import pytest
-
 from projects import FUNCTION, LAYER, Project, npm_env
 from test_deploy import _reset_state
 
