@@ -276,7 +276,7 @@ def deploy_function(fn: Function, build_dir: str | Path, opts: Options) -> Funct
         deployed = find_function(c, fn.name, opts.many)
         plan = plan_function(fn, m, deployed, wanted, opts)
         zip_path = None if plan.s3 else build.paths(fn, build_dir).zip
-        if plan.s3 and (plan.code or plan.create) and not _s3_exists(c, *plan.s3, who=who):
+        if plan.s3 and (plan.code or plan.create) and not aws.s3_object_exists(c, *plan.s3, who=who):
             raise DodoLambdaError(f"{who}: s3://{plan.s3[0]}/{plan.s3[1]} is missing; run"
                                   f" `doit upload:{fn.name}`")
         if plan.create:
@@ -298,7 +298,8 @@ def deploy_function(fn: Function, build_dir: str | Path, opts: Options) -> Funct
         if plan.publish:
             version = aws.publish_version(c, fn.name, who=who, code_sha256=m["code_sha256"])
         elif fn.publish:
-            version = _current_version(c, fn, m["code_sha256"]) or aws.publish_version(
+            version = aws.latest_version(c, fn.name, who=who, code_sha256=m["code_sha256"]) \
+                or aws.publish_version(
                 c, fn.name, who=who, code_sha256=m["code_sha256"])
         if fn.alias and version is not None:
             aws.point_alias(c, fn.name, fn.alias, version["Version"], who=who)
@@ -313,32 +314,6 @@ def deploy_function(fn: Function, build_dir: str | Path, opts: Options) -> Funct
             "changed": plan.reasons,
         })
     return plan
-
-
-def _current_version(c: aws.Clients, fn: Function, code_sha256: str) -> dict[str, Any] | None:
-    """The newest published version with this code, or None (then publish one)."""
-    best: dict[str, Any] | None = None
-    with aws.translating(label(fn), c=c):
-        for page in c.lam.get_paginator("list_versions_by_function").paginate(
-                FunctionName=fn.name):
-            for v in page.get("Versions", []):
-                if v["Version"] != "$LATEST" and v.get("CodeSha256") == code_sha256 and (
-                        best is None or int(v["Version"]) > int(best["Version"])):
-                    best = v
-    return best
-
-
-def _s3_exists(c: aws.Clients, bucket: str, key: str, who: str) -> bool:
-    from botocore.exceptions import ClientError
-
-    with aws.translating(who, bucket=bucket, c=c):
-        try:
-            c.s3.head_object(Bucket=bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return False
-            raise
-    return True
 
 
 def layer_plan(layer: Layer, m: dict[str, Any], latest: dict[str, Any] | None) -> LayerPlan:

@@ -301,10 +301,11 @@ def _npm_reason(output: str) -> str:
             break
         if text.startswith("code "):
             code = text[5:]
-        elif not text.startswith(("A complete log", "errno ", "syscall ")) \
+            code = f"exit code {code}" if code.isdigit() else code
+        elif not text.startswith(("A complete log", "errno ", "syscall ", "at ", "path ")) \
                 and "log of this run" not in text:
             reasons.append(text)
-    return ": ".join(x for x in (code, " | ".join(reasons[:3])) if x)
+    return ": ".join(x for x in (code, " | ".join(reasons[:4])) if x)
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from projects import FUNCTION, Project
+from projects import FUNCTION, Project, lock, make_package, pack
 
 
 def _fails(project: Project, *needles: str) -> str:
@@ -55,15 +55,21 @@ def test_missing_lock(project: Project) -> None:
     _fails(project, "package-lock.json", "npm install --package-lock-only")
 
 
-def test_npm_failure_leaves_nothing_trusted(project: Project) -> None:
+def test_npm_failure_leaves_nothing_trusted(project: Project, tmp_path: Path) -> None:
     assert project.doit("package").rc == 0
-    (project.zip_path()).unlink()
-    # package.json and the lock out of sync: npm ci refuses
+    project.zip_path().unlink()
+    # a dependency whose install script fails: npm ci fails, offline and every time
+    breaks = make_package(tmp_path, "breaks", {"index.js": ""})
+    manifest = json.loads((breaks / "package.json").read_text())
+    manifest["scripts"] = {"install": "node -e \"console.error('no compiler'); process.exit(3)\""}
+    (breaks / "package.json").write_text(json.dumps(manifest))
+    pack(breaks, project.root / "pkgs")
     manifest = json.loads((project.fn / "package.json").read_text())
-    manifest["dependencies"]["left-pad"] = "^1.3.0"
+    manifest["dependencies"]["breaks"] = "file:../pkgs/breaks-1.0.0.tgz"
     (project.fn / "package.json").write_text(json.dumps(manifest))
+    lock(project.fn)
     line = _fails(project, "npm ci", "package-lock.json")
-    assert "npm error" in line or "ENOENT" in line
+    assert "exit code 3" in line or "code 3" in line, line
     record = project.root / ".dodo_lambda" / "npm" / "functions" / "demo.json"
     assert not record.exists()
     again = project.doit("package")
