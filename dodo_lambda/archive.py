@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import struct
 import time
 import zlib
@@ -48,11 +47,11 @@ def _libdeflate() -> tuple[str, Callable[[bytes], bytes]] | None:
         import deflate
     except ImportError:
         return None
-    level = 9
+    level = 6
     return f"libdeflate-{level}", lambda data: deflate.deflate_compress(data, level)
 
 
-def _zlib(level: int = 9) -> tuple[str, Callable[[bytes], bytes]]:
+def _zlib(level: int = 6) -> tuple[str, Callable[[bytes], bytes]]:
     def compress(data: bytes) -> bytes:
         c = zlib.compressobj(level, zlib.DEFLATED, -15)
         return c.compress(data) + c.flush()
@@ -163,6 +162,7 @@ class _Writer:
         self.central: list[bytes] = []
         self.records: dict[str, list[Any]] = {}
         self.pending: tuple[int, int] | None = None  # a run of old bytes to copy
+        self.pos = 0  # where the next entry starts (tell() is slow, and pending is unwritten)
 
     def _flush_copy(self) -> None:
         if self.pending is not None:
@@ -174,7 +174,7 @@ class _Writer:
     def add(self, p: Packed) -> None:
         e = p.entry
         name, flags = _name_bytes(e.arcname)
-        offset = self.out.tell() + (self.pending[1] if self.pending else 0)
+        offset = self.pos
         if p.old_offset is not None:
             span = _LOCAL.size + len(name) + p.csize
             if self.pending and self.pending[0] + self.pending[1] == p.old_offset:
@@ -182,13 +182,17 @@ class _Writer:
             else:
                 self._flush_copy()
                 self.pending = (p.old_offset, span)
+            self.pos += span
         else:
             self._flush_copy()
             if p.stream:
                 p = self._stream(p, name, flags)
+                self.pos = self.out.tell()
             else:
-                self.out.write(self._local(p, name, flags))
+                header = self._local(p, name, flags)
+                self.out.write(header)
                 self.out.write(p.data or b"")
+                self.pos += len(header) + p.csize
         self.central.append(_CENTRAL.pack(
             0x02014B50, (3 << 8) | 20, 20, flags, p.method, self.time, self.date, p.crc,
             p.csize, p.size, len(name), 0, 0, 0, 0, (0o100000 | e.mode) << 16, offset) + name)
@@ -204,7 +208,7 @@ class _Writer:
         start = self.out.tell()
         self.out.write(self._local(p, name, flags))
         sha, crc, size, csize = hashlib.sha256(), 0, 0, 0
-        comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+        comp = zlib.compressobj(6, zlib.DEFLATED, -15)
         with open(p.entry.path, "rb") as f:
             while chunk := f.read(_READ):
                 sha.update(chunk)
@@ -233,12 +237,11 @@ class _Writer:
 
     def finish(self) -> None:
         self._flush_copy()
-        cd_offset = self.out.tell()
-        for rec in self.central:
-            self.out.write(rec)
+        cd_offset = self.pos
+        directory = b"".join(self.central)
+        self.out.write(directory)
         n = len(self.central)
-        self.out.write(_END.pack(0x06054B50, 0, 0, n, n, self.out.tell() - cd_offset,
-                                 cd_offset, 0))
+        self.out.write(_END.pack(0x06054B50, 0, 0, n, n, len(directory), cd_offset, 0))
 
 
 def _copy_exact(src: Any, dst: Any, length: int) -> None:
@@ -366,11 +369,14 @@ class _open_old:
             self.f.close()
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one."""
+def write_json(path: Path, value: Any, compact: bool = False) -> None:
+    """Write JSON atomically: a reader sees the old file or the new one.
+    ``compact`` for machine-only files (thousands of entries)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    text = json.dumps(value, separators=(",", ":")) if compact else \
+        json.dumps(value, indent=1, sort_keys=True)
+    tmp.write_text(text + "\n")
     os.replace(tmp, path)
 
 
@@ -381,4 +387,3 @@ def read_json(path: Path) -> Any:
         return None
 
 
-__all__ = ["write_zip", "ZipResult", "check_size", "write_json", "read_json", "shutil"]

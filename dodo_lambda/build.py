@@ -10,7 +10,7 @@ from pathlib import Path
 from . import archive, digest, npm
 from .config import Function, Layer, label
 from .errors import DodoLambdaError
-from .select import Entry, Patterns, Root, patterns_for, select, walk
+from .select import Entry, Patterns, Root, patterns_for, select, walk_roots
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,16 @@ def _inside(child: Path, parent: Path) -> str | None:
 
 def roots(item: Function | Layer, build_dir: str | Path) -> list[Root]:
     src = Path(item.source)
-    staged = npm.staging(item, build_dir).node_modules
+    staged = npm.staged_root(item, build_dir)
     if isinstance(item, Layer):
-        own = Root(src / "nodejs", "nodejs/", frozenset({"node_modules"}))
-        return [own, Root(staged, "nodejs/node_modules/", staged=True)]
+        return [Root(src / "nodejs", "nodejs/", frozenset({"node_modules"})), staged]
     prune = {"node_modules", ".git"}
     inner = _inside(Path(build_dir), src)
     if inner:
         prune.add(inner)
     out = [Root(src, "", frozenset(prune))]
     if npm.has_dependencies(item):
-        out.append(Root(staged, "node_modules/", staged=True))
+        out.append(staged)
     return out
 
 
@@ -76,10 +75,6 @@ def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
     })
 
 
-def _walk_all(rts: list[Root], who: str) -> list[Entry]:
-    return [e for r in rts for e in walk(r, who)]
-
-
 def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     """Build the item's zip and manifest (incrementally when a previous one exists)."""
     who = label(item)
@@ -92,8 +87,8 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     p = paths(item, build_dir)
     rts = roots(item, build_dir)
     options = options_digest(item, build_dir)
-    everything = _walk_all(rts, who)
-    entries = select(rts, patterns(item, build_dir), who)
+    everything = walk_roots(rts, who)
+    entries = select(everything, patterns(item, build_dir), who)
     cache = archive.read_json(p.cache) or {}
     previous = None
     if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
@@ -112,7 +107,7 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
         "compressor": archive.COMPRESSOR_ID,
         "packages": _packages(entries),
     })
-    archive.write_json(p.cache, {
+    archive.write_json(p.cache, compact=True, value={
         "options": options,
         "zip": _stat(p.zip),
         "stat": digest.stat_digest(everything),
@@ -164,11 +159,11 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
     if cache.get("options") != options_digest(item, build_dir):
         return False
     rts = roots(item, build_dir)
-    everything = _walk_all(rts, label(item))
+    everything = walk_roots(rts, label(item), keep=True)  # the action reuses this walk
     stat = digest.stat_digest(everything)
     if stat == cache.get("stat"):
         return True
-    entries = select(rts, patterns(item, build_dir), label(item))
+    entries = select(everything, patterns(item, build_dir), label(item))
     old = cache.get("entries") or {}
     files = []
     for e in entries:
@@ -186,5 +181,5 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
         rec = old.get(e.arcname)
         if rec:
             new_entries[e.arcname] = [e.size, e.mtime_ns, e.mode, sha, *rec[4:]]
-    archive.write_json(p.cache, {**cache, "stat": stat, "entries": new_entries})
+    archive.write_json(p.cache, {**cache, "stat": stat, "entries": new_entries}, compact=True)
     return True

@@ -21,10 +21,10 @@ from typing import Any
 from . import digest
 from .config import ARCHITECTURES, Function, Layer, label
 from .errors import DodoLambdaError
-from .select import Entry, Root, walk
+from .select import Entry, Root, forget_walks, walk_roots
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,12 @@ class Staging:
 def staging(item: Function | Layer, build_dir: str | Path) -> Staging:
     base = Path(build_dir) / "npm" / ("layers" if isinstance(item, Layer) else "functions")
     return Staging(base / item.name, base / f"{item.name}.json")
+
+
+def staged_root(item: Function | Layer, build_dir: str | Path) -> Root:
+    """The installed tree as the zip sees it (npm's .bin and bookkeeping left out)."""
+    prefix = "nodejs/node_modules/" if isinstance(item, Layer) else "node_modules/"
+    return Root(staging(item, build_dir).node_modules, prefix, staged=True)
 
 
 def has_dependencies(item: Function | Layer) -> bool:
@@ -111,8 +117,8 @@ def install_key(item: Function | Layer, versions: dict[str, str]) -> dict[str, A
     }
 
 
-def _tree(node_modules: Path) -> list[Entry]:
-    return list(walk(Root(node_modules)))
+def _tree(item: Function | Layer, build_dir: str | Path, keep: bool = False) -> list[Entry]:
+    return walk_roots([staged_root(item, build_dir)], label(item), keep=keep)
 
 
 def read_record(st: Staging) -> dict[str, Any] | None:
@@ -134,7 +140,7 @@ def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
         return False
     if record.get("key") != key:
         return False
-    tree = _tree(st.node_modules)
+    tree = _tree(item, build_dir, keep=True)  # the package check walks it next
     if digest.stat_digest(tree) == record.get("tree_stat"):
         return True
     # mtimes moved (a copy, a touch): decide by content and remember the new stats
@@ -267,7 +273,8 @@ def install(item: Function | Layer, build_dir: str | Path, log: Any = None) -> N
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    tree = _tree(st.node_modules)
+    forget_walks()
+    tree = _tree(item, build_dir)
     _write_json(st.record, {
         "key": key,
         "tools": tools,

@@ -9,10 +9,12 @@ staged ``node_modules``, each mapped to a prefix inside the zip.
 from __future__ import annotations
 
 import os
+import re
 import stat
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .errors import DodoLambdaError
 
@@ -43,16 +45,15 @@ class Root:
     staged: bool = False  # npm's node_modules: drop .bin and npm's own files
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One file as it will be packed."""
+class Entry(NamedTuple):
+    """One file as it will be packed (a tuple: thousands are made per walk)."""
 
     arcname: str
     path: str  # the file to read (a link's target for symlinks)
     size: int
     mtime_ns: int
     mode: int  # 0o644 or 0o755
-    problem: str | None = field(default=None, compare=False)
+    problem: str | None = None
 
 
 def _mode(st_mode: int) -> int:
@@ -143,15 +144,31 @@ class Matcher:
     """Decides per zip path: include= wins over every exclude."""
 
     def __init__(self, patterns: Patterns) -> None:
-        import pathspec  # imported late: a no-op `doit package` never needs it
-
-        self.ignore = pathspec.GitIgnoreSpec.from_lines(patterns.excludes)
-        self.keep = pathspec.GitIgnoreSpec.from_lines(patterns.includes) if patterns.includes else None
+        self.ignore = _compile(patterns.excludes)
+        self.keep = _compile(patterns.includes) if patterns.includes else None
 
     def selected(self, arcname: str) -> bool:
-        if self.keep is not None and self.keep.match_file(arcname):
+        if self.keep is not None and self.keep(arcname):
             return True
-        return not self.ignore.match_file(arcname)
+        return not self.ignore(arcname)
+
+
+def _compile(lines: Iterable[str]) -> Callable[[str], bool]:
+    """A matcher for gitignore lines. Without negations ("!") any match decides,
+    so one combined regex does the work of one search per pattern."""
+    import pathspec  # imported late: a no-op `doit package` never needs it
+
+    spec = pathspec.GitIgnoreSpec.from_lines(lines)
+    regexes = [p.regex for p in spec.patterns if p.include is not None]
+    if any(p.include is False for p in spec.patterns) or not all(
+            isinstance(r, re.Pattern) for r in regexes):
+        return spec.match_file
+    if not regexes:
+        return lambda _path: False
+    # pathspec names a group in every pattern; names must be unique in one regex
+    parts = [r.pattern.replace("(?P<ps_d>", "(?:") for r in regexes]
+    combined = re.compile("|".join(f"(?:{p})" for p in parts))
+    return lambda path: combined.search(path) is not None
 
 
 def read_ignore_file(source: Path) -> tuple[str, ...]:
@@ -170,21 +187,42 @@ def patterns_for(source: Path, exclude: Iterable[str], include: Iterable[str],
     return Patterns(tuple(lines), tuple(include))
 
 
-def select(roots: Iterable[Root], patterns: Patterns, who: str) -> list[Entry]:
-    """The files to pack, sorted by zip path. Raises for a selected bad symlink
-    or two files landing on the same zip path."""
-    matcher = patterns.matcher()
-    chosen: dict[str, Entry] = {}
+_WALKS: dict[Root, list[Entry]] = {}
+
+
+def walk_roots(roots: Iterable[Root], who: str, *, keep: bool = False) -> list[Entry]:
+    """Every file under the roots. A walk made with ``keep=True`` is handed to the
+    next call for the same root once (an uptodate check, then its action, in the
+    same run), instead of walking the tree again."""
+    out: list[Entry] = []
     for root in roots:
-        for entry in walk(root, who):
-            if not matcher.selected(entry.arcname):
-                continue
-            if entry.problem:
-                raise DodoLambdaError(f"{who}: {entry.problem}")
-            if entry.arcname in chosen:
-                raise DodoLambdaError(
-                    f"{who}: {entry.arcname} comes from both {chosen[entry.arcname].path} and"
-                    f" {entry.path}; exclude one of them"
-                )
-            chosen[entry.arcname] = entry
+        found = _WALKS.pop(root, None)
+        if found is None:
+            found = list(walk(root, who))
+        if keep:
+            _WALKS[root] = found
+        out.extend(found)
+    return out
+
+
+def forget_walks() -> None:
+    _WALKS.clear()
+
+
+def select(entries: Iterable[Entry], patterns: Patterns, who: str) -> list[Entry]:
+    """The walked files to pack, sorted by zip path. Raises for a selected bad
+    symlink or two files landing on the same zip path."""
+    selected = patterns.matcher().selected
+    chosen: dict[str, Entry] = {}
+    for entry in entries:
+        if not selected(entry.arcname):
+            continue
+        if entry.problem:
+            raise DodoLambdaError(f"{who}: {entry.problem}")
+        if entry.arcname in chosen:
+            raise DodoLambdaError(
+                f"{who}: {entry.arcname} comes from both {chosen[entry.arcname].path} and"
+                f" {entry.path}; exclude one of them"
+            )
+        chosen[entry.arcname] = entry
     return [chosen[name] for name in sorted(chosen)]

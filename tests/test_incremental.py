@@ -1,0 +1,105 @@
+"""A rebuild that reuses the previous zip's compressed entries gives exactly the
+bytes of a cold build of the same inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from projects import Project
+
+
+def _cold_bytes(project: Project) -> bytes:
+    """Build again with no previous zip and no entry cache."""
+    for sub in ("dist", "cache"):
+        shutil.rmtree(project.root / ".dodo_lambda" / sub)
+    run = project.doit("package")
+    assert run.executed == {"package:demo"}, run.text
+    return project.zip_path().read_bytes()
+
+
+def _edit(fn: Path) -> None:
+    (fn / "lib" / "util.js").write_text("exports.wrap = (s) => `(${s})`;\n")
+
+
+def _add(fn: Path) -> None:
+    (fn / "lib" / "added.js").write_text("exports.added = 1;\n" * 200)
+    (fn / "aaa-first.js").write_text("// sorts before everything\n")
+
+
+def _delete(fn: Path) -> None:
+    (fn / "README.md").unlink()
+
+
+def _chmod(fn: Path) -> None:
+    (fn / "lib" / "util.js").chmod(0o755)
+
+
+def _rename(fn: Path) -> None:
+    os.rename(fn / "lib" / "util.js", fn / "lib" / "utils.js")
+    (fn / "index.js").write_text((fn / "index.js").read_text().replace("./lib/util", "./lib/utils"))
+
+
+def _big(fn: Path) -> None:
+    # over the streaming threshold: compressed chunk by chunk, never read whole
+    from dodo_lambda import archive
+
+    with open(fn / "data.json", "w") as f:
+        line = '{"id": %d, "name": "item-%d", "tags": ["a", "b", "c"]}\n'
+        n = 0
+        while f.tell() <= archive.STREAM_THRESHOLD:
+            f.write(line % (n, n * 7))
+            n += 1
+
+
+CHANGES: dict[str, Callable[[Path], None]] = {
+    "edit": _edit, "add": _add, "delete": _delete, "chmod": _chmod, "rename": _rename,
+    "big": _big,
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_incremental_equals_cold(project: Project, change: str) -> None:
+    assert project.doit("package").rc == 0
+    before = project.zip_path().read_bytes()
+    CHANGES[change](project.fn)
+    run = project.doit("package")
+    assert run.executed == {"package:demo"}, run.text
+    incremental = project.zip_path().read_bytes()
+    assert incremental != before
+    assert incremental == _cold_bytes(project)
+
+
+def test_all_changes_at_once_then_unchanged_rebuild(project: Project) -> None:
+    assert project.doit("package").rc == 0
+    for change in CHANGES.values():
+        change(project.fn)
+    assert project.doit("package").rc == 0
+    incremental = project.zip_path().read_bytes()
+    # the previous zip is reused whole when only stats moved
+    for p in project.fn.rglob("*"):
+        os.utime(p, (1_900_000_000, 1_900_000_000), follow_symlinks=False)
+    run = project.doit("package")
+    assert "package:demo" not in run.executed
+    assert project.zip_path().read_bytes() == incremental == _cold_bytes(project)
+
+
+def test_rebuild_recompresses_only_what_changed(project: Project, monkeypatch) -> None:
+    from dodo_lambda import Function, archive, build
+
+    assert project.doit("package").rc == 0
+    monkeypatch.chdir(project.root)
+    compressed: list[int] = []
+    real = archive._compress
+    monkeypatch.setattr(archive, "_compress", lambda data: compressed.append(len(data))
+                        or real(data))
+    fn = Function("demo", source="fn", handler="index.handler")
+    _edit(project.fn)
+    result = build.package(fn, ".dodo_lambda")
+    assert compressed == [len((project.fn / "lib" / "util.js").read_bytes())]
+    assert result.files > 5
+    assert project.zip_path().read_bytes() == _cold_bytes(project)
