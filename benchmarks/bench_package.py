@@ -71,11 +71,16 @@ class Timed:
     output: str
 
 
+# As on a user's machine: Python caches bytecode (this sandbox sets
+# PYTHONDONTWRITEBYTECODE, which would recompile every module on every run).
+ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+
 def run_timed(cmd: list[str], cwd: Path) -> Timed:
     """Run ``cmd`` to completion; wall time and the whole process tree's peak RSS."""
     with tempfile.TemporaryFile("w+") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=ENV)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)

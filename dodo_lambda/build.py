@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import archive, digest, npm
 from .config import Function, Layer, label
@@ -75,6 +76,25 @@ def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
     })
 
 
+@dataclass
+class _Scan:
+    """What an uptodate check learnt, handed to the build that follows it in the
+    same run so the tree is not walked, matched and read twice."""
+
+    options: str
+    everything: list[Entry]
+    stat: str
+    entries: list[Entry] | None = None
+    cache: dict[str, Any] | None = None
+
+
+_SCANS: dict[tuple[str, str, str], _Scan] = {}
+
+
+def _key(item: Function | Layer, build_dir: str | Path) -> tuple[str, str, str]:
+    return (item.kind, item.name, str(build_dir))
+
+
 def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     """Build the item's zip and manifest (incrementally when a previous one exists)."""
     who = label(item)
@@ -85,11 +105,15 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
         raise DodoLambdaError(f"{who}: dependencies are not installed; run `doit npm:{item.name}`"
                               " (or `doit package`, which runs it first)")
     p = paths(item, build_dir)
-    rts = roots(item, build_dir)
     options = options_digest(item, build_dir)
-    everything = walk_roots(rts, who)
-    entries = select(everything, patterns(item, build_dir), who)
-    cache = archive.read_json(p.cache) or {}
+    scan = _SCANS.pop(_key(item, build_dir), None)
+    if scan is None or scan.options != options:
+        everything = walk_roots(roots(item, build_dir), who)
+        scan = _Scan(options, everything, digest.stat_digest(everything))
+    entries = scan.entries
+    if entries is None:
+        entries = select(scan.everything, patterns(item, build_dir), who)
+    cache = scan.cache if scan.cache is not None else archive.read_json(p.cache) or {}
     previous = None
     if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
         previous = cache.get("entries")
@@ -110,7 +134,7 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     archive.write_json(p.cache, compact=True, value={
         "options": options,
         "zip": _stat(p.zip),
-        "stat": digest.stat_digest(everything),
+        "stat": scan.stat,
         "entries": result.records,
     })
     return result
@@ -156,14 +180,15 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
     manifest = archive.read_json(p.manifest)
     if not cache or not manifest or cache.get("zip") != _stat(p.zip):
         return False
-    if cache.get("options") != options_digest(item, build_dir):
+    options = options_digest(item, build_dir)
+    if cache.get("options") != options:
         return False
-    rts = roots(item, build_dir)
-    everything = walk_roots(rts, label(item), keep=True)  # the action reuses this walk
-    stat = digest.stat_digest(everything)
-    if stat == cache.get("stat"):
+    everything = walk_roots(roots(item, build_dir), label(item))
+    scan = _Scan(options, everything, digest.stat_digest(everything), cache=cache)
+    if scan.stat == cache.get("stat"):
         return True
-    entries = select(everything, patterns(item, build_dir), label(item))
+    _SCANS[_key(item, build_dir)] = scan  # if not up to date, the build starts from here
+    scan.entries = entries = select(everything, patterns(item, build_dir), label(item))
     old = cache.get("entries") or {}
     files = []
     for e in entries:
@@ -175,11 +200,12 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
         files.append((e.arcname, e.mode, sha))
     if digest.content_digest(files) != manifest.get("content_digest"):
         return False
+    del _SCANS[_key(item, build_dir)]
     # same content, new stats: remember them so the next check is one walk again
     new_entries = dict(old)
     for e, (_, _, sha) in zip(entries, files, strict=False):
         rec = old.get(e.arcname)
         if rec:
             new_entries[e.arcname] = [e.size, e.mtime_ns, e.mode, sha, *rec[4:]]
-    archive.write_json(p.cache, {**cache, "stat": stat, "entries": new_entries}, compact=True)
+    archive.write_json(p.cache, {**cache, "stat": scan.stat, "entries": new_entries}, compact=True)
     return True
