@@ -29,7 +29,7 @@ def paths(item: Function | Layer, build_dir: str | Path) -> Paths:
     return Paths(
         zip=b / "dist" / f"{sub}{item.name}.zip",
         manifest=b / "dist" / f"{sub}{item.name}.manifest.json",
-        cache=b / "cache" / f"{sub}{item.name}.json",
+        cache=b / "cache" / f"{sub}{item.name}.entries",
     )
 
 
@@ -113,7 +113,7 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     entries = scan.entries
     if entries is None:
         entries = select(scan.everything, patterns(item, build_dir), who)
-    cache = scan.cache if scan.cache is not None else archive.read_json(p.cache) or {}
+    cache = scan.cache if scan.cache is not None else _read_cache(p.cache) or {}
     previous = None
     if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
         previous = cache.get("entries")
@@ -131,7 +131,7 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
         "compressor": archive.COMPRESSOR_ID,
         "packages": _packages(entries),
     })
-    archive.write_json(p.cache, compact=True, value={
+    _write_cache(p.cache, {
         "options": options,
         "zip": _stat(p.zip),
         "stat": scan.stat,
@@ -141,15 +141,47 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
 
 
 def _packages(entries: list[Entry]) -> dict[str, int]:
-    """Top-level npm packages in the zip and their unzipped sizes."""
+    """Top-level npm packages in the zip (``name`` or ``@scope/name``) and their
+    unzipped sizes, nested node_modules counted toward their top-level package."""
     out: dict[str, int] = {}
-    for group, size in archive.group_sizes(entries).items():
-        parts = group.split("/")
-        if "node_modules" in parts and parts.index("node_modules") == len(parts) - 2 - (
-                parts[-2].startswith("@")):
-            name = "/".join(parts[parts.index("node_modules") + 1:])
-            out[name] = size
+    for e in entries:
+        i = e.arcname.find("node_modules/")
+        if i < 0:
+            continue
+        parts = e.arcname[i + 13:].split("/", 2)
+        if len(parts) < 2:
+            continue  # a file directly in node_modules
+        name = parts[0] if not parts[0].startswith("@") else "/".join(parts[:2])
+        out[name] = out.get(name, 0) + e.size
     return out
+
+
+# The entry cache: thousands of records, read and written on every build, never
+# by people: marshal is several times faster than JSON. Unreadable (another
+# Python version, a torn file) simply means a cold build.
+_CACHE_MAGIC = b"dodo_lambda-cache-1\n"
+
+
+def _read_cache(path: Path) -> dict[str, Any] | None:
+    import marshal
+
+    try:
+        data = path.read_bytes()
+        if not data.startswith(_CACHE_MAGIC):
+            return None
+        value = marshal.loads(data[len(_CACHE_MAGIC):])
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _write_cache(path: Path, value: dict[str, Any]) -> None:
+    import marshal
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(_CACHE_MAGIC + marshal.dumps(value))
+    os.replace(tmp, path)
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -176,7 +208,7 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
     if item.problem:
         return False
     p = paths(item, build_dir)
-    cache = archive.read_json(p.cache)
+    cache = _read_cache(p.cache)
     manifest = archive.read_json(p.manifest)
     if not cache or not manifest or cache.get("zip") != _stat(p.zip):
         return False
@@ -207,5 +239,5 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
         rec = old.get(e.arcname)
         if rec:
             new_entries[e.arcname] = [e.size, e.mtime_ns, e.mode, sha, *rec[4:]]
-    archive.write_json(p.cache, {**cache, "stat": scan.stat, "entries": new_entries}, compact=True)
+    _write_cache(p.cache, {**cache, "stat": scan.stat, "entries": new_entries})
     return True

@@ -37,19 +37,15 @@ def optional_file_sha256(path: Path) -> str | None:
 
 def stat_digest(entries: Iterable[Entry]) -> str:
     """Changes when any path, size, mtime or mode changes (order-independent)."""
-    h = hashlib.sha256()
-    for e in sorted(entries, key=lambda e: e.arcname):
-        h.update(f"{e.arcname}\0{e.size}\0{e.mtime_ns}\0{e.mode:o}\n".encode())
-    return h.hexdigest()
+    text = "".join(sorted(f"{e.arcname}\0{e.size}\0{e.mtime_ns}\0{e.mode:o}\n" for e in entries))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def content_digest(files: Iterable[tuple[str, int, str]]) -> str:
     """Digest of (zip path, mode, sha256 hex) triples, sorted by path: the same
     files give the same digest whatever the compressor or the timestamps."""
-    h = hashlib.sha256()
-    for arcname, mode, sha in sorted(files):
-        h.update(f"{arcname}\0{mode:o}\0{sha}\n".encode())
-    return h.hexdigest()
+    text = "".join(sorted(f"{arcname}\0{mode:o}\0{sha}\n" for arcname, mode, sha in files))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def value_digest(value: Any) -> str:
