@@ -49,7 +49,10 @@ def _libdeflate() -> tuple[str, Callable[[bytes], bytes]] | None:
     except ImportError:
         return None
     level = 6
-    return f"libdeflate-{level}", lambda data: deflate.deflate_compress(data, level)
+    # the wheel's version names the bundled libdeflate, whose output may change
+    version = getattr(deflate, "__version__", "?")
+    return f"libdeflate-{level} (deflate {version})", \
+        lambda data: deflate.deflate_compress(data, level)
 
 
 def _zlib(level: int = 6) -> tuple[str, Callable[[bytes], bytes]]:
@@ -60,7 +63,9 @@ def _zlib(level: int = 6) -> tuple[str, Callable[[bytes], bytes]]:
     return f"zlib-{level}", compress
 
 
-COMPRESSOR_ID, _compress = _libdeflate() or _zlib()
+_SMALL_ID, _compress = _libdeflate() or _zlib()
+# Files over STREAM_THRESHOLD go through zlib's streaming API (libdeflate has none).
+COMPRESSOR_ID = f"{_SMALL_ID}; zlib {zlib.ZLIB_RUNTIME_VERSION} over {STREAM_THRESHOLD >> 20} MiB"
 try:
     from deflate import crc32 as _crc32  # libdeflate's: about twice as fast
 except ImportError:

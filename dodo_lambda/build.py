@@ -4,6 +4,7 @@ whether it must be rebuilt. Ties select, npm, digest and archive together."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,8 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     previous = None
     if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
         previous = cache.get("entries")
+    for problem in native_mismatches(entries, item.architecture):
+        print(f"warning: {who}: {problem}", file=sys.stderr)
     p.cache.unlink(missing_ok=True)  # stale the moment the zip changes
     result = archive.write_zip(entries, p.zip, who=who, previous=previous)
     archive.write_json(p.manifest, {
@@ -138,6 +141,35 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
         "entries": result.records,
     })
     return result
+
+
+_ELF_MACHINES = {0x3E: "x86_64", 0xB7: "arm64"}
+
+
+def native_mismatches(entries: list[Entry], architecture: str) -> list[str]:
+    """Native addons (.node) that cannot load on Lambda's ``architecture``.
+
+    Packages that ship prebuilt binaries for several platforms and pick one at
+    run time make this a warning, not an error.
+    """
+    found = []
+    for e in entries:
+        if not e.arcname.endswith(".node"):
+            continue
+        try:
+            with open(e.path, "rb") as f:
+                head = f.read(20)
+        except OSError:
+            continue
+        if head[:4] != b"\x7fELF":
+            found.append(f"{e.arcname} is not a Linux binary; Lambda cannot load it")
+        else:
+            order = "little" if head[5] == 1 else "big"
+            machine = _ELF_MACHINES.get(int.from_bytes(head[18:20], order), "another CPU")
+            if machine != architecture:
+                found.append(f"{e.arcname} is built for {machine}, the function runs on"
+                             f" {architecture}; check architecture= or reinstall that package")
+    return found
 
 
 def _packages(entries: list[Entry]) -> dict[str, int]:

@@ -248,7 +248,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
                            " lambda_tasks; pass the Layer too")
         seen[item.name] = item
         if problem:
-            for step in ("package", "deploy"):
+            for step in ("package", "deploy" if isinstance(item, Function) else "layer"):
                 yield _failing(step, item, problem)
             continue
         valid.append(item)

@@ -222,3 +222,21 @@ def test_list_documents_tasks(project: Project) -> None:
     assert run.rc == 0
     assert "npm:demo" in run.out and "package:demo" in run.out
     assert "production dependencies" in run.out
+
+
+def test_native_addon_for_the_wrong_cpu_is_reported(project: Project) -> None:
+    import struct
+
+    addon = project.fn / "native" / "addon.node"
+    addon.parent.mkdir()
+    # a minimal ELF header: 64-bit little-endian, e_machine x86-64 (0x3E)
+    addon.write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 9 + struct.pack("<HH", 3, 0x3E) + b"\0" * 40)
+    (project.fn / "native" / "mac.node").write_bytes(b"\xcf\xfa\xed\xfe" + b"\0" * 40)
+    project.configure([{**FUNCTION, "architecture": "arm64"}])
+    run = project.doit("package")
+    assert run.rc == 0, run.text
+    assert "native/addon.node is built for x86_64, the function runs on arm64" in run.err
+    assert "native/mac.node is not a Linux binary" in run.err
+    project.configure([FUNCTION])
+    run = project.doit("package")
+    assert "addon.node" not in run.err and "mac.node is not a Linux binary" in run.err
