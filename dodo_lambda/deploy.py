@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import archive, aws, build
+from . import archive, aws, build, lambdas
+from . import s3 as s3mod  # a bare `s3` would clash with the local s3 locations
 from .config import Function, Layer, label
 from .digest import value_digest
 from .errors import DodoLambdaError
 
-DIRECT_UPLOAD_LIMIT = aws.DIRECT_UPLOAD_LIMIT  # 50 MiB: above it, code goes through S3
+DIRECT_UPLOAD_LIMIT = lambdas.DIRECT_UPLOAD_LIMIT  # 50 MiB: above it, code goes through S3
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def s3_location(fn: Function, m: dict[str, Any], opts: Options) -> tuple[str, st
     """Where the code goes through S3, or None for a direct upload. Raises before
     anything is sent when the zip is too big and there is no bucket."""
     if fn.bucket:
-        return fn.bucket, aws.s3_key(fn.bucket_prefix, fn.name, m["sha256"])
+        return fn.bucket, s3mod.s3_key(fn.bucket_prefix, fn.name, m["sha256"])
     if m["zip_size"] > opts.direct_limit:
         raise DodoLambdaError(
             f"{label(fn)}: the zip is {m['zip_size']:,} bytes, over the {opts.direct_limit:,}-byte"
@@ -215,10 +216,10 @@ def _locked(path: Path) -> Iterator[None]:
 
 def find_function(c: aws.Clients, name: str, many: bool) -> dict[str, Any] | None:
     if many:
-        listed = aws.list_functions(c)
+        listed = lambdas.list_functions(c)
         if name in listed:
             return listed[name]
-    return aws.get_function(c, name)
+    return lambdas.get_function(c, name)
 
 
 def warn(message: str) -> None:
@@ -257,8 +258,8 @@ def upload(fn: Function, build_dir: str | Path, opts: Options) -> bool:
     if loc is None:
         return False
     c = clients(opts, label(fn))
-    sent = aws.upload_zip(c, who=label(fn), bucket=loc[0], key=loc[1],
-                          zip_path=build.paths(fn, build_dir).zip, sha256_hex=m["sha256"])
+    sent = s3mod.upload_zip(c, who=label(fn), bucket=loc[0], key=loc[1],
+                            zip_path=build.paths(fn, build_dir).zip, sha256_hex=m["sha256"])
     archive.write_json(record_paths(fn, build_dir)["uploaded"], {
         "bucket": loc[0], "key": loc[1], "sha256": m["sha256"], "region": c.region, "sent": sent})
     return sent
@@ -276,34 +277,34 @@ def deploy_function(fn: Function, build_dir: str | Path, opts: Options) -> Funct
         deployed = find_function(c, fn.name, opts.many)
         plan = plan_function(fn, m, deployed, wanted, opts)
         zip_path = None if plan.s3 else build.paths(fn, build_dir).zip
-        if plan.s3 and (plan.code or plan.create) and not aws.s3_object_exists(c, *plan.s3, who=who):
+        if plan.s3 and (plan.code or plan.create) and not s3mod.s3_object_exists(c, *plan.s3, who=who):
             raise DodoLambdaError(f"{who}: s3://{plan.s3[0]}/{plan.s3[1]} is missing; run"
                                   f" `doit upload:{fn.name}`")
         if plan.create:
-            config = aws.create_function(
+            config = lambdas.create_function(
                 c, fn.name, who=who, role=fn.role or "", runtime=fn.runtime, handler=fn.handler,
                 architecture=fn.architecture, zip_path=zip_path, s3=plan.s3,
                 settings=fn.settings(), layers=wanted.get("Layers"))
         else:
             config = deployed or {}
             if plan.code:
-                config = aws.update_code(c, fn.name, who=who, architecture=fn.architecture,
-                                         zip_path=zip_path, s3=plan.s3)
+                config = lambdas.update_code(c, fn.name, who=who, architecture=fn.architecture,
+                                             zip_path=zip_path, s3=plan.s3)
             if plan.settings:
-                config = aws.update_configuration(c, fn.name, who=who, changes=plan.settings)
+                config = lambdas.update_configuration(c, fn.name, who=who, changes=plan.settings)
         if config.get("CodeSha256") not in (None, m["code_sha256"]):
             raise DodoLambdaError(f"{who}: Lambda reports CodeSha256 {config.get('CodeSha256')}"
                                   f" after the update, not {m['code_sha256']}; run again")
         version = None
         if plan.publish:
-            version = aws.publish_version(c, fn.name, who=who, code_sha256=m["code_sha256"])
+            version = lambdas.publish_version(c, fn.name, who=who, code_sha256=m["code_sha256"])
         elif fn.publish:
-            version = aws.latest_version(c, fn.name, who=who, code_sha256=m["code_sha256"]) \
-                or aws.publish_version(
+            version = lambdas.latest_version(c, fn.name, who=who, code_sha256=m["code_sha256"]) \
+                or lambdas.publish_version(
                 c, fn.name, who=who, code_sha256=m["code_sha256"])
         if fn.alias and version is not None:
-            aws.point_alias(c, fn.name, fn.alias, version["Version"], who=who)
-        aws.invalidate(c, fn.name)
+            lambdas.point_alias(c, fn.name, fn.alias, version["Version"], who=who)
+        lambdas.invalidate(c, fn.name)
         archive.write_json(records["deployed"], {
             "arn": config.get("FunctionArn"),
             "region": c.region,
@@ -336,7 +337,7 @@ def publish_layer(layer: Layer, build_dir: str | Path, opts: Options,
     records = record_paths(layer, build_dir)
     with _locked(records["lock"]):
         c = clients(opts, who)
-        plan = layer_plan(layer, m, aws.latest_layer_version(c, layer.name, who=who))
+        plan = layer_plan(layer, m, lambdas.latest_layer_version(c, layer.name, who=who))
         version = plan.latest
         if plan.publish:
             zip_path: Path | None = build.paths(layer, build_dir).zip
@@ -347,11 +348,11 @@ def publish_layer(layer: Layer, build_dir: str | Path, opts: Options,
                         f"{who}: the zip is {m['zip_size']:,} bytes, over the"
                         f" {opts.direct_limit:,}-byte limit for a direct upload; set bucket="
                         " (an S3 bucket for packages) on the Layer")
-                s3 = (layer.bucket, aws.s3_key(layer.bucket_prefix, layer.name, m["sha256"]))
-                aws.upload_zip(c, who=who, bucket=s3[0], key=s3[1], zip_path=zip_path,
-                               sha256_hex=m["sha256"])
+                s3 = (layer.bucket, s3mod.s3_key(layer.bucket_prefix, layer.name, m["sha256"]))
+                s3mod.upload_zip(c, who=who, bucket=s3[0], key=s3[1], zip_path=zip_path,
+                                 sha256_hex=m["sha256"])
                 zip_path = None
-            version = aws.publish_layer(
+            version = lambdas.publish_layer(
                 c, layer.name, who=who, zip_path=zip_path, s3=s3, runtimes=layer.runtimes,
                 architectures=layer.architectures, description=layer.description)
         assert version is not None
@@ -389,14 +390,14 @@ def plan_lines(items: list[Function | Layer], build_dir: str | Path, opts: Optio
         c = clients(opts, who)
         m = manifest(item, build_dir)
         if isinstance(item, Layer):
-            plan = layer_plan(item, m, aws.latest_layer_version(c, item.name, who=who))
+            plan = layer_plan(item, m, lambdas.latest_layer_version(c, item.name, who=who))
             lines.append(f"{who}: {plan.reason}")
             continue
         wanted = desired_settings(item, build_dir, planning=True)
         for layer in item.layers:
             if isinstance(layer, Layer):
                 lp = layer_plan(layer, manifest(layer, build_dir),
-                                aws.latest_layer_version(c, layer.name, who=who))
+                                lambdas.latest_layer_version(c, layer.name, who=who))
                 if lp.publish:
                     wanted.pop("Layers", None)
                     lines.append(f"{who}: would move to the new version of layer '{layer.name}'")

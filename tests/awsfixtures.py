@@ -8,8 +8,14 @@ Fixtures
   fault_proxy   function: a FaultProxy in front of moto, AWS_ENDPOINT_URL pointing at it
                 (requires aws_env)
   make_zip      function: make_zip(name="fn", files=None) -> Path of a tiny Node.js zip
+  fast_aws      function: no pauses between dodo_lambda's polls and retries, nor botocore's
 
 Helpers (import from awsfixtures)
+  sha(path) -> (hex, base64) SHA-256 of a file; random_file(path, size) -> path
+  create_function(aws_env, zip_path, name="orders", **kw)
+                                             create a function as dodo_lambda does
+  MakeZip, WHO, CODE_PATH, CONFIG_PATH       make_zip's type; function 'orders' in
+                                             messages and in Lambda's API paths
   inject_fault(client, "UpdateFunctionCode", status=409, code="ResourceConflictException",
                times=2)                      in-process error answers, counts calls
   fake_function_state(client, times=2, LastUpdateStatus="InProgress")
@@ -23,7 +29,9 @@ test process is checked to go to a loopback address, and the environment the
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -346,6 +354,49 @@ def make_zip(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture
+def fast_aws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No pauses between polls and retries: moto answers at once anyway."""
+    from botocore.retries.standard import ExponentialBackoff
+
+    from dodo_lambda import lambdas
+
+    monkeypatch.setattr(lambdas, "POLL_DELAY", 0.0)
+    monkeypatch.setattr(lambdas, "CONFLICT_BASE_DELAY", 0.0)
+    # botocore's own retry backoff (up to a second or more per retry).
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0)
+
+
+MakeZip = Callable[..., Path]  # what the make_zip fixture gives
+# The function create_function makes by default: how messages name it, and the
+# paths of its code and its configuration in Lambda's API.
+WHO = "function 'orders'"
+CODE_PATH = r"^/2015-03-31/functions/orders/code$"
+CONFIG_PATH = r"^/2015-03-31/functions/orders/configuration$"
+
+
+def sha(path: Path) -> tuple[str, str]:
+    """(hex, base64) SHA-256 of a file's bytes."""
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    return digest.hex(), base64.b64encode(digest).decode()
+
+
+def random_file(path: Path, size: int) -> Path:
+    path.write_bytes(os.urandom(size))
+    return path
+
+
+def create_function(env: AwsEnv, zip_path: Path, name: str = "orders", **kw: object) -> dict:
+    from dodo_lambda import aws, lambdas
+
+    return lambdas.create_function(
+        aws.clients(), name, who=f"function '{name}'", role=env.role_arn(),
+        runtime="nodejs20.x", handler="index.handler",
+        architecture=kw.pop("architecture", "x86_64"),  # type: ignore[arg-type]
+        zip_path=zip_path, **kw,  # type: ignore[arg-type]
+    )
 
 
 # ------------------------------------------------------------------ in-process faults
