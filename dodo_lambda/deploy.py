@@ -261,7 +261,8 @@ def upload(fn: Function, build_dir: str | Path, opts: Options) -> bool:
     sent = s3mod.upload_zip(c, who=label(fn), bucket=loc[0], key=loc[1],
                             zip_path=build.paths(fn, build_dir).zip, sha256_hex=m["sha256"])
     archive.write_json(record_paths(fn, build_dir)["uploaded"], {
-        "bucket": loc[0], "key": loc[1], "sha256": m["sha256"], "region": c.region, "sent": sent})
+        "bucket": loc[0], "key": loc[1], "prefix": fn.bucket_prefix, "sha256": m["sha256"],
+        "region": c.region, "sent": sent, "target": target_key(opts)})
     return sent
 
 

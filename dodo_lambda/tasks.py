@@ -156,7 +156,8 @@ def _upload_task(fn: Function, build_dir: str, opts: deploy.Options, target: str
         "actions": [(run_step, ["upload", fn, build_dir, opts])],
         "file_dep": [str(p.zip), str(p.manifest)],
         "targets": [str(record)],
-        "uptodate": [(record_matches, [str(record), {"target": target, "bucket": fn.bucket}])],
+        "uptodate": [(record_matches, [str(record), {"target": target, "bucket": fn.bucket,
+                                                   "prefix": fn.bucket_prefix}])],
     }
 
 

@@ -100,11 +100,22 @@ def test_s3_path_content_addressed_and_skipped(project: Project, aws_env, fn: di
     assert head["ServerSideEncryption"] == "AES256"
     assert _deployed(aws_env)["CodeSha256"] == project.manifest()["code_sha256"]
 
+    mark = aws_env.mark()
+    again = project.doit("deploy")
+    assert again.rc == 0 and again.executed == set(), again.text
+    assert aws_env.requests(mark) == []
+
+    project.configure([{**fn, "bucket": bucket, "bucket_prefix": "v2/"}])
+    moved = project.doit("deploy")
+    assert moved.rc == 0 and {"upload:demo", "deploy:demo"} <= moved.executed, moved.text
+    assert aws_env.count("PUT", rf"/{bucket}/v2/demo/{sha}\.zip", mark) == 1
+    assert aws_env.count("PUT", CODE.format("demo"), mark) == 0
+
     _reset_state(project)
     mark = aws_env.mark()
     fresh = project.doit("deploy")
     assert fresh.rc == 0, fresh.text
-    assert aws_env.count("PUT", rf"/{bucket}/lambda/demo/", mark) == 0
+    assert aws_env.count("PUT", rf"/{bucket}/(lambda|v2)/demo/", mark) == 0
     assert aws_env.count("PUT", CODE.format("demo"), mark) == 0
     assert "already in s3://" in fresh.text
 
