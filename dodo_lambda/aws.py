@@ -243,15 +243,6 @@ def _check_region_known(session: Any, region: str, pre: str) -> None:
     )
 
 
-def target_id(target: AwsTarget | None = None) -> str:
-    """A stable name for where deploys go (profile, region, endpoints), for uptodate checks."""
-    c = clients(target)
-    return (
-        f"profile={c.profile or ''} region={c.region}"
-        f" lambda={c.lam.meta.endpoint_url} s3={c.s3.meta.endpoint_url}"
-    )
-
-
 # --------------------------------------------------------------------------- errors
 
 

@@ -28,13 +28,6 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def optional_file_sha256(path: Path) -> str | None:
-    try:
-        return file_sha256(path)
-    except FileNotFoundError:
-        return None
-
-
 def stat_digest(entries: Iterable[Entry]) -> str:
     """Changes when any path, size, mtime or mode changes (order-independent)."""
     text = "".join(sorted(f"{e.arcname}\0{e.size}\0{e.mtime_ns}\0{e.mode:o}\n" for e in entries))

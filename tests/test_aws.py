@@ -35,18 +35,21 @@ def test_importing_aws_does_not_import_boto3(module: str) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
 
 
-def test_clients_memoised_and_target_id(
+def test_clients_memoised_and_target_key(
     aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from dodo_lambda.deploy import Options, target_key
+
     c = aws.clients()
     assert c is aws.clients(AwsTarget())
     assert (c.region, c.endpoint) == ("us-east-1", aws_env.url)
-    first = aws.target_id()
-    assert first == aws.target_id(AwsTarget())
-    assert aws.target_id(AwsTarget(region="eu-west-1")) != first
-    assert aws.target_id(AwsTarget(endpoint="http://127.0.0.1:1")) != first
+    first = target_key(Options())
+    assert first == target_key(Options(AwsTarget()))
+    assert target_key(Options(AwsTarget(region="eu-west-1"))) != first
+    assert target_key(Options(AwsTarget(endpoint="http://127.0.0.1:1"))) != first
+    assert target_key(Options(emulator=True)) != first
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
-    assert "region=eu-central-1" in aws.target_id()  # a changed environment, a new target
+    assert target_key(Options()) != first  # a changed environment, a new target
     assert aws.clients() is not c
 
 
