@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import archive, aws, build, lambdas
-from . import s3 as s3mod  # a bare `s3` would clash with the local s3 locations
+from . import archive, aws, build, lambdas, s3
 from .config import Function, Layer, label
 from .digest import value_digest
 from .errors import DodoLambdaError
@@ -155,15 +154,17 @@ def _show(key: str, value: Any) -> str:
     return repr(value)
 
 
-def s3_location(fn: Function, m: dict[str, Any], opts: Options) -> tuple[str, str] | None:
+def s3_location(item: Function | Layer, m: dict[str, Any], opts: Options
+                ) -> tuple[str, str] | None:
     """Where the code goes through S3, or None for a direct upload. Raises before
     anything is sent when the zip is too big and there is no bucket."""
-    if fn.bucket:
-        return fn.bucket, s3mod.s3_key(fn.bucket_prefix, fn.name, m["sha256"])
+    if item.bucket:
+        return item.bucket, s3.s3_key(item.bucket_prefix, item.name, m["sha256"])
     if m["zip_size"] > opts.direct_limit:
         raise DodoLambdaError(
-            f"{label(fn)}: the zip is {m['zip_size']:,} bytes, over the {opts.direct_limit:,}-byte"
-            " limit for a direct upload; set bucket= (an S3 bucket for packages) on the Function"
+            f"{label(item)}: the zip is {m['zip_size']:,} bytes, over the"
+            f" {opts.direct_limit:,}-byte limit for a direct upload; set bucket= (an S3 bucket"
+            f" for packages) on the {type(item).__name__}"
         )
     return None
 
@@ -258,7 +259,7 @@ def upload(fn: Function, build_dir: str | Path, opts: Options) -> bool:
     if loc is None:
         return False
     c = clients(opts, label(fn))
-    sent = s3mod.upload_zip(c, who=label(fn), bucket=loc[0], key=loc[1],
+    sent = s3.upload_zip(c, who=label(fn), bucket=loc[0], key=loc[1],
                             zip_path=build.paths(fn, build_dir).zip, sha256_hex=m["sha256"])
     archive.write_json(record_paths(fn, build_dir)["uploaded"], {
         "bucket": loc[0], "key": loc[1], "prefix": fn.bucket_prefix, "sha256": m["sha256"],
@@ -278,7 +279,7 @@ def deploy_function(fn: Function, build_dir: str | Path, opts: Options) -> Funct
         deployed = find_function(c, fn.name, opts.many)
         plan = plan_function(fn, m, deployed, wanted, opts)
         zip_path = None if plan.s3 else build.paths(fn, build_dir).zip
-        if plan.s3 and (plan.code or plan.create) and not s3mod.s3_object_exists(c, *plan.s3, who=who):
+        if plan.s3 and (plan.code or plan.create) and not s3.s3_object_exists(c, *plan.s3, who=who):
             raise DodoLambdaError(f"{who}: s3://{plan.s3[0]}/{plan.s3[1]} is missing; run"
                                   f" `doit upload:{fn.name}`")
         if plan.create:
@@ -342,19 +343,13 @@ def publish_layer(layer: Layer, build_dir: str | Path, opts: Options,
         version = plan.latest
         if plan.publish:
             zip_path: Path | None = build.paths(layer, build_dir).zip
-            s3 = None
-            if layer.bucket or m["zip_size"] > opts.direct_limit:
-                if not layer.bucket:
-                    raise DodoLambdaError(
-                        f"{who}: the zip is {m['zip_size']:,} bytes, over the"
-                        f" {opts.direct_limit:,}-byte limit for a direct upload; set bucket="
-                        " (an S3 bucket for packages) on the Layer")
-                s3 = (layer.bucket, s3mod.s3_key(layer.bucket_prefix, layer.name, m["sha256"]))
-                s3mod.upload_zip(c, who=who, bucket=s3[0], key=s3[1], zip_path=zip_path,
-                                 sha256_hex=m["sha256"])
+            location = s3_location(layer, m, opts)
+            if location is not None:
+                s3.upload_zip(c, who=who, bucket=location[0], key=location[1],
+                              zip_path=zip_path, sha256_hex=m["sha256"])
                 zip_path = None
             version = lambdas.publish_layer(
-                c, layer.name, who=who, zip_path=zip_path, s3=s3, runtimes=layer.runtimes,
+                c, layer.name, who=who, zip_path=zip_path, s3=location, runtimes=layer.runtimes,
                 architectures=layer.architectures, description=layer.description)
         assert version is not None
         archive.write_json(records["published"], {

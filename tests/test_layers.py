@@ -138,3 +138,20 @@ def test_function_plus_layers_over_the_limit(project: Project, aws_env) -> None:
     run = project.doit("deploy")
     _fails(run, "function 'demo'", "262,144,000", "layer shared", "function demo")
     assert [r for r in aws_env.requests(mark) if r.method not in ("GET", "HEAD")] == []
+
+
+def test_big_layer_goes_through_s3(project: Project, aws_env) -> None:
+    bucket = aws_env.bucket("layer-artifacts")
+    project.configure([], layers=[LAYER], options={"direct_upload_limit": 100})
+    run = project.doit("layer")
+    _fails(run, "layer 'shared'", "bucket=", "on the Layer")
+    assert _versions(aws_env) == []
+
+    project.configure([], layers=[{**LAYER, "bucket": bucket}],
+                      options={"direct_upload_limit": 100})
+    run = project.doit("layer")
+    assert run.rc == 0, run.text
+    sha = json.loads((project.root / ".dodo_lambda" / "dist" / "layers" /
+                      "shared.manifest.json").read_text())["sha256"]
+    assert aws_env.count("PUT", rf"/{bucket}/shared/{sha}\.zip") == 1
+    assert _versions(aws_env) == [1]
