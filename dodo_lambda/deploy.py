@@ -145,9 +145,19 @@ def _deployed_value(config: dict[str, Any], key: str) -> Any:
     return config.get(key)
 
 
-def _show(key: str, value: Any) -> str:
+def _change(key: str, old: Any, new: Any) -> str:
+    """One plan line for a setting. Environment values may be secrets: name the
+    variables only."""
     if key == "Environment":
-        return "{" + ", ".join(sorted(value["Variables"])) + "}"
+        before, after = old["Variables"], new["Variables"]
+        parts = [f"+{k}" for k in sorted(after.keys() - before.keys())]
+        parts += [f"-{k}" for k in sorted(before.keys() - after.keys())]
+        parts += [f"~{k}" for k in sorted(before.keys() & after.keys()) if before[k] != after[k]]
+        return f"Environment {' '.join(parts)}"
+    return f"{key} {_show(key, old)} → {_show(key, new)}"
+
+
+def _show(key: str, value: Any) -> str:
     if key == "Layers":
         return "[" + ", ".join(a.rsplit(":", 2)[-2] + ":" + a.rsplit(":", 1)[-1]
                                if a.startswith("arn:") else a for a in value) + "]"
@@ -193,7 +203,7 @@ def plan_function(fn: Function, m: dict[str, Any], deployed: dict[str, Any] | No
             old = _deployed_value(deployed, key)
             if old != value:
                 plan.settings[key] = value
-                plan.reasons.append(f"{key} {_show(key, old)} → {_show(key, value)}")
+                plan.reasons.append(_change(key, old, value))
     if fn.publish:
         plan.publish = plan.changes or deployed is None
         plan.alias = fn.alias

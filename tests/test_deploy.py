@@ -179,7 +179,7 @@ def test_plan_reports_and_changes_nothing(project: Project, aws_env, fn: dict) -
                        {"name": "other", "source": "fn", "handler": "index.handler"}])
     assert project.doit("deploy:demo").rc == 0
     (project.fn / "lib" / "util.js").write_text("exports.wrap = (s) => s;\n")
-    project.configure([{**fn, "memory": 256, "timeout": 30},
+    project.configure([{**fn, "memory": 256, "timeout": 30, "environment": {"TOKEN": "s3cr3t"}},
                        {"name": "other", "source": "fn", "handler": "index.handler",
                         "role": fn["role"]}])
     mark = aws_env.mark()
@@ -189,6 +189,7 @@ def test_plan_reports_and_changes_nothing(project: Project, aws_env, fn: dict) -
     assert f"code differs (local {project.manifest()['code_sha256']} vs deployed {deployed})" \
         in run.out
     assert "MemorySize 128 → 256" in run.out and "Timeout 3 → 30" in run.out
+    assert "Environment +TOKEN" in run.out and "s3cr3t" not in run.out
     assert "function 'other': would create" in run.out
     assert [r for r in aws_env.requests(mark) if r.method not in ("GET", "HEAD")] == []
     assert _deployed(aws_env)["MemorySize"] == 128
