@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +43,7 @@ def upload_zip(
     sha256_hex: str,
     multipart_threshold: int = 64 * MiB,
     part_size: int = 16 * MiB,
-    progress: Callable[[str], None] | None = print,
+    progress: Callable[[str], None] | None = None,
 ) -> bool:
     """Put ``zip_path`` at s3://bucket/key unless identical bytes are there; True when sent."""
     zip_path = Path(zip_path)
@@ -51,7 +52,8 @@ def upload_zip(
         if _object_matches(c, bucket, key, sha256_hex, size):
             return False
         _require_bucket(c, who, bucket)
-        report = _Progress(progress, f"{zip_path.name} to s3://{bucket}/{key}", size)
+        report = _Progress(progress or _to_stderr, f"{zip_path.name} to s3://{bucket}/{key}",
+                           size)
         up = _Upload(c, who, bucket, key, zip_path, sha256_hex, size, report)
         if size > multipart_threshold:
             _multipart_upload(up, part_size)
@@ -225,6 +227,11 @@ def _send_parts(up: _Upload, upload_id: str, part_size: int) -> list[dict[str, A
             f"{_prefix(up.who)}{up.zip_path} changed while it was being uploaded; run again"
         )
     return parts
+
+
+def _to_stderr(line: str) -> None:
+    # doit keeps a task's stdout to itself at its default verbosity; stderr shows
+    print(line, file=sys.stderr, flush=True)
 
 
 class _Progress:

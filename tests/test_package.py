@@ -240,3 +240,18 @@ def test_native_addon_for_the_wrong_cpu_is_reported(project: Project) -> None:
     project.configure([FUNCTION])
     run = project.doit("package")
     assert "addon.node" not in run.err and "mac.node is not a Linux binary" in run.err
+
+
+def test_noop_package_does_not_import_boto(project: Project) -> None:
+    import sys
+
+    project.configure([{**FUNCTION, "bucket": "b", "role": "arn:aws:iam::123456789012:role/r"}])
+    assert project.doit("package").rc == 0
+    script = ("import sys\nfrom doit.doit_cmd import DoitMain\n"
+              "rc = DoitMain().run(['package'])\n"
+              "assert rc == 0\n"
+              "assert 'botocore' not in sys.modules and 'boto3' not in sys.modules\n")
+    res = subprocess.run([sys.executable, "-c", script], cwd=project.root, capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "-- package:demo" in res.stdout
