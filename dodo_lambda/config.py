@@ -93,7 +93,7 @@ class Function:
     alias: str | None = None
     memory: int | None = None
     timeout: int | None = None
-    environment: Mapping[str, str] | None = None
+    environment: Mapping[str, str] | None = field(default=None, repr=False)
     description: str | None = None
     _frozen_env: tuple[tuple[str, str], ...] | None = field(default=None, repr=False, compare=False)
 

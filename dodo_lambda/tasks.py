@@ -197,11 +197,33 @@ def _deploy_task(fn: Function, build_dir: str, opts: deploy.Options, target: str
     }
 
 
-def _failing(basename: str, item: Item, message: str) -> TaskDict:
+def _steps(item: Any) -> tuple[str, str]:
+    return ("package", "layer" if isinstance(item, Layer) else "deploy")
+
+
+def _problem(item: Any, items: tuple[Any, ...], valid: list[Item]) -> str | None:
+    """Why the item cannot be built, as one line (or None)."""
+    if not isinstance(item, (Function, Layer)):
+        return f"lambda_tasks() takes Function and Layer objects, not {item!r}"
+    twin = next((v for v in valid if v.name == item.name), None)
+    if twin is not None and twin.kind == item.kind:
+        return f"{label(item)} is defined twice with different settings; rename one"
+    if twin is not None:
+        return (f"{label(item)} and {label(twin)} share a name (task names must be unique);"
+                " rename one")
+    if isinstance(item, Function):
+        missing = [x.name for x in item.layers if isinstance(x, Layer) and x not in items]
+        if missing:
+            return (f"{label(item)} uses layer '{missing[0]}', which is not passed to"
+                    " lambda_tasks; pass the Layer too")
+    return item.problem
+
+
+def _failing(basename: str, item: Any, message: str) -> TaskDict:
     return {
         "basename": basename,
-        "name": item.name,
-        "doc": f"{label(item)}: cannot be built: {message}",
+        "name": getattr(item, "name", "invalid"),
+        "doc": f"cannot be built: {message}",
         "actions": [(fail, [message])],
         "uptodate": [False],
     }
@@ -227,42 +249,35 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
                           many=sum(isinstance(i, Function) for i in items) > 2,
                           emulator=emulator)
     target = deploy.target_key(opts)
-    for basename, doc in GROUP_DOCS.items():
-        yield {"basename": basename, "name": None, "doc": doc}
     valid: list[Item] = []
-    seen: dict[str, Item] = {}
+    tasks: list[TaskDict] = []
     for item in items:
-        if not isinstance(item, (Function, Layer)):
-            message = f"lambda_tasks() takes Function and Layer objects, not {item!r}"
-            yield {"basename": "package", "name": "invalid", "actions": [(fail, [message])],
-                   "uptodate": [False], "doc": message}
-            continue
-        problem = item.problem
-        twin = seen.get(item.name)
-        if twin is not None and twin != item:
-            problem = (f"{label(item)} and {label(twin)} share a name (task names must be"
-                       " unique); rename one")
-        if isinstance(item, Function):
-            missing = [x.name for x in item.layers if isinstance(x, Layer) and x not in items]
-            if missing and not problem:
-                problem = (f"{label(item)} uses layer '{missing[0]}', which is not passed to"
-                           " lambda_tasks; pass the Layer too")
-        seen[item.name] = item
+        if any(item is v or item == v for v in valid):
+            continue  # the same item passed twice
+        problem = _problem(item, items, valid)
         if problem:
-            for step in ("package", "deploy" if isinstance(item, Function) else "layer"):
-                yield _failing(step, item, problem)
+            for step in _steps(item):
+                failing = _failing(step, item, problem)
+                while any((t["basename"], t["name"]) == (step, failing["name"]) for t in tasks):
+                    failing["name"] += "-again"  # a name clash must not become doit's error
+                tasks.append(failing)
             continue
         valid.append(item)
         if isinstance(item, Layer) or npm.has_dependencies(item):
-            yield _npm_task(item, build_dir)
-        yield _package_task(item, build_dir)
+            tasks.append(_npm_task(item, build_dir))
+        tasks.append(_package_task(item, build_dir))
         if isinstance(item, Layer):
             users = tuple(f for f in items if isinstance(f, Function) and item in f.layers)
-            yield _layer_task(item, build_dir, opts, target, users)
+            tasks.append(_layer_task(item, build_dir, opts, target, users))
         else:
             if item.bucket:
-                yield _upload_task(item, build_dir, opts, target)
-            yield _deploy_task(item, build_dir, opts, target)
+                tasks.append(_upload_task(item, build_dir, opts, target))
+            tasks.append(_deploy_task(item, build_dir, opts, target))
+    used = {t["basename"] for t in tasks}
+    for basename, doc in GROUP_DOCS.items():
+        if basename in used:
+            yield {"basename": basename, "name": None, "doc": doc}
+    yield from tasks
     yield {
         "basename": "plan",
         "doc": "show what deploy would change for each function and layer, and why (read-only)",

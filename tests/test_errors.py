@@ -117,3 +117,16 @@ def test_two_functions_one_broken_other_builds(project: Project) -> None:
     run = project.doit("--continue", "package")
     assert run.rc != 0 and "Traceback" not in run.text
     assert project.zip_path("ok").is_file()
+
+
+def test_same_name_twice_and_not_an_item(project: Project) -> None:
+    dodo = project.root / "dodo.py"
+    dodo.write_text(dodo.read_text().replace(
+        "yield from lambda_tasks(*functions,",
+        "yield from lambda_tasks(*functions, functions[0], 'oops', 'oops',"))
+    project.configure([FUNCTION, {**FUNCTION, "handler": "index.other"}])
+    run = project.doit("--continue", "package")
+    assert run.rc != 0 and "Traceback" not in run.text, run.text
+    assert "function 'demo' is defined twice with different settings" in run.text
+    assert "takes Function and Layer objects, not 'oops'" in run.text
+    assert project.zip_path().is_file()  # the first definition still builds
