@@ -254,14 +254,7 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
     _SCANS[_key(item, build_dir)] = scan  # if not up to date, the build starts from here
     scan.entries = entries = select(everything, patterns(item, build_dir), label(item))
     old = cache.get("entries") or {}
-    files = []
-    for e in entries:
-        rec = old.get(e.arcname)
-        if rec and rec[0] == e.size and rec[1] == e.mtime_ns:
-            sha = rec[3]
-        else:
-            sha = digest.file_sha256(e.path)
-        files.append((e.arcname, e.mode, sha))
+    files = digest.entry_hashes(entries, old)
     if digest.content_digest(files) != manifest.get("content_digest"):
         return False
     del _SCANS[_key(item, build_dir)]

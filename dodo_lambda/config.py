@@ -95,7 +95,8 @@ class Function:
     timeout: int | None = None
     environment: Mapping[str, str] | None = field(default=None, repr=False)
     description: str | None = None
-    _frozen_env: tuple[tuple[str, str], ...] | None = field(default=None, repr=False, compare=False)
+    _frozen_env: tuple[tuple[str, str], ...] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for attr in ("include", "exclude"):

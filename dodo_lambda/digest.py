@@ -41,6 +41,23 @@ def content_digest(files: Iterable[tuple[str, int, str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def entry_hashes(entries: Iterable[Entry], known: dict[str, list[Any]] | None = None
+                 ) -> list[tuple[str, int, str]]:
+    """(zip path, mode, sha256) per entry. ``known`` maps zip paths to records
+    ``[size, mtime_ns, mode, sha256, ...]``: a file whose size and mtime match is
+    not read again."""
+    known = known or {}
+    out = []
+    for e in entries:
+        rec = known.get(e.arcname)
+        if rec and rec[0] == e.size and rec[1] == e.mtime_ns:
+            sha = rec[3]
+        else:
+            sha = file_sha256(e.path)
+        out.append((e.arcname, e.mode, sha))
+    return out
+
+
 def value_digest(value: Any) -> str:
     """Digest of a JSON-able value (settings, option sets)."""
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

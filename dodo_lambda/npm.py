@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from . import digest
+from .archive import read_json, write_json
 from .config import ARCHITECTURES, Function, Layer, label
 from .errors import DodoLambdaError
 from .select import Entry, Root, forget_walks, walk_roots
@@ -122,10 +123,8 @@ def _tree(item: Function | Layer, build_dir: str | Path, keep: bool = False) -> 
 
 
 def read_record(st: Staging) -> dict[str, Any] | None:
-    try:
-        return json.loads(st.record.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
+    record = read_json(st.record)
+    return record if isinstance(record, dict) else None
 
 
 def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
@@ -147,12 +146,12 @@ def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
     if _content(tree) != record.get("tree_content"):
         return False
     record["tree_stat"] = digest.stat_digest(tree)
-    _write_json(st.record, record)
+    write_json(st.record, record)
     return True
 
 
 def _content(tree: list[Entry]) -> str:
-    return digest.content_digest((e.arcname, e.mode, digest.file_sha256(e.path)) for e in tree)
+    return digest.content_digest(digest.entry_hashes(tree))
 
 
 def _read_package_json(item: Function | Layer) -> dict[str, Any]:
@@ -275,7 +274,7 @@ def install(item: Function | Layer, build_dir: str | Path, log: Any = None) -> N
         raise
     forget_walks()
     tree = _tree(item, build_dir)
-    _write_json(st.record, {
+    write_json(st.record, {
         "key": key,
         "tools": tools,
         "tree_stat": digest.stat_digest(tree),
@@ -313,9 +312,3 @@ def _npm_reason(output: str) -> str:
                 and "log of this run" not in text:
             reasons.append(text)
     return ": ".join(x for x in (code, " | ".join(reasons[:4])) if x)
-
-
-def _write_json(path: Path, value: Any) -> None:
-    from .archive import write_json
-
-    write_json(path, value)
