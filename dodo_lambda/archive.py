@@ -185,6 +185,7 @@ class _Writer:
         self.time, self.date = dostime
         self.central: list[bytes] = []
         self.records: dict[str, list[Any]] = {}
+        self.unzipped = 0  # bytes as packed (a file may change after the walk)
         self.pending: tuple[int, int] | None = None  # a run of old bytes to copy
         self.pos = 0  # where the next entry starts (tell() is slow, and pending is unwritten)
         self.buf = bytearray()  # small entries gathered into large writes
@@ -243,6 +244,7 @@ class _Writer:
             p.csize, p.size, len(name), 0, 0, 0, 0, (0o100000 | e.mode) << 16, offset) + name)
         self.records[e.arcname] = [e.size, e.mtime_ns, e.mode, p.sha256, p.crc, p.method,
                                    p.csize, offset]
+        self.unzipped += p.size
 
     def _local(self, p: Packed, name: bytes, flags: int) -> bytes:
         return _LOCAL.pack(0x04034B50, 20, flags, p.method, self.time, self.date, p.crc,
@@ -388,7 +390,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
         sha256=sha.hexdigest(),
         code_sha256=b64encode(sha.digest()).decode(),
         zip_size=dest.stat().st_size,
-        unzipped_size=sum(r[0] for r in records.values()),
+        unzipped_size=writer.unzipped,
         files=len(records),
         content_digest=content_digest((name, r[2], r[3]) for name, r in records.items()),
         records=records,

@@ -29,6 +29,7 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     ".aws/",
     ".DS_Store",
     "/.lambdaignore",
+    ".doit.db*",  # doit's state, when dodo.py sits in the function's folder
 )
 IGNORE_FILE = ".lambdaignore"
 # npm's own bookkeeping in node_modules: machine-specific and not needed to run.

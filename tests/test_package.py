@@ -255,3 +255,21 @@ def test_noop_package_does_not_import_boto(project: Project) -> None:
                          text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "-- package:demo" in res.stdout
+
+
+def test_dodo_inside_the_function_folder(tmp_path: Path) -> None:
+    root = tmp_path / "fn"
+    root.mkdir()
+    (root / "index.js").write_text("exports.handler = async () => 1;\n")
+    (root / "dodo.py").write_text(
+        "from dodo_lambda import Function, lambda_tasks\n"
+        "DOIT_CONFIG = {'backend': 'sqlite3'}\n"
+        "def task_lambda():\n"
+        "    yield from lambda_tasks(Function('here', source='.', handler='index.handler'))\n")
+    project = Project(root)
+    assert project.doit("package").rc == 0
+    names = project.names("here")
+    assert "index.js" in names
+    assert not [n for n in names if n.startswith((".doit.db", ".dodo_lambda/"))], names
+    again = project.doit("package")
+    assert again.executed == set(), again.text
