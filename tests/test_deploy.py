@@ -291,3 +291,19 @@ def test_example_deploys_to_the_embedded_emulator(tmp_path, monkeypatch) -> None
     assert "LOCAL EMULATOR" in run.err and "NOT to AWS" in run.err
     assert "function 'dodo-lambda-hello': created" in run.err
     assert "deployed arn:aws:lambda:us-east-1:123456789012:function:dodo-lambda-hello" in run.err
+
+
+def test_project_overrides_region_and_endpoint(project: Project, aws_env, fn: dict,
+                                               monkeypatch) -> None:
+    monkeypatch.delenv("AWS_ENDPOINT_URL")  # only the project's endpoint= leads to moto
+    project.configure([fn], options={"region": "eu-west-1", "endpoint": aws_env.url})
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert project.record("deployed")["region"] == "eu-west-1"
+    import boto3
+
+    eu = boto3.client("lambda", region_name="eu-west-1", endpoint_url=aws_env.url)
+    assert eu.get_function_configuration(FunctionName="demo")["CodeSha256"] == \
+        project.manifest()["code_sha256"]
+    names = [f["FunctionName"] for f in aws_env.boto("lambda").list_functions()["Functions"]]
+    assert "demo" not in names  # nothing in the environment's region
