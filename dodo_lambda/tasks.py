@@ -32,10 +32,6 @@ GROUP_DOCS = {
 }
 
 
-def _install(item: Item, build_dir: str) -> None:
-    npm.install(item, build_dir)
-
-
 def _package(item: Item, build_dir: str) -> None:
     result = build.package(item, build_dir)
     print(f"{label(item)}: {build.paths(item, build_dir).zip} {result.zip_size:,} bytes,"
@@ -79,7 +75,7 @@ def _plan(items: list[Item], build_dir: str, opts: deploy.Options) -> None:
 
 
 _STEPS: dict[str, Callable[..., Any]] = {
-    "npm": _install, "package": _package, "upload": _upload, "deploy": _deploy,
+    "npm": npm.install, "package": _package, "upload": _upload, "deploy": _deploy,
     "layer": _layer, "plan": _plan,
 }
 
@@ -102,6 +98,10 @@ def run_step(step: str, *args: Any) -> TaskFailed | None:
         _STEPS[step](*args)
     except DodoLambdaError as exc:
         return TaskFailed(str(exc))
+    except OSError as exc:  # disk full, permissions: the machine's problem, said plainly
+        who = label(args[0]) if isinstance(args[0], (Function, Layer)) else step
+        where = f" ({exc.filename})" if exc.filename else ""
+        return TaskFailed(f"{who}: {exc.strerror or exc}{where}; fix that and run again")
     return None
 
 

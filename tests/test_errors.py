@@ -130,3 +130,17 @@ def test_same_name_twice_and_not_an_item(project: Project) -> None:
     assert "function 'demo' is defined twice with different settings" in run.text
     assert "takes Function and Layer objects, not 'oops'" in run.text
     assert project.zip_path().is_file()  # the first definition still builds
+
+
+def test_unwritable_build_dir_is_one_line(project: Project) -> None:
+    import shutil
+
+    assert project.doit("package").rc == 0
+    dist = project.root / ".dodo_lambda" / "dist"
+    shutil.rmtree(dist)
+    dist.write_text("a file where the build dir's dist/ folder belongs")
+    (project.fn / "lib" / "util.js").write_text("exports.wrap = (s) => s;\n")
+    run = project.doit("package")
+    assert run.rc != 0 and "Traceback" not in run.text, run.text
+    line = next(ln for ln in run.text.splitlines() if ln.startswith("function 'demo': "))
+    assert "dist" in line and "run again" in line
