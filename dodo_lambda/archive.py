@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import struct
 import time
@@ -395,23 +394,3 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
         content_digest=content_digest((name, r[2], r[3]) for name, r in records.items()),
         records=records,
     )
-
-
-def write_json(path: Path, value: Any, compact: bool = False) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one.
-    ``compact`` for machine-only files (thousands of entries)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(value, separators=(",", ":")) if compact else \
-        json.dumps(value, indent=1, sort_keys=True)
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-

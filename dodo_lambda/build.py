@@ -12,6 +12,7 @@ from typing import Any
 from . import archive, digest, npm
 from .config import Function, Layer, label
 from .errors import DodoLambdaError
+from .files import locked, read_json, write_json
 from .select import Entry, Patterns, Root, patterns_for, select, walk_roots
 
 
@@ -114,15 +115,24 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     entries = scan.entries
     if entries is None:
         entries = select(scan.everything, patterns(item, build_dir), who)
-    cache = scan.cache if scan.cache is not None else _read_cache(p.cache) or {}
-    previous = None
-    if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
-        previous = cache.get("entries")
     for problem in native_mismatches(entries, item.architecture):
         print(f"warning: {who}: {problem}", file=sys.stderr)
-    p.cache.unlink(missing_ok=True)  # stale the moment the zip changes
-    result = archive.write_zip(entries, p.zip, who=who, previous=previous)
-    archive.write_json(p.manifest, {
+    with locked(p.cache.with_suffix(".lock")):  # one writer of this zip at a time
+        cache = scan.cache if scan.cache is not None else _read_cache(p.cache) or {}
+        previous = None
+        # checked under the lock: another run may have replaced the zip meanwhile
+        if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
+            previous = cache.get("entries")
+        p.cache.unlink(missing_ok=True)  # stale the moment the zip changes
+        result = archive.write_zip(entries, p.zip, who=who, previous=previous)
+        _record(item, p, options, scan.stat, entries, result)
+    return result
+
+
+def _record(item: Function | Layer, p: Paths, options: str, stat: str, entries: list[Entry],
+            result: archive.ZipResult) -> None:
+    """The manifest (for people and the deploy steps) and the entry cache."""
+    write_json(p.manifest, {
         "name": item.name,
         "kind": item.kind,
         "sha256": result.sha256,
@@ -137,10 +147,9 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     _write_cache(p.cache, {
         "options": options,
         "zip": _stat(p.zip),
-        "stat": scan.stat,
+        "stat": stat,
         "entries": result.records,
     })
-    return result
 
 
 _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "arm64"}
@@ -241,7 +250,7 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
         return False
     p = paths(item, build_dir)
     cache = _read_cache(p.cache)
-    manifest = archive.read_json(p.manifest)
+    manifest = read_json(p.manifest)
     if not cache or not manifest or cache.get("zip") != _stat(p.zip):
         return False
     options = options_digest(item, build_dir)

@@ -8,11 +8,8 @@ state decides: a fresh checkout that rebuilds the same bytes changes nothing.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from . import archive, aws, build, lambdas, s3
 from .config import Function, Layer, label
 from .digest import value_digest
 from .errors import DodoLambdaError
+from .files import locked, read_json, write_json
 
 DIRECT_UPLOAD_LIMIT = lambdas.DIRECT_UPLOAD_LIMIT  # 50 MiB: above it, code goes through S3
 
@@ -87,7 +85,7 @@ def record_paths(item: Function | Layer, build_dir: str | Path) -> dict[str, Pat
 
 
 def manifest(item: Function | Layer, build_dir: str | Path) -> dict[str, Any]:
-    m = archive.read_json(build.paths(item, build_dir).manifest)
+    m = read_json(build.paths(item, build_dir).manifest)
     if not m or not build.paths(item, build_dir).zip.is_file():
         raise DodoLambdaError(f"{label(item)}: no package at {build.paths(item, build_dir).zip};"
                               f" run `doit package:{item.name}` first")
@@ -104,7 +102,7 @@ def layer_arns(fn: Function, build_dir: str | Path, *, planning: bool = False) -
         if isinstance(layer, str):
             arns.append(layer)
             continue
-        record = archive.read_json(record_paths(layer, build_dir)["published"])
+        record = read_json(record_paths(layer, build_dir)["published"])
         if not record:
             if planning:
                 arns.append(f"<{layer.name}: not published yet>")
@@ -213,18 +211,6 @@ def plan_function(fn: Function, m: dict[str, Any], deployed: dict[str, Any] | No
 # -- acting ------------------------------------------------------------------------
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One deploy of a function at a time, across doit processes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def find_function(c: aws.Clients, name: str, many: bool) -> dict[str, Any] | None:
     if many:
         listed = lambdas.list_functions(c)
@@ -271,7 +257,7 @@ def upload(fn: Function, build_dir: str | Path, opts: Options) -> bool:
     c = clients(opts, label(fn))
     sent = s3.upload_zip(c, who=label(fn), bucket=loc[0], key=loc[1],
                             zip_path=build.paths(fn, build_dir).zip, sha256_hex=m["sha256"])
-    archive.write_json(record_paths(fn, build_dir)["uploaded"], {
+    write_json(record_paths(fn, build_dir)["uploaded"], {
         "bucket": loc[0], "key": loc[1], "prefix": fn.bucket_prefix, "sha256": m["sha256"],
         "region": c.region, "sent": sent, "target": target_key(opts)})
     return sent
@@ -284,7 +270,7 @@ def deploy_function(fn: Function, build_dir: str | Path, opts: Options) -> Funct
     s3_location(fn, m, opts)  # too big without a bucket: say so before any AWS call
     wanted = desired_settings(fn, build_dir)
     records = record_paths(fn, build_dir)
-    with _locked(records["lock"]):
+    with locked(records["lock"]):
         c = clients(opts, who)
         deployed = find_function(c, fn.name, opts.many)
         plan = plan_function(fn, m, deployed, wanted, opts)
@@ -317,7 +303,7 @@ def deploy_function(fn: Function, build_dir: str | Path, opts: Options) -> Funct
         if fn.alias and version is not None:
             lambdas.point_alias(c, fn.name, fn.alias, version["Version"], who=who)
         lambdas.invalidate(c, fn.name)
-        archive.write_json(records["deployed"], {
+        write_json(records["deployed"], {
             "arn": config.get("FunctionArn"),
             "region": c.region,
             "version": version["Version"] if version else "$LATEST",
@@ -347,7 +333,7 @@ def publish_layer(layer: Layer, build_dir: str | Path, opts: Options,
         check_total_size(fn, build_dir)
     m = manifest(layer, build_dir)
     records = record_paths(layer, build_dir)
-    with _locked(records["lock"]):
+    with locked(records["lock"]):
         c = clients(opts, who)
         plan = layer_plan(layer, m, lambdas.latest_layer_version(c, layer.name, who=who))
         version = plan.latest
@@ -362,7 +348,7 @@ def publish_layer(layer: Layer, build_dir: str | Path, opts: Options,
                 c, layer.name, who=who, zip_path=zip_path, s3=location, runtimes=layer.runtimes,
                 architectures=layer.architectures, description=layer.description)
         assert version is not None
-        archive.write_json(records["published"], {
+        write_json(records["published"], {
             "arn": version["LayerVersionArn"],
             "version": version["Version"],
             "code_sha256": m["code_sha256"],

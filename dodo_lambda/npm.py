@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import digest
-from .archive import read_json, write_json
 from .config import ARCHITECTURES, Function, Layer, label
 from .errors import DodoLambdaError
+from .files import locked, read_json, write_json
 from .select import Entry, Root, forget_walks, walk_roots
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
@@ -252,35 +252,39 @@ def install(item: Function | Layer, build_dir: str | Path, log: Any = None) -> N
         raise DodoLambdaError(f"{who}: npm {versions['npm']} cannot pick platform binaries"
                               " (--os/--cpu); install npm 10 or newer (`npm i -g npm@10`)")
     key = install_key(item, versions)
-    st.record.unlink(missing_ok=True)  # from here on, nothing counts as installed
-    work = st.folder.with_name(f".{st.folder.name}.tmp")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    try:
-        pkg, lock = relocate_manifests(pkg, lock, src, work)
-        (work / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
-        (work / lock_path.name).write_text(json.dumps(lock, indent=2) + "\n")
-        if (src / ".npmrc").is_file():
-            shutil.copyfile(src / ".npmrc", work / ".npmrc")
-        _run_npm(["npm", "ci", *flags(item)], work, who, lock_path)
-        old = st.folder.with_name(f".{st.folder.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if st.folder.exists():
-            os.replace(st.folder, old)
-        os.replace(work, st.folder)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    # two doit processes must not install into the same staging folder at once
+    with locked(st.folder.with_name(f".{st.folder.name}.lock")):
+        if is_installed(item, build_dir):
+            return  # another run installed the same thing while we waited
+        st.record.unlink(missing_ok=True)  # from here on, nothing counts as installed
+        work = st.folder.with_name(f".{st.folder.name}.tmp")
         shutil.rmtree(work, ignore_errors=True)
-        raise
-    forget_walks()
-    tree = _tree(item, build_dir)
-    write_json(st.record, {
-        "key": key,
-        "tools": tools,
-        "tree_stat": digest.stat_digest(tree),
-        "tree_content": _content(tree),
-        "tree_files": len(tree),
-    })
+        work.mkdir(parents=True)
+        try:
+            pkg, lock = relocate_manifests(pkg, lock, src, work)
+            (work / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
+            (work / lock_path.name).write_text(json.dumps(lock, indent=2) + "\n")
+            if (src / ".npmrc").is_file():
+                shutil.copyfile(src / ".npmrc", work / ".npmrc")
+            _run_npm(["npm", "ci", *flags(item)], work, who, lock_path)
+            old = st.folder.with_name(f".{st.folder.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if st.folder.exists():
+                os.replace(st.folder, old)
+            os.replace(work, st.folder)
+            shutil.rmtree(old, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        forget_walks()
+        tree = _tree(item, build_dir)
+        write_json(st.record, {
+            "key": key,
+            "tools": tools,
+            "tree_stat": digest.stat_digest(tree),
+            "tree_content": _content(tree),
+            "tree_files": len(tree),
+        })
 
 
 def _run_npm(cmd: list[str], cwd: Path, who: str, lock_path: Path) -> None:

@@ -15,10 +15,11 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import archive, build, deploy, npm
+from . import build, deploy, npm
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .errors import DodoLambdaError
+from .files import read_json
 
 Item = Function | Layer
 TaskDict = dict[str, Any]
@@ -45,14 +46,14 @@ def say(message: str) -> None:
 
 def _upload(fn: Function, build_dir: str, opts: deploy.Options) -> None:
     sent = deploy.upload(fn, build_dir, opts)
-    record = archive.read_json(deploy.record_paths(fn, build_dir)["uploaded"]) or {}
+    record = read_json(deploy.record_paths(fn, build_dir)["uploaded"]) or {}
     where = f"s3://{record.get('bucket')}/{record.get('key')}"
     say(f"{label(fn)}: {'uploaded to' if sent else 'already in'} {where}")
 
 
 def _deploy(fn: Function, build_dir: str, opts: deploy.Options) -> None:
     plan = deploy.deploy_function(fn, build_dir, opts)
-    record = archive.read_json(deploy.record_paths(fn, build_dir)["deployed"]) or {}
+    record = read_json(deploy.record_paths(fn, build_dir)["deployed"]) or {}
     if plan.create:
         say(f"{label(fn)}: created")
     else:
@@ -64,7 +65,7 @@ def _deploy(fn: Function, build_dir: str, opts: deploy.Options) -> None:
 def _layer(layer: Layer, build_dir: str, opts: deploy.Options, users: tuple[Function, ...]
            ) -> None:
     plan = deploy.publish_layer(layer, build_dir, opts, users)
-    record = archive.read_json(deploy.record_paths(layer, build_dir)["published"]) or {}
+    record = read_json(deploy.record_paths(layer, build_dir)["published"]) or {}
     verb = "published" if plan.publish else "unchanged, using"
     say(f"{label(layer)}: {verb} {record.get('arn')}")
 
@@ -82,7 +83,7 @@ _STEPS: dict[str, Callable[..., Any]] = {
 
 def record_matches(path: str, expected: dict[str, Any]) -> bool:
     """uptodate: the JSON record at ``path`` holds these values."""
-    record = archive.read_json(Path(path))
+    record = read_json(Path(path))
     return isinstance(record, dict) and all(record.get(k) == v for k, v in expected.items())
 
 

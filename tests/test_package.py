@@ -273,3 +273,21 @@ def test_dodo_inside_the_function_folder(tmp_path: Path) -> None:
     assert not [n for n in names if n.startswith((".doit.db", ".dodo_lambda/"))], names
     again = project.doit("package")
     assert again.executed == set(), again.text
+
+
+def test_two_concurrent_runs_agree(project: Project) -> None:
+    import subprocess as sp
+    import sys
+
+    from projects import npm_env
+
+    cmd = [sys.executable, "-m", "doit", "package"]
+    procs = [sp.Popen(cmd, cwd=project.root, stdout=sp.PIPE, stderr=sp.STDOUT, text=True,
+                      env=npm_env()) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    first = project.zip_path().read_bytes()
+    assert project.manifest()["sha256"] == __import__("hashlib").sha256(first).hexdigest()
+    again = project.doit("package")
+    assert again.executed == set(), again.text
+    assert project.zip_path().read_bytes() == first
