@@ -12,7 +12,7 @@ from typing import Any
 from . import archive, digest, npm
 from .config import Function, Layer, label
 from .errors import DodoLambdaError
-from .files import locked, read_json, write_json
+from .files import locked, read_json, write_atomic, write_json
 from .select import Entry, Patterns, Root, patterns_for, select, walk_roots
 
 
@@ -219,10 +219,7 @@ def _read_cache(path: Path) -> dict[str, Any] | None:
 def _write_cache(path: Path, value: dict[str, Any]) -> None:
     import marshal
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(_CACHE_MAGIC + marshal.dumps(value))
-    os.replace(tmp, path)
+    write_atomic(path, _CACHE_MAGIC + marshal.dumps(value))
 
 
 def _stat(path: Path) -> list[int] | None:
@@ -260,13 +257,12 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
     scan = _Scan(options, everything, digest.stat_digest(everything), cache=cache)
     if scan.stat == cache.get("stat"):
         return True
-    _SCANS[_key(item, build_dir)] = scan  # if not up to date, the build starts from here
     scan.entries = entries = select(everything, patterns(item, build_dir), label(item))
     old = cache.get("entries") or {}
     files = digest.entry_hashes(entries, old)
     if digest.content_digest(files) != manifest.get("content_digest"):
+        _SCANS[_key(item, build_dir)] = scan  # the build that follows starts from here
         return False
-    del _SCANS[_key(item, build_dir)]
     # same content, new stats: remember them so the next check is one walk again
     new_entries = dict(old)
     for e, (_, _, sha) in zip(entries, files, strict=False):

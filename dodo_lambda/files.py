@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json(path: Path, value: Any, compact: bool = False) -> None:
-    """Write JSON atomically: a reader sees the old file or the new one.
-    ``compact`` for machine-only files (thousands of entries)."""
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a file atomically: a reader sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    text = json.dumps(value, separators=(",", ":")) if compact else \
-        json.dumps(value, indent=1, sort_keys=True)
-    tmp.write_text(text + "\n")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write a JSON record atomically, readable by people."""
+    write_atomic(path, (json.dumps(value, indent=1, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path) -> Any:

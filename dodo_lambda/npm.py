@@ -140,12 +140,13 @@ def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
     if record.get("key") != key:
         return False
     tree = _tree(item, build_dir, keep=True)  # the package check walks it next
-    if digest.stat_digest(tree) == record.get("tree_stat"):
+    stat = digest.stat_digest(tree)
+    if stat == record.get("tree_stat"):
         return True
     # mtimes moved (a copy, a touch): decide by content and remember the new stats
     if _content(tree) != record.get("tree_content"):
         return False
-    record["tree_stat"] = digest.stat_digest(tree)
+    record["tree_stat"] = stat
     write_json(st.record, record)
     return True
 
@@ -238,7 +239,7 @@ def relocate_manifests(pkg: dict[str, Any], lock: dict[str, Any], source: Path,
     return pkg, lock
 
 
-def install(item: Function | Layer, build_dir: str | Path, log: Any = None) -> None:
+def install(item: Function | Layer, build_dir: str | Path) -> None:
     """Install production dependencies into the staging folder, atomically:
     on failure nothing is left that a later run would take as installed."""
     who = label(item)

@@ -110,9 +110,10 @@ def fail(message: str) -> TaskFailed:
     return TaskFailed(message)
 
 
-def _remove_tree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-    Path(path).with_suffix(".json").unlink(missing_ok=True)
+def _remove_staging(item: Item, build_dir: str) -> None:
+    st = npm.staging(item, build_dir)
+    shutil.rmtree(st.folder, ignore_errors=True)
+    st.record.unlink(missing_ok=True)
 
 
 def _npm_task(item: Item, build_dir: str) -> TaskDict:
@@ -126,7 +127,7 @@ def _npm_task(item: Item, build_dir: str) -> TaskDict:
         "file_dep": [str(p) for p in npm.input_files(item)],
         "targets": [str(st.record)],
         "uptodate": [(npm.is_installed, [item, build_dir])],
-        "clean": [(_remove_tree, [str(st.folder)])],
+        "clean": [(_remove_staging, [item, build_dir])],
     }
 
 
