@@ -7,6 +7,7 @@ doit's ``TaskFailed`` (one line, no traceback).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ GROUP_DOCS = {
     "upload": "put zips in S3 under content-addressed keys (skipped when already there)",
     "layer": "publish layer versions whose content differs from the latest published one",
     "deploy": "update (or create) the Lambda functions whose deployed code or settings differ",
+    "invoke": "run a function's built zip locally in node, as Lambda would (no Docker)",
 }
 
 
@@ -275,6 +277,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
             if item.bucket:
                 tasks.append(_upload_task(item, build_dir, opts, target))
             tasks.append(_deploy_task(item, build_dir, opts, target))
+            tasks.append(_invoke_task(item, build_dir, opts))
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():
         if basename in used:
@@ -287,4 +290,72 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         "task_dep": [f"package:{i.name}" for i in valid],
         "uptodate": [False],
         "verbosity": 2,
+    }
+
+
+# -- the local loop: invoke, the emulator, watch ------------------------------------------
+
+
+class _WarningFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"warning: {text}" if record.levelno >= logging.WARNING else text
+
+
+def show_logs() -> None:
+    """The core's warnings and notes (logger "dodo_lambda") on stderr, once per process."""
+    logger = logging.getLogger("dodo_lambda")
+    if not any(getattr(h, "_dodo_lambda", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_WarningFormatter())
+        handler._dodo_lambda = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def run_invoke(fn: Function, build_dir: str, opts: deploy.Options, event: str = "",
+               aws_credentials: bool = False) -> TaskFailed | None:
+    """``doit invoke:<name>``: the result (or error shape) as the last line on stdout, the
+    handler's logs and Lambda's REPORT line on stderr."""
+    from . import invoke
+
+    show_logs()
+    who = label(fn)
+    try:
+        text = invoke.read_event(event, sys.stdin, who)
+        aws = invoke.caller_credentials() if aws_credentials else None
+        inv = invoke.for_function(fn, build_dir, region=opts.target.region, aws=aws)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        result = invoke.run(inv, text, build_dir)
+    except DodoLambdaError as exc:
+        return TaskFailed(str(exc))
+    say(result.report_line())
+    if result.ok:
+        print(result.payload, flush=True)
+        return None
+    # doit prints a failure's message last, after "TaskFailed - taskid:invoke:NAME": the
+    # error shape itself, so that the last line of stdout is Lambda's answer either way
+    return TaskFailed(result.payload)
+
+
+def _invoke_task(fn: Function, build_dir: str, opts: deploy.Options) -> TaskDict:
+    deps = [f"package:{fn.name}"] + [f"package:{x.name}" for x in fn.layers if isinstance(x, Layer)]
+    return {
+        "basename": "invoke",
+        "name": fn.name,
+        "doc": f"{label(fn)}: run the built zip locally in node, as Lambda would"
+               " (--event FILE, --event - for stdin; --aws-credentials)",
+        "actions": [(run_invoke, [fn, build_dir, opts])],
+        "task_dep": deps,
+        "uptodate": [False],
+        "verbosity": 2,
+        "params": [
+            {"name": "event", "long": "event", "type": str, "default": "",
+             "help": "the event: a JSON file, or - to read it from stdin (default {})"},
+            {"name": "aws_credentials", "long": "aws-credentials", "type": bool,
+             "default": False,
+             "help": "let the handler use this shell's AWS credentials (off: it gets none)"},
+        ],
     }
