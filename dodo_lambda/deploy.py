@@ -30,17 +30,15 @@ class Options:
     target: aws.AwsTarget = aws.AwsTarget()
     direct_limit: int = DIRECT_UPLOAD_LIMIT
     many: bool = False  # several functions: one ListFunctions answers for all
-    emulator: bool = False  # the project asked for the embedded local emulator
-
-
-_RUN = os.urandom(8).hex()  # an emulator lives for one run: each run is a new target
+    emulator: bool = False  # the project asked for the local emulator
+    build_dir: str = ".dodo_lambda"  # where the emulator's state file is
 
 
 def clients(opts: Options, who: str) -> aws.Clients:
-    if opts.emulator:
-        from . import local
+    if opts.emulator:  # the project's own moto server, started if needed
+        from . import emulator
 
-        local.ensure_started()
+        return emulator.clients(opts.build_dir, who)  # type: ignore[no-any-return]
     return aws.clients(opts.target, who=who)
 
 
@@ -361,8 +359,10 @@ def publish_layer(layer: Layer, build_dir: str | Path, opts: Options,
 def target_key(opts: Options) -> str:
     """Where deploys go, without importing boto3: the override and the standard
     chain's environment (a change reruns deploy; the remote check decides)."""
-    if opts.emulator:
-        return f"emulator-{_RUN}"
+    if opts.emulator:  # which server: a new one is a new target
+        from . import emulator
+
+        return emulator.target_key(opts.build_dir)
     target = opts.target
     env = {k: os.environ.get(k, "") for k in (
         "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",

@@ -404,7 +404,10 @@ def _supervise(inv: Invocation, proc: subprocess.Popen[bytes], read_fd: int, inv
         ok = bool(done["ok"])
         payload = done["payload"] if ok else json.dumps(done["error"])
         duration = float(done.get("ms") or 0.0)
-    max_mb = -(-usage.ru_maxrss // 1024)  # KiB, rounded up to MB as Lambda shows it
+    # node's own peak when it said (a child forked from a big server counts the
+    # parent's pages in ru_maxrss), else the kernel's; KiB, rounded up to MB
+    max_kib = int((done or {}).get("rss") or usage.ru_maxrss)
+    max_mb = -(-max_kib // 1024)
     return InvokeResult(
         request_id=request_id, ok=ok, payload=payload, duration_ms=duration,
         init_ms=init_ms, memory_mb=inv.memory, max_memory_mb=max_mb, timed_out=timed_out,

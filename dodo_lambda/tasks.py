@@ -80,6 +80,7 @@ def _plan(items: list[Item], build_dir: str, opts: deploy.Options) -> None:
 _STEPS: dict[str, Callable[..., Any]] = {
     "npm": npm.install, "package": _package, "upload": _upload, "deploy": _deploy,
     "layer": _layer, "plan": _plan,
+    "emulator-stop": lambda build_dir: _emulator_stop(build_dir),
 }
 
 
@@ -249,9 +250,10 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     the run instead of AWS (needs the ``local`` extra).
     """
     build_dir = str(build_dir)
+    show_logs()
     opts = deploy.Options(AwsTarget(profile, region, endpoint), direct_upload_limit,
                           many=sum(isinstance(i, Function) for i in items) > 2,
-                          emulator=emulator)
+                          emulator=emulator, build_dir=build_dir)
     target = deploy.target_key(opts)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
@@ -278,6 +280,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
                 tasks.append(_upload_task(item, build_dir, opts, target))
             tasks.append(_deploy_task(item, build_dir, opts, target))
             tasks.append(_invoke_task(item, build_dir, opts))
+    if emulator:
+        tasks.append(_emulator_stop_task(build_dir))
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():
         if basename in used:
@@ -358,4 +362,22 @@ def _invoke_task(fn: Function, build_dir: str, opts: deploy.Options) -> TaskDict
              "default": False,
              "help": "let the handler use this shell's AWS credentials (off: it gets none)"},
         ],
+    }
+
+
+def _emulator_stop(build_dir: str) -> None:
+    from . import emulator
+
+    stopped = emulator.stop(build_dir)
+    say(f"emulator: stopped the server at {stopped.url} (pid {stopped.pid})" if stopped
+        else "emulator: no server running for this project")
+
+
+def _emulator_stop_task(build_dir: str) -> TaskDict:
+    return {
+        "basename": "emulator-stop",
+        "doc": "stop this project's local AWS emulator (it forgets everything deployed to it)",
+        "actions": [(run_step, ["emulator-stop", build_dir])],
+        "uptodate": [False],
+        "verbosity": 2,
     }

@@ -68,6 +68,7 @@ const finish = (ok, value) => {
   if (finished) return;
   finished = true;
   const ms = started ? performance.now() - started : 0;
+  const rss = process.resourceUsage().maxRSS; // KiB, this process only
   if (ok) {
     let payload;
     try {
@@ -76,11 +77,11 @@ const finish = (ok, value) => {
     } catch (e) {
       return fail(new RuntimeError("Runtime.JSONStringifyError", "Unable to stringify response body"));
     }
-    report({ t: "done", ok: true, payload, ms });
+    report({ t: "done", ok: true, payload, ms, rss });
   } else {
     const error = errorShape(value);
     write("ERROR", ["Invoke Error", JSON.stringify(error)]);
-    report({ t: "done", ok: false, error, ms });
+    report({ t: "done", ok: false, error, ms, rss });
   }
   process.exit(0);
 };

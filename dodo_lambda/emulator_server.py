@@ -1,0 +1,281 @@
+"""The emulator's server process: moto's WSGI app in our own small server.
+
+    python -m dodo_lambda.emulator_server --state FILE [--idle SECONDS] [--started-by TEXT]
+
+It forks into the background, serves on 127.0.0.1 (a free port), writes the
+state file, prints ``ready URL ID PID`` on stdout for its starter, and from then
+on logs only to stderr (the starter points it at ``emulator/server.log``).
+Around moto it adds:
+
+- idleness: every request is noted; with none for ``--idle`` seconds and none
+  in progress, the server stops itself;
+- ``GET /_dodo_lambda/status`` (who it is) and ``POST /_dodo_lambda/stop``;
+- Lambda's Invoke (``POST /2015-03-31/functions/NAME/invocations``), answered by
+  running the function's stored code and layers with the local invoker, since
+  moto needs Docker for that. Its handler's AWS SDK reaches this server.
+
+On exit it removes the state file if the file still names it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+INVOKE_RE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
+_REGION_RE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
+StartResponse = Callable[..., Any]
+
+
+class App:
+    """The WSGI app: our paths first, then moto."""
+
+    def __init__(self, moto: Any, state: dict[str, Any], build_dir: Path,
+                 stop: threading.Event) -> None:
+        self.moto = moto
+        self.state = state
+        self.build_dir = build_dir
+        self.stop = stop
+        self.lock = threading.Lock()
+        self.active = 0
+        self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        with self.lock:
+            return 0.0 if self.active else time.monotonic() - self.last
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        with self.lock:
+            self.active += 1
+        try:
+            path = environ.get("PATH_INFO", "")
+            method = environ.get("REQUEST_METHOD", "GET")
+            if path == "/_dodo_lambda/status":
+                return _answer(start_response, 200, json.dumps(self.state).encode())
+            if path == "/_dodo_lambda/stop" and method == "POST":
+                self.stop.set()
+                return _answer(start_response, 200, b'{"stopping": true}')
+            match = INVOKE_RE.match(path)
+            if match and method == "POST":
+                body = _body(environ)
+                answer = self.invoke(unquote(match.group(1)), environ, body, start_response)
+                if answer is not None:
+                    return answer
+                environ["wsgi.input"] = io.BytesIO(body)  # moto answers the rest
+            return self.moto(environ, start_response)  # type: ignore[no-any-return]
+        finally:
+            with self.lock:
+                self.active -= 1
+                self.last = time.monotonic()
+
+    def invoke(self, name: str, environ: dict[str, Any], body: bytes,
+               start_response: StartResponse) -> Iterable[bytes] | None:
+        """Run the function like Lambda's Invoke; None leaves the request to moto (which
+        knows how to say that a function does not exist)."""
+        from . import invoke
+
+        query = parse_qs(environ.get("QUERY_STRING", ""))
+        qualifier = (query.get("Qualifier") or [None])[0]
+        region_match = _REGION_RE.search(environ.get("HTTP_AUTHORIZATION", ""))
+        region = region_match.group(1) if region_match else self.state["region"]
+        try:
+            inv = self.invocation(name, qualifier, region)
+        except Exception:  # noqa: BLE001 - moto's own not-found and validation answers
+            return None
+        kind = environ.get("HTTP_X_AMZ_INVOCATION_TYPE", "RequestResponse")
+        if kind == "DryRun":
+            return _answer(start_response, 204, b"")
+        event = body.decode("utf-8", errors="replace") or "{}"
+        try:
+            json.loads(event)
+        except ValueError:
+            return _error(start_response, 400, "InvalidRequestContentException",
+                          "Could not parse request body into json")
+        context = None
+        if environ.get("HTTP_X_AMZ_CLIENT_CONTEXT"):
+            with contextlib.suppress(ValueError):
+                context = json.loads(base64.b64decode(environ["HTTP_X_AMZ_CLIENT_CONTEXT"]))
+        if kind == "Event":
+            threading.Thread(target=self._run_logged, args=(inv, event, context),
+                             daemon=True).start()
+            return _answer(start_response, 202, b"")
+        result = invoke.run(inv, event, self.build_dir, capture_logs=True,
+                            client_context=context)
+        _log_invocation(inv, result)
+        headers = [("X-Amz-Executed-Version", inv.version)]
+        if not result.ok:
+            headers.append(("X-Amz-Function-Error", "Unhandled"))
+        if environ.get("HTTP_X_AMZ_LOG_TYPE") == "Tail":
+            headers.append(("X-Amz-Log-Result", base64.b64encode(result.tail().encode()).decode()))
+        return _answer(start_response, 200, result.payload.encode(), headers)
+
+    def _run_logged(self, inv: Any, event: str, context: Any) -> None:
+        from . import invoke
+
+        try:
+            _log_invocation(inv, invoke.run(inv, event, self.build_dir, capture_logs=True,
+                                            client_context=context))
+        except Exception as exc:  # noqa: BLE001 - an asynchronous invocation reports nowhere else
+            logging.getLogger("dodo_lambda").warning("%s: %s", inv.name, exc)
+
+    def invocation(self, name: str, qualifier: str | None, region: str) -> Any:
+        """The function's stored code, layers and configuration, read from moto's backend."""
+        from moto.awslambda.models import lambda_backends
+
+        from . import invoke
+        from .emulator import ACCOUNT, CREDENTIALS
+
+        backend = lambda_backends[ACCOUNT][region]
+        fn = backend.get_function(name, qualifier)
+        if getattr(fn, "package_type", "Zip") != "Zip" or not fn.code_bytes:
+            raise LookupError("no zip to run")
+        layers = []
+        for layer in fn.layers or []:
+            version = backend.layers_versions_by_arn(layer["Arn"])
+            layers.append(invoke.Code(version.code_bytes,
+                                      hashlib.sha256(version.code_bytes).hexdigest()))
+        return invoke.Invocation(
+            name=fn.function_name, handler=fn.handler, runtime=fn.run_time,
+            code=invoke.Code(fn.code_bytes, hashlib.sha256(fn.code_bytes).hexdigest()),
+            layers=tuple(layers), memory=int(fn.memory_size), timeout=int(fn.timeout),
+            environment=dict(fn.environment_vars or {}),
+            architecture=(fn.architectures or ["x86_64"])[0], region=region, account=ACCOUNT,
+            version=str(fn.version), who=f"function '{fn.function_name}'",
+            # the handler's AWS SDK talks to this emulator, as a function's would to its region
+            aws={**CREDENTIALS, "AWS_ENDPOINT_URL": self.state["url"]})
+
+
+def _log_invocation(inv: Any, result: Any) -> None:
+    logger = logging.getLogger("dodo_lambda.emulator")
+    logger.info("invoke %s: %s", inv.name, "ok" if result.ok else result.payload[:300])
+    logger.info("%s", result.report_line())
+
+
+def _body(environ: dict[str, Any]) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    stream = environ["wsgi.input"]
+    return stream.read(length) if length else b""
+
+
+def _answer(start_response: StartResponse, status: int, body: bytes,
+            headers: list[tuple[str, str]] | None = None) -> list[bytes]:
+    reasons = {200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request"}
+    start_response(f"{status} {reasons.get(status, 'OK')}", [
+        ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
+        *(headers or [])])
+    return [body]
+
+
+def _error(start_response: StartResponse, status: int, code: str, message: str) -> list[bytes]:
+    body = json.dumps({"Type": "User", "message": message}).encode()
+    return _answer(start_response, status, body, [("x-amzn-ErrorType", code)])
+
+
+def _create_role(url: str) -> None:
+    """The role the quickstart names, so that a project can create functions at once."""
+    import botocore.session
+
+    from .emulator import CREDENTIALS, ROLE_NAME
+
+    session = botocore.session.Session(session_vars={
+        "profile": (None, None, None, None),
+        "config_file": (None, None, os.devnull, None),
+        "credentials_file": (None, None, os.devnull, None)})
+    session.set_credentials(CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    iam = session.create_client("iam", region_name="us-east-1", endpoint_url=url)
+    trust = {"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+        "Action": "sts:AssumeRole"}]}
+    iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    from .files import write_json
+
+    write_json(path, state)
+
+
+def _remove_state(path: Path, ident: str) -> None:
+    from .files import read_json
+
+    current = read_json(path)
+    if isinstance(current, dict) and current.get("id") == ident:
+        path.unlink(missing_ok=True)
+
+
+def serve(state_path: Path, idle: float, started_by: str) -> int:
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    from .emulator import REGION
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stop.set())
+    state: dict[str, Any] = {"pid": os.getpid(), "id": os.urandom(8).hex(), "region": REGION,
+                             "started_by": started_by, "started_at": time.time(),
+                             "idle_seconds": idle}
+    app = App(DomainDispatcherApplication(create_backend_app), state, state_path.parent.parent, stop)
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
+    state["url"] = f"http://127.0.0.1:{server.server_port}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                              daemon=True)
+    thread.start()
+    try:
+        _create_role(state["url"])
+        _write_state(state_path, state)
+        print(f"ready {state['url']} {state['id']} {state['pid']}", flush=True)
+        os.dup2(2, 1)  # the starter stops reading: from now on, stdout is the log too
+        logging.getLogger("dodo_lambda").info("serving at %s for %s", state["url"], started_by)
+        while not stop.wait(min(5.0, max(idle / 10, 0.05))):
+            if app.idle_for() >= idle:
+                logging.getLogger("dodo_lambda").info("idle for %.0f s: stopping", idle)
+                break
+    finally:
+        _remove_state(state_path, state["id"])
+        server.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m dodo_lambda.emulator_server")
+    parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--idle", type=float, default=30 * 60)
+    parser.add_argument("--started-by", default="")
+    args = parser.parse_args(argv)
+    # Into the background: the starter's child exits at once, so no doit process
+    # has to reap the server; the server keeps the starter's session (its group).
+    if os.fork() > 0:
+        os._exit(0)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    try:
+        return serve(args.state.resolve(), args.idle, args.started_by)
+    except BrokenPipeError:
+        return 1  # the starter gave up waiting
+
+
+if __name__ == "__main__":
+    sys.exit(main())
