@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -282,6 +283,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
             tasks.append(_invoke_task(item, build_dir, opts))
     if emulator:
         tasks.append(_emulator_stop_task(build_dir))
+    if valid:
+        tasks.extend(_watch_tasks(valid, build_dir, opts))
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():
         if basename in used:
@@ -381,3 +384,82 @@ def _emulator_stop_task(build_dir: str) -> TaskDict:
         "uptodate": [False],
         "verbosity": 2,
     }
+
+
+def _change_line(change: Any) -> str:
+    when = time.strftime("%H:%M:%S")
+    shown = ", ".join(change.paths[:3]) + (f" and {len(change.paths) - 3} more"
+                                           if len(change.paths) > 3 else "")
+    if change.error:
+        return f"{when} {change.item}: {shown}: {change.error}"
+    parts = []
+    if change.unchanged:
+        parts.append("zip unchanged")
+    elif change.build_ms:
+        parts.append(f"rebuilt in {change.build_ms:.0f} ms")
+    if change.deploy_ms is not None:
+        parts.append(f"{' and '.join(change.notes) or 'deployed'} in {change.deploy_ms / 1000:.2f} s")
+    return f"{when} {change.item}: {shown}: {', '.join(parts)}"
+
+
+def run_watch(items: tuple[Item, ...], build_dir: str, opts: deploy.Options,
+              deploy: bool = True, poll: bool = False) -> TaskFailed | None:
+    """``doit watch`` / ``watch:<name>``: rebuild (and redeploy) on every save, until Ctrl-C."""
+    import threading
+
+    from . import watch
+
+    show_logs()
+    stop = threading.Event()
+    try:
+        w = watch.Watch(items, build_dir, opts, deploy_changes=deploy)
+        w.prepare()
+        if deploy:  # start from what is deployed: layers first, then the functions
+            for change in w.deploy_all():
+                say(_change_line(change))
+        names = ", ".join(label(i) for i in items)
+
+        def ready(how: str) -> None:
+            say(f"watch: watching {names} through {how}; Ctrl-C to stop")
+
+        for batch in watch.batches(w.folders, stop, ready, poll=poll, skip=[build_dir]):
+            for change in w.handle(batch):
+                say(_change_line(change))
+    except KeyboardInterrupt:
+        say("watch: stopped")
+    except DodoLambdaError as exc:
+        return TaskFailed(str(exc))
+    finally:
+        stop.set()
+    return None
+
+
+_WATCH_PARAMS = [
+    {"name": "deploy", "long": "deploy", "inverse": "no-deploy", "type": bool, "default": True,
+     "help": "deploy each rebuilt package (--no-deploy: only rebuild the zips)"},
+    {"name": "poll", "long": "poll", "type": bool, "default": False,
+     "help": "poll the folders instead of using file events (network drives, containers)"},
+]
+
+
+def _watch_tasks(valid: list[Item], build_dir: str, opts: deploy.Options) -> list[TaskDict]:
+    """``watch`` (everything) and ``watch:<name>`` (a function and its layers): plain tasks,
+    not a doit group, so that ``doit watch`` is one watcher, not each in turn."""
+    out = [{
+        "basename": "watch",
+        "doc": "rebuild and redeploy functions and layers on every save (Ctrl-C to stop)",
+        "actions": [(run_watch, [tuple(valid), build_dir, opts])],
+        "task_dep": [f"package:{i.name}" for i in valid],
+        "uptodate": [False], "verbosity": 2, "params": _WATCH_PARAMS,
+    }]
+    for fn in valid:
+        if isinstance(fn, Function):
+            mine = (fn, *[x for x in fn.layers if isinstance(x, Layer)])
+            out.append({
+                "basename": f"watch:{fn.name}",
+                "doc": f"{label(fn)}: rebuild and redeploy on every save (Ctrl-C to stop)",
+                "actions": [(run_watch, [mine, build_dir, opts])],
+                "task_dep": [f"package:{i.name}" for i in mine],
+                "uptodate": [False], "verbosity": 2, "params": _WATCH_PARAMS,
+            })
+    return out

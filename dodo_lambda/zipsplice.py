@@ -1,0 +1,250 @@
+"""A zip rewritten for a few changed entries, for the watch's save-to-zip path.
+
+The watch keeps an item's zip in memory between saves (its entries, their zip
+records, central directory entries and content-digest lines) and, when the
+watcher names the files that changed, writes the new zip by copying the
+unchanged runs of the old one (in the kernel where it can), compressing only
+the changed files, patching the offsets of the entries that moved, and hashing
+only from the last checkpoint before the first change. No tree walk, no
+per-entry work for what did not move. The bytes are exactly those of
+``archive.write_zip`` for the same entries (the tests hold both to a cold build).
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import os
+import struct
+from base64 import b64encode
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import archive
+from .errors import DodoLambdaError
+from .select import Entry
+
+MARK = 1 << 20  # a SHA-256 checkpoint of the zip every MiB
+_OFFSET = struct.Struct("<I")
+_CD_OFFSET_AT = 42  # where a central directory entry keeps its local header's offset
+
+
+class Fallback(Exception):
+    """The change needs a full build (a large file, an unexpected zip)."""
+
+
+@dataclass
+class ZipState:
+    """An item's zip as the watch remembers it."""
+
+    path: Path
+    entries: list[Entry]  # sorted by zip path
+    names: list[str]
+    records: dict[str, list[Any]]  # archive records: size mtime mode sha crc method csize offset
+    central: list[bytes]  # the central directory entry of each entry
+    lines: list[str]  # content-digest line of each entry
+    cd_offset: int  # where the central directory starts (the end of the entries)
+    dostime: tuple[int, int]
+    stat: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the zip this state describes
+    marks: list[tuple[int, Any]] = field(default_factory=list)  # (offset, sha256 so far)
+
+    @property
+    def unzipped(self) -> int:
+        return sum(r[0] for r in self.records.values())
+
+
+def _line(arcname: str, mode: int, sha: str) -> str:
+    return f"{arcname}\0{mode:o}\0{sha}\n"  # as digest.content_digest builds it
+
+
+def _central(arcname: str, rec: list[Any], dostime: tuple[int, int]) -> bytes:
+    name, flags = archive._name_bytes(arcname)
+    size, _, mode, _, crc, method, csize, offset = rec[:8]
+    return archive._CENTRAL.pack(
+        0x02014B50, (3 << 8) | 20, 20, flags, method, dostime[0], dostime[1], crc, csize, size,
+        len(name), 0, 0, 0, 0, (0o100000 | mode) << 16, offset) + name
+
+
+def _stat(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_size, st.st_mtime_ns
+
+
+def load(path: Path, entries: list[Entry], records: dict[str, list[Any]],
+         dostime: tuple[int, int]) -> ZipState:
+    """The state of the zip at ``path``, written by ``archive.write_zip`` for ``entries``
+    with ``records``. Raises Fallback when they do not describe it."""
+    names = [e.arcname for e in entries]
+    if names != sorted(records) or any(
+            records[e.arcname][:3] != [e.size, e.mtime_ns, e.mode] for e in entries):
+        raise Fallback("the records do not describe these files")
+    central = [_central(n, records[n], dostime) for n in names]
+    lines = [_line(n, records[n][2], records[n][3]) for n in names]
+    state = ZipState(path, list(entries), names, records, central, lines, 0, dostime)
+    try:
+        size = _stat(path)[0]
+    except OSError as exc:
+        raise Fallback(str(exc)) from None
+    state.cd_offset = size - sum(len(c) for c in central) - archive._END.size
+    state.marks = _hash_from(path, hashlib.sha256(), 0, [])[1]
+    state.stat = _stat(path)
+    return state
+
+
+def _hash_from(path: Path, h: Any, start: int, marks: list[tuple[int, Any]]
+               ) -> tuple[Any, list[tuple[int, Any]]]:
+    """Hash ``path`` from ``start`` (``h`` holds the hash of what comes before),
+    leaving a checkpoint every MARK bytes."""
+    marks = [m for m in marks if m[0] <= start] or [(0, hashlib.sha256())]
+    pos = start
+    with open(path, "rb") as f:
+        f.seek(start)
+        while True:
+            want = MARK - pos % MARK
+            chunk = f.read(want)
+            if not chunk:
+                break
+            h.update(chunk)
+            pos += len(chunk)
+            if pos % MARK == 0:
+                marks.append((pos, h.copy()))
+    return h, marks
+
+
+def _copy(src: int, dst: int, start: int, length: int, at: int) -> None:
+    """Copy ``length`` bytes of ``src`` from ``start`` to ``dst`` at ``at``."""
+    while length > 0:
+        try:
+            n = os.copy_file_range(src, dst, length, start, at)
+        except (AttributeError, OSError):  # not Linux, or not between these files
+            n = 0
+        if n <= 0:
+            data = os.pread(src, min(length, 1 << 20), start)
+            if not data:
+                raise DodoLambdaError("the zip changed while it was rewritten; run again")
+            n = os.pwrite(dst, data, at)
+        start, at, length = start + n, at + n, length - n
+
+
+def splice(state: ZipState, changes: dict[str, Entry | None], who: str
+           ) -> archive.ZipResult | None:
+    """Rewrite the zip for ``changes`` (zip path -> its new entry, or None when it is
+    gone). Returns None when no byte of the zip changes (a save of the same content)."""
+    if _stat(state.path) != state.stat:
+        raise Fallback("the zip was rewritten by someone else")
+    packed: dict[str, archive.Packed | None] = {}
+    for arcname in sorted(changes):
+        entry = changes[arcname]
+        rec = state.records.get(arcname)
+        if entry is None:
+            if rec is not None:
+                packed[arcname] = None
+            continue
+        if entry.size > archive.STREAM_THRESHOLD:
+            raise Fallback("a large file: streamed by the full build")
+        same_mode = rec is not None and rec[2] == entry.mode
+        p = archive._pack(entry, rec if same_mode else None)
+        if p.old_offset is not None and rec is not None:  # same bytes: only its stats moved
+            rec[0], rec[1] = entry.size, entry.mtime_ns
+            state.entries[bisect.bisect_left(state.names, arcname)] = entry
+            continue
+        packed[arcname] = p
+    if not packed:
+        return None
+    total = state.unzipped + sum((p.size if p else 0) - (state.records[a][0] if a in state.records
+                                                         else 0) for a, p in packed.items())
+    if total > archive.UNZIPPED_LIMIT:
+        raise Fallback("over Lambda's size limit: the full build says how")
+    if len(state.names) + sum(a not in state.records for a in packed) > archive.MAX_ENTRIES:
+        raise Fallback("too many entries")
+    return _write(state, packed, who)
+
+
+def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
+           ) -> archive.ZipResult:
+    names, recs, old_cd = state.names, state.records, state.cd_offset
+    offsets = [recs[n][7] for n in names]
+    new_names: list[str] = []
+    new_entries: list[Entry] = []
+    new_central: list[bytes] = []
+    new_lines: list[str] = []
+    tmp = state.path.with_name(f".{state.path.name}.{os.getpid()}.tmp")
+    first_change: int | None = None
+    time_, date = state.dostime
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with open(state.path, "rb") as old:
+            src = old.fileno()
+            pos = 0
+            i = 0  # next old entry not yet copied
+            for arcname, p in packed.items():  # sorted by zip path
+                j = bisect.bisect_left(names, arcname)
+                pos = _run(state, src, fd, i, j, pos, offsets, new_names, new_entries,
+                           new_central, new_lines)
+                if first_change is None:
+                    first_change = pos
+                i = j + 1 if j < len(names) and names[j] == arcname else j
+                if p is None:
+                    recs.pop(arcname, None)
+                    continue
+                name, flags = archive._name_bytes(arcname)
+                header = archive._LOCAL.pack(0x04034B50, 20, flags, p.method, time_, date, p.crc,
+                                             p.csize, p.size, len(name), 0) + name
+                os.pwrite(fd, header + (p.data or b""), pos)
+                e = p.entry
+                recs[arcname] = [e.size, e.mtime_ns, e.mode, p.sha256, p.crc, p.method, p.csize,
+                                 pos]
+                new_names.append(arcname)
+                new_entries.append(e)
+                new_central.append(_central(arcname, recs[arcname], state.dostime))
+                new_lines.append(_line(arcname, e.mode, p.sha256))
+                pos += len(header) + p.csize
+            pos = _run(state, src, fd, i, len(names), pos, offsets, new_names, new_entries,
+                       new_central, new_lines, end=old_cd)
+        directory = b"".join(new_central)
+        n = len(new_names)
+        os.pwrite(fd, directory + archive._END.pack(0x06054B50, 0, 0, n, n, len(directory), pos, 0),
+                  pos)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    start = max((m for m in state.marks if m[0] <= (first_change or 0)), key=lambda m: m[0])
+    h, marks = _hash_from(tmp, start[1].copy(), start[0], state.marks)
+    os.replace(tmp, state.path)
+    state.names, state.entries, state.central, state.lines = (new_names, new_entries,
+                                                              new_central, new_lines)
+    state.cd_offset, state.marks, state.stat = pos, marks, _stat(state.path)
+    return archive.ZipResult(
+        sha256=h.hexdigest(), code_sha256=b64encode(h.digest()).decode(),
+        zip_size=state.stat[0], unzipped_size=state.unzipped, files=n,
+        content_digest=hashlib.sha256("".join(new_lines).encode()).hexdigest(),
+        records=recs)
+
+
+def _run(state: ZipState, src: int, dst: int, i: int, j: int, pos: int, offsets: list[int],
+         names: list[str], entries: list[Entry], central: list[bytes], lines: list[str],
+         end: int | None = None) -> int:
+    """Copy old entries i..j-1 (contiguous in the old zip) to ``pos``; returns the new end."""
+    if j <= i:
+        return pos
+    start = offsets[i]
+    stop = offsets[j] if j < len(offsets) else (end if end is not None else state.cd_offset)
+    _copy(src, dst, start, stop - start, pos)
+    delta = pos - start
+    run_names = state.names[i:j]
+    names.extend(run_names)
+    entries.extend(state.entries[i:j])
+    lines.extend(state.lines[i:j])
+    if delta == 0:
+        central.extend(state.central[i:j])
+    else:
+        recs = state.records
+        for k, name in enumerate(run_names, start=i):
+            rec = recs[name]
+            rec[7] += delta
+            cd = state.central[k]
+            central.append(cd[:_CD_OFFSET_AT] + _OFFSET.pack(rec[7]) + cd[_CD_OFFSET_AT + 4:])
+    return pos + (stop - start)
