@@ -102,7 +102,7 @@ class Workspace:
 
     @property
     def library_staging(self) -> Path:
-        return self.project / ".dodo_lambda" / "npm" / FUNCTION_NAME
+        return self.project / ".dodo_lambda" / "npm" / "functions" / FUNCTION_NAME
 
     @property
     def ref_tree(self) -> Path:

@@ -130,8 +130,10 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
 
 
 def _record(item: Function | Layer, p: Paths, options: str, stat: str, entries: list[Entry],
-            result: archive.ZipResult) -> None:
-    """The manifest (for people and the deploy steps) and the entry cache."""
+            result: archive.ZipResult, *, packages: dict[str, int] | None = None,
+            cache: bool = True) -> None:
+    """The manifest (for people and the deploy steps) and the entry cache (the watch
+    passes ``packages`` when it knows them, and may write the cache later)."""
     write_json(p.manifest, {
         "name": item.name,
         "kind": item.kind,
@@ -142,8 +144,10 @@ def _record(item: Function | Layer, p: Paths, options: str, stat: str, entries: 
         "files": result.files,
         "content_digest": result.content_digest,
         "compressor": archive.COMPRESSOR_ID,
-        "packages": _packages(entries),
+        "packages": _packages(entries) if packages is None else packages,
     })
+    if not cache:
+        return
     _write_cache(p.cache, {
         "options": options,
         "zip": _stat(p.zip),

@@ -147,10 +147,12 @@ class App:
         layers = []
         for layer in fn.layers or []:
             version = backend.layers_versions_by_arn(layer["Arn"])
+            if version is None:
+                raise LookupError(f"no layer version {layer['Arn']}")
             layers.append(invoke.Code(version.code_bytes,
                                       hashlib.sha256(version.code_bytes).hexdigest()))
         return invoke.Invocation(
-            name=fn.function_name, handler=fn.handler, runtime=fn.run_time,
+            name=fn.function_name, handler=str(fn.handler), runtime=str(fn.run_time),
             code=invoke.Code(fn.code_bytes, hashlib.sha256(fn.code_bytes).hexdigest()),
             layers=tuple(layers), memory=int(fn.memory_size), timeout=int(fn.timeout),
             environment=dict(fn.environment_vars or {}),

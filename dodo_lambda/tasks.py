@@ -454,7 +454,7 @@ def _watch_tasks(valid: list[Item], build_dir: str, opts: deploy.Options) -> lis
     }]
     for fn in valid:
         if isinstance(fn, Function):
-            mine = (fn, *[x for x in fn.layers if isinstance(x, Layer)])
+            mine: tuple[Item, ...] = (fn, *[x for x in fn.layers if isinstance(x, Layer)])
             out.append({
                 "basename": f"watch:{fn.name}",
                 "doc": f"{label(fn)}: rebuild and redeploy on every save (Ctrl-C to stop)",

@@ -58,6 +58,8 @@ class _Watched:
     npm_inputs: set[Path]
     state: zipsplice.ZipState | None = None
     matcher: Any = None
+    options: str = ""  # the options digest the zip was built with
+    pending: Any = None  # a change whose entry cache is not written yet
 
 
 def _resolved(path: str | Path) -> Path:
@@ -99,6 +101,8 @@ class Watch:
         patterns = build.patterns(w.item, self.build_dir)
         entries = select(everything, patterns, label(w.item))
         w.matcher = patterns.matcher()
+        w.options = build.options_digest(w.item, self.build_dir)
+        w.pending = None
         try:
             w.state = zipsplice.load(p.zip, entries, cache.get("entries") or {},
                                      archive.dos_timestamp())
@@ -154,6 +158,7 @@ class Watch:
             try:
                 change.unchanged = not self._rebuild(w, how, changes)
                 change.build_ms = (time.time() - since) * 1000
+                self.flush()
                 if self.deploy_changes and not change.unchanged:
                     started = time.monotonic()
                     if isinstance(w.item, Layer):
@@ -239,8 +244,11 @@ class Watch:
                 except zipsplice.Fallback:
                     result = None
                     how = "full"
+                except BaseException:
+                    w.state = None  # half-updated: the next change builds in full
+                    raise
                 else:
-                    self._record(item, w, result)
+                    self._record(item, w, result, changes)
                     if result is None:
                         return False
             if how == "splice":
@@ -250,18 +258,33 @@ class Watch:
         self._load(w)
         return bool(result.sha256 != before.get("sha256"))
 
-    def _record(self, item: Item, w: _Watched, result: archive.ZipResult | None) -> None:
-        """The manifest and the entry cache, as a full build writes them. The stat
-        digest is left out: the next ``doit package`` walks once and fills it in."""
+    def _record(self, item: Item, w: _Watched, result: archive.ZipResult | None,
+                changes: dict[str, Entry | None]) -> None:
+        """The manifest now; the entry cache once the change is reported (``flush``).
+        The stat digest is left out: the next ``doit package`` walks once and fills it in."""
         p = build.paths(item, self.build_dir)
         assert w.state is not None
         if result is not None:
-            build._record(item, p, build.options_digest(item, self.build_dir), "",
-                          w.state.entries, result)
-        else:
-            cache = build._read_cache(p.cache) or {}
-            cache.update(entries=w.state.records, stat="")
-            build._write_cache(p.cache, cache)
+            packages = None  # the npm packages' sizes change only with node_modules
+            if not any("node_modules/" in a for a in changes):
+                packages = (read_json(p.manifest) or {}).get("packages")
+            build._record(item, p, w.options, "", w.state.entries, result, packages=packages,
+                          cache=False)
+        w.pending = result or True
+
+    def flush(self) -> None:
+        """Write the entry caches the last changes left pending."""
+        for w in self.watched:
+            if w.state is not None:
+                zipsplice.discard(w.state)
+            if w.pending is None or w.state is None:
+                continue
+            p = build.paths(w.item, self.build_dir)
+            with locked(p.cache.with_suffix(".lock")):
+                if zipsplice._stat(p.zip) == w.state.stat:  # still the zip we wrote
+                    build._write_cache(p.cache, {"options": w.options, "zip": list(w.state.stat),
+                                                 "stat": "", "entries": w.state.records})
+            w.pending = None
 
     def _deploy(self, fn: Function, change: Change) -> None:
         deploy.upload(fn, self.build_dir, self.opts)  # only with a bucket (or too big: says so)
@@ -297,7 +320,7 @@ def notify_batches(folders: list[Path], stop: threading.Event, on_ready: Callabl
         raw = notify.watch(DEBOUNCE_MS, STEP_MS, 1000, stop)
         if raw == "signal":
             raise KeyboardInterrupt
-        if raw in ("stop", "timeout"):
+        if isinstance(raw, str):  # "stop" or "timeout"
             continue
         yield {path for _, path in raw}
 

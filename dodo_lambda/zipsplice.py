@@ -48,10 +48,15 @@ class ZipState:
     dostime: tuple[int, int]
     stat: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the zip this state describes
     marks: list[tuple[int, Any]] = field(default_factory=list)  # (offset, sha256 so far)
+    unzipped: int = 0  # bytes, all entries
+    old: Path | None = None  # the previous zip, until ``discard``
 
-    @property
-    def unzipped(self) -> int:
-        return sum(r[0] for r in self.records.values())
+
+def discard(state: ZipState) -> None:
+    """Drop the previous zip (kept so that the new one is in place sooner)."""
+    if state.old is not None:
+        state.old.unlink(missing_ok=True)
+        state.old = None
 
 
 def _line(arcname: str, mode: int, sha: str) -> str:
@@ -81,7 +86,8 @@ def load(path: Path, entries: list[Entry], records: dict[str, list[Any]],
         raise Fallback("the records do not describe these files")
     central = [_central(n, records[n], dostime) for n in names]
     lines = [_line(n, records[n][2], records[n][3]) for n in names]
-    state = ZipState(path, list(entries), names, records, central, lines, 0, dostime)
+    state = ZipState(path, list(entries), names, records, central, lines, 0, dostime,
+                     unzipped=sum(r[0] for r in records.values()))
     try:
         size = _stat(path)[0]
     except OSError as exc:
@@ -185,14 +191,16 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
                 if first_change is None:
                     first_change = pos
                 i = j + 1 if j < len(names) and names[j] == arcname else j
+                gone = recs.pop(arcname, None) if j < len(names) and names[j] == arcname else None
+                state.unzipped -= gone[0] if gone else 0
                 if p is None:
-                    recs.pop(arcname, None)
                     continue
                 name, flags = archive._name_bytes(arcname)
                 header = archive._LOCAL.pack(0x04034B50, 20, flags, p.method, time_, date, p.crc,
                                              p.csize, p.size, len(name), 0) + name
                 os.pwrite(fd, header + (p.data or b""), pos)
                 e = p.entry
+                state.unzipped += p.size
                 recs[arcname] = [e.size, e.mtime_ns, e.mode, p.sha256, p.crc, p.method, p.csize,
                                  pos]
                 new_names.append(arcname)
@@ -213,6 +221,14 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
     os.close(fd)
     start = max((m for m in state.marks if m[0] <= (first_change or 0)), key=lambda m: m[0])
     h, marks = _hash_from(tmp, start[1].copy(), start[0], state.marks)
+    # Freeing the old zip's blocks costs milliseconds: keep a link to it, so that the
+    # new zip is in place first and the old one is dropped later (``discard``).
+    state.old = state.path.with_name(f".{state.path.name}.{os.getpid()}.old")
+    try:
+        state.old.unlink(missing_ok=True)
+        os.link(state.path, state.old)
+    except OSError:
+        state.old = None
     os.replace(tmp, state.path)
     state.names, state.entries, state.central, state.lines = (new_names, new_entries,
                                                               new_central, new_lines)
