@@ -16,6 +16,7 @@ adapter prints it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -149,6 +150,12 @@ class Watch:
                 plan[n] = (how, changes, shown)
                 saved.extend(_mtime_ns(path))
         since = min(saved) / 1e9 if saved else time.time()
+        if plan and self.deploy_changes and not self.opts.emulator:
+            # a long-lived process: what was listed before may have changed since
+            from . import lambdas
+
+            with contextlib.suppress(DodoLambdaError):  # the deploy below reports it
+                lambdas.invalidate(deploy.clients(self.opts, "watch"))
         results = []
         republished: list[Layer] = []
         for n, (how, changes, shown) in sorted(plan.items()):
