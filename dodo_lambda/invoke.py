@@ -388,12 +388,11 @@ def _supervise(inv: Invocation, proc: subprocess.Popen[bytes], read_fd: int, inv
     node_version = messages.get("start", {}).get("node")
     init_ms = messages["ready"]["init_ms"] if "ready" in messages else None
     done = messages.get("done")
-    if timed_out:
-        seconds = ended - (ready_at or started)
+    if timed_out:  # the function's timeout, as Lambda words it (REPORT has the measure)
         payload = json.dumps({"errorType": "Sandbox.Timedout", "errorMessage":
                               f"RequestId: {request_id} Error: Task timed out after"
-                              f" {seconds:.2f} seconds"})
-        ok, duration = False, seconds * 1000
+                              f" {inv.timeout:.2f} seconds"})
+        ok, duration = False, (ended - (ready_at or started)) * 1000
     elif done is None:
         reason = f"exit status {proc.returncode}" if proc.returncode >= 0 else \
             f"signal {-proc.returncode}"
