@@ -32,7 +32,7 @@ from .errors import DodoLambdaError
 from .files import locked, read_json
 from .select import IGNORE_FILE, Entry, Root, select, walk_roots
 
-STEP_MS = 10  # a batch ends when the files have not changed for this long
+STEP_MS = 5  # a batch ends when the files have not changed for this long
 DEBOUNCE_MS = 1600  # ... or after this long, whatever keeps changing
 POLL_SECONDS = 0.5
 Item = Function | Layer

@@ -150,7 +150,9 @@ def splice(state: ZipState, changes: dict[str, Entry | None], who: str
         if entry.size > archive.STREAM_THRESHOLD:
             raise Fallback("a large file: streamed by the full build")
         same_mode = rec is not None and rec[2] == entry.mode
-        p = archive._pack(entry, rec if same_mode else None)
+        # The watcher says it changed: read it, even when size and mtime look the same
+        # (two saves within one tick of the file system's clock); equal bytes are reused.
+        p = archive._pack(entry, [rec[0], -1, *rec[2:]] if rec is not None and same_mode else None)
         if p.old_offset is not None and rec is not None:  # same bytes: only its stats moved
             rec[0], rec[1] = entry.size, entry.mtime_ns
             state.entries[bisect.bisect_left(state.names, arcname)] = entry
@@ -170,7 +172,6 @@ def splice(state: ZipState, changes: dict[str, Entry | None], who: str
 def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
            ) -> archive.ZipResult:
     names, recs, old_cd = state.names, state.records, state.cd_offset
-    offsets = [recs[n][7] for n in names]
     new_names: list[str] = []
     new_entries: list[Entry] = []
     new_central: list[bytes] = []
@@ -186,8 +187,8 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
             i = 0  # next old entry not yet copied
             for arcname, p in packed.items():  # sorted by zip path
                 j = bisect.bisect_left(names, arcname)
-                pos = _run(state, src, fd, i, j, pos, offsets, new_names, new_entries,
-                           new_central, new_lines)
+                pos = _run(state, src, fd, i, j, pos, new_names, new_entries, new_central,
+                           new_lines)
                 if first_change is None:
                     first_change = pos
                 i = j + 1 if j < len(names) and names[j] == arcname else j
@@ -208,8 +209,8 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
                 new_central.append(_central(arcname, recs[arcname], state.dostime))
                 new_lines.append(_line(arcname, e.mode, p.sha256))
                 pos += len(header) + p.csize
-            pos = _run(state, src, fd, i, len(names), pos, offsets, new_names, new_entries,
-                       new_central, new_lines, end=old_cd)
+            pos = _run(state, src, fd, i, len(names), pos, new_names, new_entries, new_central,
+                       new_lines, end=old_cd)
         directory = b"".join(new_central)
         n = len(new_names)
         os.pwrite(fd, directory + archive._END.pack(0x06054B50, 0, 0, n, n, len(directory), pos, 0),
@@ -240,14 +241,17 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
         records=recs)
 
 
-def _run(state: ZipState, src: int, dst: int, i: int, j: int, pos: int, offsets: list[int],
-         names: list[str], entries: list[Entry], central: list[bytes], lines: list[str],
+def _run(state: ZipState, src: int, dst: int, i: int, j: int, pos: int, names: list[str],
+         entries: list[Entry], central: list[bytes], lines: list[str],
          end: int | None = None) -> int:
-    """Copy old entries i..j-1 (contiguous in the old zip) to ``pos``; returns the new end."""
+    """Copy old entries i..j-1 (contiguous in the old zip) to ``pos``; returns the new end.
+    Offsets are read before the run's own records move (entry j's is not touched yet)."""
     if j <= i:
         return pos
-    start = offsets[i]
-    stop = offsets[j] if j < len(offsets) else (end if end is not None else state.cd_offset)
+    old = state.names
+    start = state.records[old[i]][7]
+    stop = state.records[old[j]][7] if j < len(old) else (
+        end if end is not None else state.cd_offset)
     _copy(src, dst, start, stop - start, pos)
     delta = pos - start
     run_names = state.names[i:j]
