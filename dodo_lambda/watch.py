@@ -158,7 +158,10 @@ class Watch:
                 lambdas.invalidate(deploy.clients(self.opts, "watch"))
         results = []
         republished: list[Layer] = []
-        for n, (how, changes, shown) in sorted(plan.items()):
+        # layers first: a function changed in the same batch then deploys with the new version
+        order = sorted(plan, key=lambda n: (isinstance(self.watched[n].item, Function), n))
+        for n in order:
+            how, changes, shown = plan[n]
             w = self.watched[n]
             change = Change(label(w.item), sorted(set(shown)))
             results.append(change)
