@@ -17,6 +17,7 @@ AWS settings are neither read nor changed.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import logging
 import os
@@ -94,7 +95,7 @@ def status(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
     try:
         with _direct.open(url + STATUS_PATH, timeout=timeout) as resp:
             value = json.loads(resp.read())
-    except (OSError, ValueError):
+    except (OSError, ValueError, http.client.HTTPException):  # e.g. a server going away
         return None
     return value if isinstance(value, dict) else None
 
@@ -204,7 +205,7 @@ def stop(build_dir: str | Path, *, timeout: float = 15.0) -> Emulator | None:
         if found is None:
             f.state.unlink(missing_ok=True)
             return None
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, http.client.HTTPException):
             request = urllib.request.Request(found.url + STOP_PATH, method="POST", data=b"")
             with _direct.open(request, timeout=5) as resp:
                 resp.read()

@@ -63,25 +63,42 @@ class App:
         with self.lock:
             self.active += 1
         try:
-            path = environ.get("PATH_INFO", "")
-            method = environ.get("REQUEST_METHOD", "GET")
-            if path == "/_dodo_lambda/status":
-                return _answer(start_response, 200, json.dumps(self.state).encode())
-            if path == "/_dodo_lambda/stop" and method == "POST":
-                self.stop.set()
-                return _answer(start_response, 200, b'{"stopping": true}')
-            match = INVOKE_RE.match(path)
-            if match and method == "POST":
-                body = _body(environ)
-                answer = self.invoke(unquote(match.group(1)), environ, body, start_response)
-                if answer is not None:
-                    return answer
-                environ["wsgi.input"] = io.BytesIO(body)  # moto answers the rest
-            return self.moto(environ, start_response)  # type: ignore[no-any-return]
-        finally:
+            return _Tracked(self._dispatch(environ, start_response), self._done)
+        except BaseException:
+            self._done()
+            raise
+
+    def _done(self) -> None:
+        with self.lock:
+            self.active -= 1
+            self.last = time.monotonic()
+
+    def wait_quiet(self, timeout: float) -> None:
+        """Until the answers in progress are written (a stop's own answer included)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             with self.lock:
-                self.active -= 1
-                self.last = time.monotonic()
+                if not self.active:
+                    return
+            time.sleep(0.01)
+
+    def _dispatch(self, environ: dict[str, Any], start_response: StartResponse
+                  ) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/_dodo_lambda/status":
+            return _answer(start_response, 200, json.dumps(self.state).encode())
+        if path == "/_dodo_lambda/stop" and method == "POST":
+            self.stop.set()
+            return _answer(start_response, 200, b'{"stopping": true}')
+        match = INVOKE_RE.match(path)
+        if match and method == "POST":
+            body = _body(environ)
+            answer = self.invoke(unquote(match.group(1)), environ, body, start_response)
+            if answer is not None:
+                return answer
+            environ["wsgi.input"] = io.BytesIO(body)  # moto answers the rest
+        return self.moto(environ, start_response)  # type: ignore[no-any-return]
 
     def invoke(self, name: str, environ: dict[str, Any], body: bytes,
                start_response: StartResponse) -> Iterable[bytes] | None:
@@ -160,6 +177,26 @@ class App:
             version=str(fn.version), who=f"function '{fn.function_name}'",
             # the handler's AWS SDK talks to this emulator, as a function's would to its region
             aws={**CREDENTIALS, "AWS_ENDPOINT_URL": self.state["url"]})
+
+
+class _Tracked:
+    """A response body that says when the server is done with it (WSGI calls close())."""
+
+    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
+        self.body, self.done, self.closed = body, done, False
+
+    def __iter__(self) -> Any:
+        return iter(self.body)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                close = getattr(self.body, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self.done()
 
 
 def _log_invocation(inv: Any, result: Any) -> None:
@@ -258,6 +295,7 @@ def serve(state_path: Path, idle: float, started_by: str) -> int:
     finally:
         _remove_state(state_path, state["id"])
         server.shutdown()
+        app.wait_quiet(10.0)  # answers being written, the stop's own among them
     return 0
 
 
