@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
+from .errors import DodoLambdaError
+
 INVOKE_RE = re.compile(r"^/2015-03-31/functions/([^/]+)/invocations/?$")
 _REGION_RE = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/")
 StartResponse = Callable[..., Any]
@@ -131,8 +133,11 @@ class App:
             threading.Thread(target=self._run_logged, args=(inv, event, context),
                              daemon=True).start()
             return _answer(start_response, 202, b"")
-        result = invoke.run(inv, event, self.build_dir, capture_logs=True,
-                            client_context=context)
+        try:
+            result = invoke.run(inv, event, self.build_dir, capture_logs=True,
+                                client_context=context)
+        except DodoLambdaError as exc:  # e.g. no node here: the caller's SDK says so
+            return _error(start_response, 500, "ServiceException", str(exc))
         _log_invocation(inv, result)
         headers = [("X-Amz-Executed-Version", inv.version)]
         if not result.ok:
@@ -216,7 +221,8 @@ def _body(environ: dict[str, Any]) -> bytes:
 
 def _answer(start_response: StartResponse, status: int, body: bytes,
             headers: list[tuple[str, str]] | None = None) -> list[bytes]:
-    reasons = {200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request"}
+    reasons = {200: "OK", 202: "Accepted", 204: "No Content", 400: "Bad Request",
+               500: "Internal Server Error"}
     start_response(f"{status} {reasons.get(status, 'OK')}", [
         ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
         *(headers or [])])
