@@ -206,6 +206,13 @@ class Watch:
             return "ignore", ""
         if rel_source == IGNORE_FILE:
             return "full", ""  # the selection rules changed
+        if not any(r.path == w.source or w.source in r.path.parents for r in w.roots):
+            # packed from elsewhere (a bundler's output, say): any source edit means a build
+            top = rel_source.split("/")[0]
+            inner = build._inside(Path(self.build_dir), w.source)
+            skipped = top in ("node_modules", ".git") or (inner and (rel_source + "/").startswith(
+                inner + "/"))
+            return ("ignore", "") if skipped else ("full", "")
         for root in w.roots:
             try:
                 rel = real.relative_to(root.path).as_posix()
