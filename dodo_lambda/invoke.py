@@ -141,7 +141,7 @@ def _extract(source: ZipSource, dest: Path) -> None:
             if not dest.is_dir():  # not another process winning the same race
                 raise
     except zipfile.BadZipFile as exc:
-        raise DodoLambdaError(f"cannot read the code zip ({exc}); rebuild it") from None
+        raise DodoLambdaError(f"cannot read the code zip ({exc}); rebuild it") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -312,7 +312,7 @@ def run(inv: Invocation, event: str, build_dir: str | Path, *, capture_logs: boo
             pass_fds=(write_fd,), start_new_session=True)
     except OSError as exc:
         os.close(read_fd)
-        raise DodoLambdaError(f"{inv.who or inv.name}: cannot start node ({exc})") from None
+        raise DodoLambdaError(f"{inv.who or inv.name}: cannot start node ({exc})") from exc
     finally:
         os.close(write_fd)
     logs: list[bytes] = []
@@ -465,9 +465,9 @@ def read_event(spec: str, stdin: Any, who: str) -> str:
         text = stdin.read() if spec == "-" else Path(spec).read_text(encoding="utf-8")
     except OSError as exc:
         raise DodoLambdaError(f"{who}: cannot read the event file {spec} ({exc.strerror});"
-                              " pass --event FILE with a JSON event, or --event - for stdin") from None
+                              " pass --event FILE with a JSON event, or --event - for stdin") from exc
     try:
         json.loads(text)
     except ValueError as exc:
-        raise DodoLambdaError(f"{who}: the event in {where} is not JSON ({exc}); fix it") from None
+        raise DodoLambdaError(f"{who}: the event in {where} is not JSON ({exc}); fix it") from exc
     return text

@@ -91,7 +91,7 @@ def load(path: Path, entries: list[Entry], records: dict[str, list[Any]],
     try:
         size = _stat(path)[0]
     except OSError as exc:
-        raise Fallback(str(exc)) from None
+        raise Fallback(str(exc)) from exc
     state.cd_offset = size - sum(len(c) for c in central) - archive._END.size
     state.marks = _hash_from(path, hashlib.sha256(), 0, [])[1]
     state.stat = _stat(path)
