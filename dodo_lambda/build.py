@@ -1,38 +1,22 @@
 """An item's package: which roots and rules make it, where it is written, and
-whether it must be rebuilt. Ties select, npm, digest and archive together."""
+whether it must be rebuilt. Ties selection, npm, digest and archive together."""
 
 from __future__ import annotations
 
-import os
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from . import archive, digest, npm
+from . import archive, digest, entrycache, npm
 from .config import Function, Layer, label
-from .errors import DodoLambdaError
-from .files import locked, read_json, write_atomic, write_json
-from .select import Entry, Patterns, Root, patterns_for, select, walk_roots
+from .context import RunContext
+from .entrycache import EntryCache, zip_stat
+from .errors import DodoLambdaError, NextStep
+from .files import locked, read_json, write_json
+from .layout import Layout
+from .selection import Entry, Patterns, Root, patterns_for, select, walk_roots
 
-
-@dataclass(frozen=True)
-class Paths:
-    """Everything the package step writes for one item."""
-
-    zip: Path
-    manifest: Path
-    cache: Path
-
-
-def paths(item: Function | Layer, build_dir: str | Path) -> Paths:
-    b = Path(build_dir)
-    sub = "layers/" if isinstance(item, Layer) else ""
-    return Paths(
-        zip=b / "dist" / f"{sub}{item.name}.zip",
-        manifest=b / "dist" / f"{sub}{item.name}.manifest.json",
-        cache=b / "cache" / f"{sub}{item.name}.entries",
-    )
+log = logging.getLogger("dodo_lambda")
 
 
 def _inside(child: Path, parent: Path) -> str | None:
@@ -43,9 +27,9 @@ def _inside(child: Path, parent: Path) -> str | None:
         return None
 
 
-def roots(item: Function | Layer, build_dir: str | Path) -> list[Root]:
+def roots(item: Function | Layer, build_dir: Path) -> list[Root]:
     src = Path(item.source)
-    staged = npm.staged_root(item, build_dir)
+    staged = npm.staged_root(item, Layout.of(build_dir, item))
     if isinstance(item, Layer):
         return [Root(src / "nodejs", "nodejs/", frozenset({"node_modules"})), staged]
     prune = {"node_modules", ".git"}
@@ -58,7 +42,7 @@ def roots(item: Function | Layer, build_dir: str | Path) -> list[Root]:
     return out
 
 
-def patterns(item: Function | Layer, build_dir: str | Path) -> Patterns:
+def patterns(item: Function | Layer, build_dir: Path) -> Patterns:
     extra = []
     inner = _inside(Path(build_dir), Path(item.source))
     if inner:
@@ -66,7 +50,7 @@ def patterns(item: Function | Layer, build_dir: str | Path) -> Patterns:
     return patterns_for(Path(item.source), item.exclude, item.include, extra)
 
 
-def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
+def options_digest(item: Function | Layer, build_dir: Path) -> str:
     """Everything besides the files that changes the zip's bytes."""
     return digest.value_digest({
         "format": archive.FORMAT,
@@ -79,60 +63,57 @@ def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
 
 
 @dataclass
-class _Scan:
+class Scan:
     """What an uptodate check learnt, handed to the build that follows it in the
-    same run so the tree is not walked, matched and read twice."""
+    same run (``caches.scans``) so the tree is not walked, matched and read twice."""
 
     options: str
     everything: list[Entry]
     stat: str
     entries: list[Entry] | None = None
-    cache: dict[str, Any] | None = None
+    cache: EntryCache | None = None
 
 
-_SCANS: dict[tuple[str, str, str], _Scan] = {}
+def _key(item: Function | Layer) -> tuple[str, str]:
+    return (item.kind, item.name)
 
 
-def _key(item: Function | Layer, build_dir: str | Path) -> tuple[str, str, str]:
-    return (item.kind, item.name, str(build_dir))
-
-
-def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
+def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     """Build the item's zip and manifest (incrementally when a previous one exists)."""
     who = label(item)
     problem = item.problem
     if problem:
         raise DodoLambdaError(problem)
-    if npm.has_dependencies(item) and not npm.staging(item, build_dir).record.is_file():
-        raise DodoLambdaError(f"{who}: dependencies are not installed; run `doit npm:{item.name}`"
-                              " (or `doit package`, which runs it first)")
-    p = paths(item, build_dir)
-    options = options_digest(item, build_dir)
-    scan = _SCANS.pop(_key(item, build_dir), None)
+    layout = ctx.layout(item)
+    if npm.has_dependencies(item) and not layout.install_record.is_file():
+        raise DodoLambdaError(f"{who}: dependencies are not installed",
+                              next_step=NextStep("npm", item.name))
+    options = options_digest(item, ctx.build_dir)
+    scan = ctx.caches.scans.pop(_key(item), None)
     if scan is None or scan.options != options:
-        everything = walk_roots(roots(item, build_dir), who)
-        scan = _Scan(options, everything, digest.stat_digest(everything))
+        everything = walk_roots(roots(item, ctx.build_dir), who, ctx.caches.walks)
+        scan = Scan(options, everything, digest.stat_digest(everything))
     entries = scan.entries
     if entries is None:
-        entries = select(scan.everything, patterns(item, build_dir), who)
+        entries = select(scan.everything, patterns(item, ctx.build_dir), who)
     for problem in native_mismatches(entries, item.architecture):
-        print(f"warning: {who}: {problem}", file=sys.stderr)
-    with locked(p.cache.with_suffix(".lock")):  # one writer of this zip at a time
-        cache = scan.cache if scan.cache is not None else _read_cache(p.cache) or {}
+        log.warning("%s: %s", who, problem)
+    with locked(layout.package_lock):  # one writer of this zip at a time
+        cache = scan.cache or entrycache.read(layout.entries)
         previous = None
         # checked under the lock: another run may have replaced the zip meanwhile
-        if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
-            previous = cache.get("entries")
-        p.cache.unlink(missing_ok=True)  # stale the moment the zip changes
-        result = archive.write_zip(entries, p.zip, who=who, previous=previous)
-        _record(item, p, options, scan.stat, entries, result)
+        if cache and cache.options == options and cache.zip == zip_stat(layout.zip):
+            previous = cache.records
+        layout.entries.unlink(missing_ok=True)  # stale the moment the zip changes
+        result = archive.write_zip(entries, layout.zip, who=who, previous=previous)
+        _record(item, layout, options, scan.stat, entries, result)
     return result
 
 
-def _record(item: Function | Layer, p: Paths, options: str, stat: str, entries: list[Entry],
-            result: archive.ZipResult) -> None:
+def _record(item: Function | Layer, layout: Layout, options: str, stat: str,
+            entries: list[Entry], result: archive.ZipResult) -> None:
     """The manifest (for people and the deploy steps) and the entry cache."""
-    write_json(p.manifest, {
+    write_json(layout.manifest, {
         "name": item.name,
         "kind": item.kind,
         "sha256": result.sha256,
@@ -144,12 +125,8 @@ def _record(item: Function | Layer, p: Paths, options: str, stat: str, entries: 
         "compressor": archive.COMPRESSOR_ID,
         "packages": _packages(entries),
     })
-    _write_cache(p.cache, {
-        "options": options,
-        "zip": _stat(p.zip),
-        "stat": stat,
-        "entries": result.records,
-    })
+    entrycache.write(layout.entries,
+                     EntryCache(options, zip_stat(layout.zip), stat, result.records))
 
 
 _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "arm64"}
@@ -173,8 +150,8 @@ def native_mismatches(entries: list[Entry], architecture: str) -> list[str]:
         if head[:4] != b"\x7fELF":
             found.append(f"{e.arcname} is not a Linux binary; Lambda cannot load it")
         else:
-            order = "little" if head[5] == 1 else "big"
-            machine = _ELF_MACHINES.get(int.from_bytes(head[18:20], order), "another CPU")
+            number = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+            machine = _ELF_MACHINES.get(number, "another CPU")
             if machine != architecture:
                 found.append(f"{e.arcname} is built for {machine}, the function runs on"
                              f" {architecture}; check architecture= or reinstall that package")
@@ -197,77 +174,45 @@ def _packages(entries: list[Entry]) -> dict[str, int]:
     return out
 
 
-# The entry cache: thousands of records, read and written on every build, never
-# by people: marshal is several times faster than JSON. Unreadable (another
-# Python version, a torn file) simply means a cold build.
-_CACHE_MAGIC = b"dodo_lambda-cache-1\n"
-
-
-def _read_cache(path: Path) -> dict[str, Any] | None:
-    import marshal
-
-    try:
-        data = path.read_bytes()
-        if not data.startswith(_CACHE_MAGIC):
-            return None
-        value = marshal.loads(data[len(_CACHE_MAGIC):])
-    except (OSError, ValueError, EOFError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _write_cache(path: Path, value: dict[str, Any]) -> None:
-    import marshal
-
-    write_atomic(path, _CACHE_MAGIC + marshal.dumps(value))
-
-
-def _stat(path: Path) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
+def is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     """True when the zip on disk is what ``package`` would write now.
 
     One stat walk when nothing changed; when only mtimes moved, the files whose
     stats changed are hashed and compared with the recorded content.
     """
     try:
-        return _is_packaged(item, build_dir)
+        return _is_packaged(item, ctx)
     except (DodoLambdaError, OSError):
         return False  # let the action run and report it
 
 
-def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
+def _is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     if item.problem:
         return False
-    p = paths(item, build_dir)
-    cache = _read_cache(p.cache)
-    manifest = read_json(p.manifest)
-    if not cache or not manifest or cache.get("zip") != _stat(p.zip):
+    layout = ctx.layout(item)
+    cache = entrycache.read(layout.entries)
+    manifest = read_json(layout.manifest)
+    if not cache or not manifest or cache.zip != zip_stat(layout.zip):
         return False
-    options = options_digest(item, build_dir)
-    if cache.get("options") != options:
+    options = options_digest(item, ctx.build_dir)
+    if cache.options != options:
         return False
-    everything = walk_roots(roots(item, build_dir), label(item))
-    scan = _Scan(options, everything, digest.stat_digest(everything), cache=cache)
-    if scan.stat == cache.get("stat"):
+    everything = walk_roots(roots(item, ctx.build_dir), label(item), ctx.caches.walks)
+    scan = Scan(options, everything, digest.stat_digest(everything), cache=cache)
+    if scan.stat == cache.stat:
         return True
-    scan.entries = entries = select(everything, patterns(item, build_dir), label(item))
-    old = cache.get("entries") or {}
+    scan.entries = entries = select(everything, patterns(item, ctx.build_dir), label(item))
+    old = cache.records
     files = digest.entry_hashes(entries, old)
     if digest.content_digest(files) != manifest.get("content_digest"):
-        _SCANS[_key(item, build_dir)] = scan  # the build that follows starts from here
+        ctx.caches.scans[_key(item)] = scan  # the build that follows starts from here
         return False
     # same content, new stats: remember them so the next check is one walk again
-    new_entries = dict(old)
-    for e, (_, _, sha) in zip(entries, files, strict=False):
+    records = dict(old)
+    for e, (_, _, sha) in zip(entries, files, strict=True):
         rec = old.get(e.arcname)
         if rec:
-            new_entries[e.arcname] = [e.size, e.mtime_ns, e.mode, sha, *rec[4:]]
-    _write_cache(p.cache, {**cache, "stat": scan.stat, "entries": new_entries})
+            records[e.arcname] = rec._replace(size=e.size, mtime_ns=e.mtime_ns, mode=e.mode,
+                                              sha256=sha)
+    entrycache.write(layout.entries, EntryCache(cache.options, cache.zip, scan.stat, records))
     return True

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import IO
 
 from .errors import DodoLambdaError
 
@@ -55,7 +56,7 @@ def ensure_started() -> str:
             raise DodoLambdaError(f"the local AWS emulator did not start (exit {proc.wait()});"
                                   " run `moto_server -p 0` to see why")
         # keep draining its request log so it never blocks on a full pipe
-        threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
         for key in [k for k in os.environ if k.startswith("AWS_")]:
             del os.environ[key]
         os.environ.update(
@@ -68,6 +69,11 @@ def ensure_started() -> str:
         _create_role()
         _started["url"] = url
         return url
+
+
+def _drain(stream: IO[str]) -> None:
+    for _ in stream:
+        pass
 
 
 def _create_role() -> None:

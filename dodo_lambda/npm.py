@@ -14,41 +14,25 @@ import json
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import digest
 from .config import ARCHITECTURES, Function, Layer, label
+from .context import RunContext
 from .errors import DodoLambdaError
 from .files import locked, read_json, write_json
-from .select import Entry, Root, forget_walks, walk_roots
+from .layout import Layout
+from .selection import Entry, Root, walk_roots
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
 RECORD_FORMAT = 2
 
 
-@dataclass(frozen=True)
-class Staging:
-    """Where an item's dependencies are installed and recorded."""
-
-    folder: Path  # holds package.json, the lock and node_modules/
-    record: Path
-
-    @property
-    def node_modules(self) -> Path:
-        return self.folder / "node_modules"
-
-
-def staging(item: Function | Layer, build_dir: str | Path) -> Staging:
-    base = Path(build_dir) / "npm" / ("layers" if isinstance(item, Layer) else "functions")
-    return Staging(base / item.name, base / f"{item.name}.json")
-
-
-def staged_root(item: Function | Layer, build_dir: str | Path) -> Root:
+def staged_root(item: Function | Layer, layout: Layout) -> Root:
     """The installed tree as the zip sees it (npm's .bin and bookkeeping left out)."""
     prefix = "nodejs/node_modules/" if isinstance(item, Layer) else "node_modules/"
-    return Root(staging(item, build_dir).node_modules, prefix, staged=True)
+    return Root(layout.node_modules, prefix, staged=True)
 
 
 def has_dependencies(item: Function | Layer) -> bool:
@@ -76,12 +60,10 @@ def flags(item: Function | Layer) -> list[str]:
             "--no-audit", "--no-fund", "--no-update-notifier"]
 
 
-# -- tool versions, cached by the executables' identity (running them costs ~0.3 s)
-
-_TOOLS_CACHE: dict[str, dict[str, Any]] = {}
+# -- tool versions, known by the executables' identity (running them costs ~0.3 s)
 
 
-def _tools(record: dict[str, Any] | None) -> dict[str, Any]:
+def _tools(ctx: RunContext, record: dict[str, Any] | None) -> dict[str, Any]:
     """``{"stamp": ..., "versions": {"node": major, "npm": major}}``; the versions are
     asked only when the executables differ from those the record saw."""
     stamp = []
@@ -91,19 +73,21 @@ def _tools(record: dict[str, Any] | None) -> dict[str, Any]:
             raise DodoLambdaError(f"{tool} not found on PATH; install Node.js (with npm 10 or"
                                   " newer) to build functions that have package.json")
         real = os.path.realpath(exe)
-        st = os.stat(real)
-        stamp.append([real, st.st_size, st.st_mtime_ns])
+        stat = os.stat(real)
+        stamp.append([real, stat.st_size, stat.st_mtime_ns])
     cached = (record or {}).get("tools")
     if cached and cached.get("stamp") == stamp:
         return cached
-    key = json.dumps(stamp)
-    if key not in _TOOLS_CACHE:
-        versions = {}
-        for tool in ("node", "npm"):
-            out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
-            versions[tool] = out.stdout.strip().lstrip("v").split(".")[0] or "?"
-        _TOOLS_CACHE[key] = {"stamp": stamp, "versions": versions}
-    return _TOOLS_CACHE[key]
+    return ctx.once(("tools", json.dumps(stamp)),
+                    lambda: {"stamp": stamp, "versions": _versions()})
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for tool in ("node", "npm"):
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
+        versions[tool] = out.stdout.strip().lstrip("v").split(".")[0] or "?"
+    return versions
 
 
 def install_key(item: Function | Layer, versions: dict[str, str]) -> dict[str, Any]:
@@ -118,28 +102,29 @@ def install_key(item: Function | Layer, versions: dict[str, str]) -> dict[str, A
     }
 
 
-def _tree(item: Function | Layer, build_dir: str | Path, keep: bool = False) -> list[Entry]:
-    return walk_roots([staged_root(item, build_dir)], label(item), keep=keep)
+def _tree(item: Function | Layer, ctx: RunContext, keep: bool = False) -> list[Entry]:
+    return walk_roots([staged_root(item, ctx.layout(item))], label(item), ctx.caches.walks,
+                      keep=keep)
 
 
-def read_record(st: Staging) -> dict[str, Any] | None:
-    record = read_json(st.record)
+def read_record(layout: Layout) -> dict[str, Any] | None:
+    record = read_json(layout.install_record)
     return record if isinstance(record, dict) else None
 
 
-def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
+def is_installed(item: Function | Layer, ctx: RunContext) -> bool:
     """True when the staged tree is what the current inputs would install."""
-    st = staging(item, build_dir)
-    record = read_record(st)
-    if record is None or not st.node_modules.is_dir() and record.get("tree_files"):
+    layout = ctx.layout(item)
+    record = read_record(layout)
+    if record is None or not layout.node_modules.is_dir() and record.get("tree_files"):
         return False
     try:
-        key = install_key(item, _tools(record)["versions"])
+        key = install_key(item, _tools(ctx, record)["versions"])
     except (DodoLambdaError, OSError):
         return False
     if record.get("key") != key:
         return False
-    tree = _tree(item, build_dir, keep=True)  # the package check walks it next
+    tree = _tree(item, ctx, keep=True)  # the package check walks it next
     stat = digest.stat_digest(tree)
     if stat == record.get("tree_stat"):
         return True
@@ -147,7 +132,7 @@ def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
     if _content(tree) != record.get("tree_content"):
         return False
     record["tree_stat"] = stat
-    write_json(st.record, record)
+    write_json(layout.install_record, record)
     return True
 
 
@@ -161,7 +146,7 @@ def _read_package_json(item: Function | Layer) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DodoLambdaError(f"{label(item)}: {path} is not valid JSON ({exc}); fix the file"
-                              " (check it with `npm pkg get name`)") from None
+                              " (check it with `npm pkg get name`)") from exc
     if not isinstance(data, dict):
         raise DodoLambdaError(f"{label(item)}: {path} must hold a JSON object; fix the file")
     return data
@@ -179,7 +164,7 @@ def _read_lock(item: Function | Layer) -> tuple[Path, dict[str, Any]]:
         data = json.loads(lock.read_text(encoding="utf-8"))
     except ValueError as exc:
         raise DodoLambdaError(f"{label(item)}: {lock} is not valid JSON ({exc}); recreate it"
-                              f" with `npm install --package-lock-only` in {src}") from None
+                              f" with `npm install --package-lock-only` in {src}") from exc
     return lock, data
 
 
@@ -239,26 +224,26 @@ def relocate_manifests(pkg: dict[str, Any], lock: dict[str, Any], source: Path,
     return pkg, lock
 
 
-def install(item: Function | Layer, build_dir: str | Path) -> None:
+def install(item: Function | Layer, ctx: RunContext) -> None:
     """Install production dependencies into the staging folder, atomically:
     on failure nothing is left that a later run would take as installed."""
     who = label(item)
-    st = staging(item, build_dir)
+    layout = ctx.layout(item)
     src = Path(item.source)
     pkg = _read_package_json(item)
     lock_path, lock = _read_lock(item)
-    tools = _tools(read_record(st))
+    tools = _tools(ctx, read_record(layout))
     versions = tools["versions"]
     if versions["npm"].isdigit() and int(versions["npm"]) < 10:
         raise DodoLambdaError(f"{who}: npm {versions['npm']} cannot pick platform binaries"
                               " (--os/--cpu); install npm 10 or newer (`npm i -g npm@10`)")
     key = install_key(item, versions)
     # two doit processes must not install into the same staging folder at once
-    with locked(st.folder.with_name(f".{st.folder.name}.lock")):
-        if is_installed(item, build_dir):
+    with locked(layout.install_lock):
+        if is_installed(item, ctx):
             return  # another run installed the same thing while we waited
-        st.record.unlink(missing_ok=True)  # from here on, nothing counts as installed
-        work = st.folder.with_name(f".{st.folder.name}.tmp")
+        layout.install_record.unlink(missing_ok=True)  # from here on, nothing counts as installed
+        work = layout.install_work
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
@@ -268,18 +253,18 @@ def install(item: Function | Layer, build_dir: str | Path) -> None:
             if (src / ".npmrc").is_file():
                 shutil.copyfile(src / ".npmrc", work / ".npmrc")
             _run_npm(["npm", "ci", *flags(item)], work, who, lock_path)
-            old = st.folder.with_name(f".{st.folder.name}.old")
+            old = layout.install_old
             shutil.rmtree(old, ignore_errors=True)
-            if st.folder.exists():
-                os.replace(st.folder, old)
-            os.replace(work, st.folder)
+            if layout.staging.exists():
+                os.replace(layout.staging, old)
+            os.replace(work, layout.staging)
             shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        forget_walks()
-        tree = _tree(item, build_dir)
-        write_json(st.record, {
+        ctx.caches.walks.pop(staged_root(item, layout), None)  # a walk of the old tree
+        tree = _tree(item, ctx)
+        write_json(layout.install_record, {
             "key": key,
             "tools": tools,
             "tree_stat": digest.stat_digest(tree),

@@ -7,8 +7,11 @@ doit's ``TaskFailed`` (one line, no traceback).
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,9 @@ from doit.exceptions import TaskFailed
 from . import build, deploy, npm
 from .aws import AwsTarget
 from .config import Function, Layer, label
-from .errors import DodoLambdaError
-from .files import read_json
+from .context import RunContext
+from .errors import DodoLambdaError, NextStep
+from .lambdas import DIRECT_UPLOAD_LIMIT
 
 Item = Function | Layer
 TaskDict = dict[str, Any]
@@ -31,12 +35,13 @@ GROUP_DOCS = {
     "layer": "publish layer versions whose content differs from the latest published one",
     "deploy": "update (or create) the Lambda functions whose deployed code or settings differ",
 }
+# What each step was doing, for a machine's error (disk full, permissions).
+_DOING = {"npm": "installing dependencies", "package": "writing the package",
+          "upload": "uploading", "deploy": "deploying", "layer": "publishing the layer",
+          "plan": "planning"}
 
 
-def _package(item: Item, build_dir: str) -> None:
-    result = build.package(item, build_dir)
-    print(f"{label(item)}: {build.paths(item, build_dir).zip} {result.zip_size:,} bytes,"
-          f" {result.files} files, {result.unzipped_size:,} bytes unzipped")
+# -- output: the core reports (results, logging), the adapter prints -----------------
 
 
 def say(message: str) -> None:
@@ -44,34 +49,64 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _upload(fn: Function, build_dir: str, opts: deploy.Options) -> None:
-    sent = deploy.upload(fn, build_dir, opts)
-    record = read_json(deploy.record_paths(fn, build_dir)["uploaded"]) or {}
-    where = f"s3://{record.get('bucket')}/{record.get('key')}"
-    say(f"{label(fn)}: {'uploaded to' if sent else 'already in'} {where}")
+class _Stderr(logging.Handler):
+    """The core's warnings and progress, on the stderr doit gives the running action
+    (looked up per line: doit swaps it to capture a task's output)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                text = f"warning: {text}"
+            print(text, file=sys.stderr, flush=True)
+        except Exception:  # a broken stream must not fail the task
+            self.handleError(record)
 
 
-def _deploy(fn: Function, build_dir: str, opts: deploy.Options) -> None:
-    plan = deploy.deploy_function(fn, build_dir, opts)
-    record = read_json(deploy.record_paths(fn, build_dir)["deployed"]) or {}
+def show_core_messages() -> None:
+    logger = logging.getLogger("dodo_lambda")
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _doit_command(step: NextStep) -> str:
+    return f"`doit {step.step}:{step.name}`"
+
+
+def _package(item: Item, ctx: RunContext) -> None:
+    result = build.package(item, ctx)
+    print(f"{label(item)}: {ctx.layout(item).zip} {result.zip_size:,} bytes,"
+          f" {result.files} files, {result.unzipped_size:,} bytes unzipped")
+
+
+def _upload(fn: Function, ctx: RunContext) -> None:
+    result = deploy.upload(fn, ctx)
+    if result is not None:
+        where = f"s3://{result.bucket}/{result.key}"
+        say(f"{label(fn)}: {'uploaded to' if result.sent else 'already in'} {where}")
+
+
+def _deploy(fn: Function, ctx: RunContext) -> None:
+    result = deploy.deploy_function(fn, ctx)
+    plan = result.plan
     if plan.create:
         say(f"{label(fn)}: created")
     else:
         say(f"{label(fn)}: " + ("; ".join(plan.reasons) or "already up to date, nothing changed"))
-    say(f"{label(fn)}: deployed {record.get('arn')} version {record.get('version')}"
-        f" CodeSha256 {record.get('code_sha256')}")
+    say(f"{label(fn)}: deployed {result.arn} version {result.version}"
+        f" CodeSha256 {result.code_sha256}")
 
 
-def _layer(layer: Layer, build_dir: str, opts: deploy.Options, users: tuple[Function, ...]
-           ) -> None:
-    plan = deploy.publish_layer(layer, build_dir, opts, users)
-    record = read_json(deploy.record_paths(layer, build_dir)["published"]) or {}
-    verb = "published" if plan.publish else "unchanged, using"
-    say(f"{label(layer)}: {verb} {record.get('arn')}")
+def _layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> None:
+    result = deploy.publish_layer(layer, ctx, users)
+    verb = "published" if result.plan.publish else "unchanged, using"
+    say(f"{label(layer)}: {verb} {result.arn}")
 
 
-def _plan(items: list[Item], build_dir: str, opts: deploy.Options) -> None:
-    for line in deploy.plan_lines(items, build_dir, opts):
+def _plan(items: list[Item], ctx: RunContext) -> None:
+    for line in deploy.plan_lines(items, ctx):
         print(line)
 
 
@@ -81,121 +116,115 @@ _STEPS: dict[str, Callable[..., Any]] = {
 }
 
 
-def record_matches(path: str, expected: dict[str, Any]) -> bool:
-    """uptodate: the JSON record at ``path`` holds these values."""
-    record = read_json(Path(path))
-    return isinstance(record, dict) and all(record.get(k) == v for k, v in expected.items())
-
-
-def deploy_uptodate(fn: Function, build_dir: str, target: str) -> bool:
-    path = deploy.record_paths(fn, build_dir)["deployed"]
-    return record_matches(str(path), {"target": target,
-                                      "settings_digest": deploy.settings_digest(fn, build_dir)})
-
-
-def run_step(step: str, *args: Any) -> TaskFailed | None:
-    """The one doit action: run a step, turning a user's mistake into TaskFailed."""
+def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
+    """The one doit action: run a step, turning a user's mistake into TaskFailed (one
+    line; DODO_LAMBDA_DEBUG=1 adds the traceback). ``task`` is doit's (unused but
+    named, so doit passes it)."""
+    show_core_messages()
     try:
         _STEPS[step](*args)
     except DodoLambdaError as exc:
-        return TaskFailed(str(exc))
+        _debug(exc)
+        return TaskFailed(exc.render(_doit_command))
     except OSError as exc:  # disk full, permissions: the machine's problem, said plainly
+        _debug(exc)
         who = label(args[0]) if isinstance(args[0], (Function, Layer)) else step
         where = f" ({exc.filename})" if exc.filename else ""
-        return TaskFailed(f"{who}: {exc.strerror or exc}{where}; fix that and run again")
+        return TaskFailed(f"{who}: {_DOING[step]} failed: {exc.strerror or exc}{where};"
+                          " fix that and run again")
     return None
+
+
+def _debug(exc: BaseException) -> None:
+    if os.environ.get("DODO_LAMBDA_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
 
 
 def fail(message: str) -> TaskFailed:
     return TaskFailed(message)
 
 
-def _remove_staging(item: Item, build_dir: str) -> None:
-    st = npm.staging(item, build_dir)
-    shutil.rmtree(st.folder, ignore_errors=True)
-    st.record.unlink(missing_ok=True)
+def _remove_staging(item: Item, ctx: RunContext) -> None:
+    layout = ctx.layout(item)
+    shutil.rmtree(layout.staging, ignore_errors=True)
+    layout.install_record.unlink(missing_ok=True)
 
 
-def _npm_task(item: Item, build_dir: str) -> TaskDict:
-    st = npm.staging(item, build_dir)
+def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(item)
     return {
         "basename": "npm",
         "name": item.name,
         "doc": f"{label(item)}: npm ci --omit=dev {' '.join(npm.flags(item)[1:4])}"
-               f" into {st.folder}",
-        "actions": [(run_step, ["npm", item, build_dir])],
+               f" into {layout.staging}",
+        "actions": [(run_step, ["npm", (item, ctx)])],
         "file_dep": [str(p) for p in npm.input_files(item)],
-        "targets": [str(st.record)],
-        "uptodate": [(npm.is_installed, [item, build_dir])],
-        "clean": [(_remove_staging, [item, build_dir])],
+        "targets": [str(layout.install_record)],
+        "uptodate": [(npm.is_installed, [item, ctx])],
+        "clean": [(_remove_staging, [item, ctx])],
     }
 
 
-def _package_task(item: Item, build_dir: str) -> TaskDict:
-    p = build.paths(item, build_dir)
+def _package_task(item: Item, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(item)
     file_dep = []
     if isinstance(item, Layer) or npm.has_dependencies(item):
-        file_dep.append(str(npm.staging(item, build_dir).record))
+        file_dep.append(str(layout.install_record))
     return {
         "basename": "package",
         "name": item.name,
-        "doc": f"{label(item)}: zip {item.source} into {p.zip}",
-        "actions": [(run_step, ["package", item, build_dir])],
+        "doc": f"{label(item)}: zip {item.source} into {layout.zip}",
+        "actions": [(run_step, ["package", (item, ctx)])],
         "file_dep": file_dep,
-        "targets": [str(p.zip), str(p.manifest)],
-        "uptodate": [(build.is_packaged, [item, build_dir])],
+        "targets": [str(layout.zip), str(layout.manifest)],
+        "uptodate": [(build.is_packaged, [item, ctx])],
         "clean": True,
     }
 
 
-def _upload_task(fn: Function, build_dir: str, opts: deploy.Options, target: str) -> TaskDict:
-    p = build.paths(fn, build_dir)
-    record = deploy.record_paths(fn, build_dir)["uploaded"]
+def _upload_task(fn: Function, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(fn)
     return {
         "basename": "upload",
         "name": fn.name,
-        "doc": f"{label(fn)}: put {p.zip} in s3://{fn.bucket}/{fn.bucket_prefix}{fn.name}/",
-        "actions": [(run_step, ["upload", fn, build_dir, opts])],
-        "file_dep": [str(p.zip), str(p.manifest)],
-        "targets": [str(record)],
-        "uptodate": [(record_matches, [str(record), {"target": target, "bucket": fn.bucket,
-                                                   "prefix": fn.bucket_prefix}])],
+        "doc": f"{label(fn)}: put {layout.zip} in s3://{fn.bucket}/{fn.bucket_prefix}{fn.name}/",
+        "actions": [(run_step, ["upload", (fn, ctx)])],
+        "file_dep": [str(layout.zip), str(layout.manifest)],
+        "targets": [str(layout.uploaded)],
+        "uptodate": [(deploy.upload_is_recorded, [fn, ctx])],
     }
 
 
-def _layer_task(layer: Layer, build_dir: str, opts: deploy.Options, target: str,
-                users: tuple[Function, ...]) -> TaskDict:
-    p = build.paths(layer, build_dir)
-    record = deploy.record_paths(layer, build_dir)["published"]
+def _layer_task(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> TaskDict:
+    layout = ctx.layout(layer)
     return {
         "basename": "layer",
         "name": layer.name,
-        "doc": f"{label(layer)}: publish {p.zip} when it differs from the latest version",
-        "actions": [(run_step, ["layer", layer, build_dir, opts, users])],
-        "file_dep": [str(p.zip), str(p.manifest)] + [
-            str(build.paths(fn, build_dir).manifest) for fn in users],
-        "targets": [str(record)],
-        "uptodate": [(record_matches, [str(record), {"target": target}])],
+        "doc": f"{label(layer)}: publish {layout.zip} when it differs from the latest version",
+        "actions": [(run_step, ["layer", (layer, ctx, users)])],
+        "file_dep": [str(layout.zip), str(layout.manifest)] + [
+            str(ctx.layout(fn).manifest) for fn in users],
+        "targets": [str(layout.published)],
+        "uptodate": [(deploy.layer_is_recorded, [layer, ctx])],
     }
 
 
-def _deploy_task(fn: Function, build_dir: str, opts: deploy.Options, target: str) -> TaskDict:
-    p = build.paths(fn, build_dir)
-    records = deploy.record_paths(fn, build_dir)
-    file_dep = [str(p.zip), str(p.manifest)]
+def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(fn)
+    file_dep = [str(layout.zip), str(layout.manifest)]
     if fn.bucket:
-        file_dep.append(str(records["uploaded"]))
+        file_dep.append(str(layout.uploaded))
     for layer in fn.layers:
         if isinstance(layer, Layer):
-            file_dep.append(str(deploy.record_paths(layer, build_dir)["published"]))
+            file_dep.append(str(ctx.layout(layer).published))
     return {
         "basename": "deploy",
         "name": fn.name,
         "doc": f"{label(fn)}: update the function when its code or settings differ",
-        "actions": [(run_step, ["deploy", fn, build_dir, opts])],
+        "actions": [(run_step, ["deploy", (fn, ctx)])],
         "file_dep": file_dep,
-        "targets": [str(records["deployed"])],
-        "uptodate": [(deploy_uptodate, [fn, build_dir, target])],
+        "targets": [str(layout.deployed)],
+        "uptodate": [(deploy.deploy_is_recorded, [fn, ctx])],
     }
 
 
@@ -233,7 +262,7 @@ def _failing(basename: str, item: Any, message: str) -> TaskDict:
 
 def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
                  region: str | None = None, endpoint: str | None = None, emulator: bool = False,
-                 direct_upload_limit: int = deploy.DIRECT_UPLOAD_LIMIT) -> Iterator[TaskDict]:
+                 direct_upload_limit: int = DIRECT_UPLOAD_LIMIT) -> Iterator[TaskDict]:
     """doit tasks for the given Functions and Layers::
 
         def task_lambda():
@@ -246,11 +275,10 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     this project. ``emulator=True`` deploys to a local moto server started for
     the run instead of AWS (needs the ``local`` extra).
     """
-    build_dir = str(build_dir)
-    opts = deploy.Options(AwsTarget(profile, region, endpoint), direct_upload_limit,
-                          many=sum(isinstance(i, Function) for i in items) > 2,
-                          emulator=emulator)
-    target = deploy.target_key(opts)
+    show_core_messages()
+    ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
+                     direct_limit=direct_upload_limit,
+                     list_functions=sum(isinstance(i, Function) for i in items) > 2)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
     for item in items:
@@ -266,15 +294,15 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
             continue
         valid.append(item)
         if isinstance(item, Layer) or npm.has_dependencies(item):
-            tasks.append(_npm_task(item, build_dir))
-        tasks.append(_package_task(item, build_dir))
+            tasks.append(_npm_task(item, ctx))
+        tasks.append(_package_task(item, ctx))
         if isinstance(item, Layer):
             users = tuple(f for f in items if isinstance(f, Function) and item in f.layers)
-            tasks.append(_layer_task(item, build_dir, opts, target, users))
+            tasks.append(_layer_task(item, ctx, users))
         else:
             if item.bucket:
-                tasks.append(_upload_task(item, build_dir, opts, target))
-            tasks.append(_deploy_task(item, build_dir, opts, target))
+                tasks.append(_upload_task(item, ctx))
+            tasks.append(_deploy_task(item, ctx))
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():
         if basename in used:
@@ -283,7 +311,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     yield {
         "basename": "plan",
         "doc": "show what deploy would change for each function and layer, and why (read-only)",
-        "actions": [(run_step, ["plan", valid, build_dir, opts])],
+        "actions": [(run_step, ["plan", (valid, ctx)])],
         "task_dep": [f"package:{i.name}" for i in valid],
         "uptodate": [False],
         "verbosity": 2,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
 NO_REGISTRY = "http://127.0.0.1:9/"  # nothing listens there: any registry use fails fast
 
 DODO = '''

@@ -89,6 +89,7 @@ def test_all_changes_at_once_then_unchanged_rebuild(project: Project) -> None:
 
 def test_rebuild_recompresses_only_what_changed(project: Project, monkeypatch) -> None:
     from dodo_lambda import Function, archive, build
+    from dodo_lambda.context import RunContext
 
     assert project.doit("package").rc == 0
     monkeypatch.chdir(project.root)
@@ -98,7 +99,7 @@ def test_rebuild_recompresses_only_what_changed(project: Project, monkeypatch) -
                         or real(data))
     fn = Function("demo", source="fn", handler="index.handler")
     _edit(project.fn)
-    result = build.package(fn, ".dodo_lambda")
+    result = build.package(fn, RunContext(Path(".dodo_lambda")))
     assert compressed == [len((project.fn / "lib" / "util.js").read_bytes())]
     assert result.files > 5
     assert project.zip_path().read_bytes() == _cold_bytes(project)

@@ -9,9 +9,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from projects import FUNCTION, Project
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
+from projects import EXAMPLE, FUNCTION, Project
 
 
 def test_example_zip_runs_its_handler(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str) -> Ite
         try:
             entries = list(os.scandir(folder))
         except OSError as exc:
-            raise DodoLambdaError(f"{who}: cannot read {folder}: {exc.strerror}") from None
+            raise DodoLambdaError(f"{who}: cannot read {folder}: {exc.strerror}") from exc
         for e in entries:
             name = e.name
             relname = rel + name
@@ -161,13 +161,13 @@ def _compile(lines: Iterable[str]) -> Callable[[str], bool]:
 
     spec = pathspec.GitIgnoreSpec.from_lines(lines)
     regexes = [p.regex for p in spec.patterns if p.include is not None]
-    if any(p.include is False for p in spec.patterns) or not all(
-            isinstance(r, re.Pattern) for r in regexes):
+    compiled = [r for r in regexes if isinstance(r, re.Pattern)]
+    if any(p.include is False for p in spec.patterns) or len(compiled) != len(regexes):
         return spec.match_file
-    if not regexes:
+    if not compiled:
         return lambda _path: False
     # pathspec names a group in every pattern; names must be unique in one regex
-    parts = [r.pattern.replace("(?P<ps_d>", "(?:") for r in regexes]
+    parts = [r.pattern.replace("(?P<ps_d>", "(?:") for r in compiled]
     combined = re.compile("|".join(f"(?:{p})" for p in parts))
     return lambda path: combined.search(path) is not None
 
@@ -188,26 +188,20 @@ def patterns_for(source: Path, exclude: Iterable[str], include: Iterable[str],
     return Patterns(tuple(lines), tuple(include))
 
 
-_WALKS: dict[Root, list[Entry]] = {}
-
-
-def walk_roots(roots: Iterable[Root], who: str, *, keep: bool = False) -> list[Entry]:
-    """Every file under the roots. A walk made with ``keep=True`` is handed to the
-    next call for the same root once (an uptodate check, then its action, in the
-    same run), instead of walking the tree again."""
+def walk_roots(roots: Iterable[Root], who: str, walks: dict[Root, list[Entry]] | None = None,
+               *, keep: bool = False) -> list[Entry]:
+    """Every file under the roots. ``walks`` (the run's ``caches.walks``) passes a
+    walk from an uptodate check made with ``keep=True`` to the next call for the
+    same root, once, instead of walking the tree again."""
     out: list[Entry] = []
     for root in roots:
-        found = _WALKS.pop(root, None)
+        found = walks.pop(root, None) if walks is not None else None
         if found is None:
             found = list(walk(root, who))
-        if keep:
-            _WALKS[root] = found
+        if keep and walks is not None:
+            walks[root] = found
         out.extend(found)
     return out
-
-
-def forget_walks() -> None:
-    _WALKS.clear()
 
 
 def select(entries: Iterable[Entry], patterns: Patterns, who: str) -> list[Entry]:
