@@ -43,7 +43,7 @@ class Caches:
     scans: dict[tuple[str, str], Any] = field(default_factory=dict)
     # anything made once per run and kept: tool versions, botocore clients, ...
     made: dict[tuple[Any, ...], Any] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.RLock = field(default_factory=threading.RLock)
 
 
 @dataclass(eq=False)
@@ -68,14 +68,13 @@ class RunContext:
         self.caches = Caches()
 
     def once(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
-        """``make()``'s value, made once per run for ``key`` (thread-safe)."""
+        """``make()``'s value, made once per run for ``key`` (thread-safe: under
+        ``doit -P thread`` the other threads wait rather than make it twice)."""
         caches = self.caches
         with caches.lock:
-            if key in caches.made:
-                return caches.made[key]
-        value = make()  # outside the lock: it may be slow (a subprocess, AWS)
-        with caches.lock:
-            return caches.made.setdefault(key, value)
+            if key not in caches.made:
+                caches.made[key] = make()
+            return caches.made[key]
 
     def clients(self, who: str | None = None) -> Clients:
         """The S3 and Lambda clients of this project's target. The standard chain

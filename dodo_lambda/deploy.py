@@ -30,7 +30,7 @@ def clients(ctx: RunContext, who: str) -> aws.Clients:
     if ctx.emulator:
         from . import local
 
-        local.ensure_started()
+        local.ensure_started(ctx)
     return ctx.clients(who)
 
 

@@ -15,14 +15,13 @@ import threading
 from pathlib import Path
 from typing import IO
 
+from .context import RunContext
 from .errors import DodoLambdaError
 
 ACCOUNT = "123456789012"  # moto's account
 ROLE_NAME = "dodo-lambda-local"
 ROLE_ARN = f"arn:aws:iam::{ACCOUNT}:role/{ROLE_NAME}"
 REGION = "us-east-1"
-_started: dict[str, str] = {}
-_lock = threading.Lock()
 
 
 def _executable() -> str:
@@ -36,39 +35,39 @@ def _executable() -> str:
     return found
 
 
-def ensure_started() -> str:
-    """Start the emulator once per process, point this process's AWS settings at
+def ensure_started(ctx: RunContext) -> str:
+    """Start the emulator once per run, point this process's AWS settings at
     it (dummy credentials, no config files) and return its URL."""
-    with _lock:
-        if "url" in _started:
-            return _started["url"]
-        proc = subprocess.Popen([_executable(), "-H", "127.0.0.1", "-p", "0"],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        atexit.register(proc.terminate)
-        url = None
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
-            if found:
-                url = found.group(1)
-                break
-        if url is None:
-            raise DodoLambdaError(f"the local AWS emulator did not start (exit {proc.wait()});"
-                                  " run `moto_server -p 0` to see why")
-        # keep draining its request log so it never blocks on a full pipe
-        threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-        for key in [k for k in os.environ if k.startswith("AWS_")]:
-            del os.environ[key]
-        os.environ.update(
-            AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local",
-            AWS_SESSION_TOKEN="local", AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION,
-            AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-        )
-        banner = f"LOCAL EMULATOR: deploying to moto at {url}, NOT to AWS (emulator=True)"
-        print(f"{'=' * len(banner)}\n{banner}\n{'=' * len(banner)}", file=sys.stderr)
-        _create_role()
-        _started["url"] = url
-        return url
+    return ctx.once(("emulator",), _start)
+
+
+def _start() -> str:
+    proc = subprocess.Popen([_executable(), "-H", "127.0.0.1", "-p", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    atexit.register(proc.terminate)
+    url = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        found = re.search(r"Running on (http://127\.0\.0\.1:\d+)", line)
+        if found:
+            url = found.group(1)
+            break
+    if url is None:
+        raise DodoLambdaError(f"the local AWS emulator did not start (exit {proc.wait()});"
+                              " run `moto_server -p 0` to see why")
+    # keep draining its request log so it never blocks on a full pipe
+    threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        del os.environ[key]
+    os.environ.update(
+        AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local",
+        AWS_SESSION_TOKEN="local", AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    banner = f"LOCAL EMULATOR: deploying to moto at {url}, NOT to AWS (emulator=True)"
+    print(f"{'=' * len(banner)}\n{banner}\n{'=' * len(banner)}", file=sys.stderr)
+    _create_role()
+    return url
 
 
 def _drain(stream: IO[str]) -> None:

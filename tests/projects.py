@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from dodo_lambda.layout import Layout
+
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
 NO_REGISTRY = "http://127.0.0.1:9/"  # nothing listens there: any registry use fails fast
 
@@ -90,8 +92,16 @@ class Project:
                               capture_output=True, text=True, env=env or npm_env(), timeout=300)
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
+    @property
+    def build_dir(self) -> Path:
+        return self.root / ".dodo_lambda"
+
+    def layout(self, name: str = "demo", kind: str = "function") -> Layout:
+        """Where dodo_lambda keeps the item's files (the code's own Layout)."""
+        return Layout(self.build_dir, kind, name)
+
     def zip_path(self, name: str = "demo") -> Path:
-        return self.root / ".dodo_lambda" / "dist" / f"{name}.zip"
+        return self.layout(name).zip
 
     def names(self, name: str = "demo") -> list[str]:
         with zipfile.ZipFile(self.zip_path(name)) as z:
@@ -99,10 +109,11 @@ class Project:
 
     def record(self, kind: str, name: str = "demo") -> dict:
         """A JSON record beside the zip: deployed, uploaded, published."""
-        return json.loads((self.root / ".dodo_lambda" / "dist" / f"{name}.{kind}.json").read_text())
+        item = "layer" if kind == "published" else "function"
+        return json.loads(getattr(self.layout(name, item), kind).read_text())
 
-    def manifest(self, name: str = "demo") -> dict:
-        return json.loads((self.root / ".dodo_lambda" / "dist" / f"{name}.manifest.json").read_text())
+    def manifest(self, name: str = "demo", kind: str = "function") -> dict:
+        return json.loads(self.layout(name, kind).manifest.read_text())
 
 
 @dataclass

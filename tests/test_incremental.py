@@ -14,8 +14,9 @@ from projects import Project
 
 def _cold_bytes(project: Project) -> bytes:
     """Build again with no previous zip and no entry cache."""
-    for sub in ("dist", "cache"):
-        shutil.rmtree(project.root / ".dodo_lambda" / sub)
+    layout = project.layout()
+    for folder in (layout.zip.parent, layout.entries.parent):
+        shutil.rmtree(folder)
     run = project.doit("package")
     assert run.executed == {"package:demo"}, run.text
     return project.zip_path().read_bytes()

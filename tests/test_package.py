@@ -11,6 +11,8 @@ from pathlib import Path
 
 from projects import EXAMPLE, FUNCTION, Project
 
+from dodo_lambda.layout import Layout
+
 
 def test_example_zip_runs_its_handler(tmp_path: Path) -> None:
     root = tmp_path / "quickstart"
@@ -18,7 +20,7 @@ def test_example_zip_runs_its_handler(tmp_path: Path) -> None:
                                                                   "node_modules"))
     run = Project(root).doit("package")
     assert run.rc == 0, run.text
-    zpath = root / ".dodo_lambda" / "dist" / "dodo-lambda-hello.zip"
+    zpath = Layout(root / ".dodo_lambda", "function", "dodo-lambda-hello").zip
     out = tmp_path / "unzipped"
     subprocess.run(["unzip", "-q", str(zpath), "-d", str(out)], check=True)
     script = ("require('./index.js').handler({name: 'Lambda'})"
@@ -123,7 +125,7 @@ def test_incremental_reruns(project: Project) -> None:
     assert project.doit("package").executed == {"package:demo"}
     assert "lib/util.js" not in project.names()
 
-    shutil.rmtree(project.root / ".dodo_lambda" / "npm" / "functions" / "demo")
+    shutil.rmtree(project.layout().staging)
     rebuilt = project.doit("package")
     assert rebuilt.executed == {"npm:demo", "package:demo"}
     assert "node_modules/greet/index.js" in project.names()
@@ -135,7 +137,7 @@ def test_incremental_reruns(project: Project) -> None:
 
 def test_altered_staged_tree_reinstalls(project: Project) -> None:
     assert project.doit("package").rc == 0
-    staged = project.root / ".dodo_lambda" / "npm" / "functions" / "demo" / "node_modules"
+    staged = project.layout().node_modules
     (staged / "greet" / "index.js").write_text("tampered\n")
     run = project.doit("package")
     assert run.executed == {"npm:demo", "package:demo"}
