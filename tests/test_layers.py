@@ -52,7 +52,7 @@ def test_publish_once_attach_and_move(project: Project, aws_env) -> None:
     assert run.rc == 0, run.text
     assert "layer:shared" in run.executed
     assert _versions(aws_env) == [1]
-    record = project.record("published", "layers/shared")
+    record = project.record("published", "shared")
     assert _attached(aws_env) == [record["arn"]] and record["arn"].endswith(":shared:1")
     assert "greet-util" in run.err and "ships twice" in run.err  # the shared package
 
