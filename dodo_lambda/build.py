@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import archive, digest, npm
+from . import archive, bundle, digest, npm
 from .config import Function, Layer, label
 from .errors import DodoLambdaError
 from .files import locked, read_json, write_atomic, write_json
@@ -44,6 +44,8 @@ def _inside(child: Path, parent: Path) -> str | None:
 
 
 def roots(item: Function | Layer, build_dir: str | Path) -> list[Root]:
+    if isinstance(item, Function) and item.bundle_options is not None:
+        return bundle.roots(item, build_dir)  # the bundle's output stands in for the source
     src = Path(item.source)
     staged = npm.staged_root(item, build_dir)
     if isinstance(item, Layer):
@@ -97,6 +99,12 @@ def _key(item: Function | Layer, build_dir: str | Path) -> tuple[str, str, str]:
     return (item.kind, item.name, str(build_dir))
 
 
+def _walk(item: Function | Layer, build_dir: str | Path) -> list[Entry]:
+    if isinstance(item, Function) and item.bundle_options is not None:
+        return bundle.walk(item, build_dir)
+    return walk_roots(roots(item, build_dir), label(item))
+
+
 def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     """Build the item's zip and manifest (incrementally when a previous one exists)."""
     who = label(item)
@@ -106,11 +114,13 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     if npm.has_dependencies(item) and not npm.staging(item, build_dir).record.is_file():
         raise DodoLambdaError(f"{who}: dependencies are not installed; run `doit npm:{item.name}`"
                               " (or `doit package`, which runs it first)")
+    if isinstance(item, Function) and item.bundle_options is not None:
+        bundle.check_bundled(item, build_dir)
     p = paths(item, build_dir)
     options = options_digest(item, build_dir)
     scan = _SCANS.pop(_key(item, build_dir), None)
     if scan is None or scan.options != options:
-        everything = walk_roots(roots(item, build_dir), who)
+        everything = _walk(item, build_dir)
         scan = _Scan(options, everything, digest.stat_digest(everything))
     entries = scan.entries
     if entries is None:
@@ -253,7 +263,7 @@ def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
     options = options_digest(item, build_dir)
     if cache.get("options") != options:
         return False
-    everything = walk_roots(roots(item, build_dir), label(item))
+    everything = _walk(item, build_dir)
     scan = _Scan(options, everything, digest.stat_digest(everything), cache=cache)
     if scan.stat == cache.get("stat"):
         return True

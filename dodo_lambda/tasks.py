@@ -15,7 +15,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, deploy, npm
+from . import build, bundle, deploy, npm
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .errors import DodoLambdaError
@@ -26,6 +26,7 @@ TaskDict = dict[str, Any]
 
 GROUP_DOCS = {
     "npm": "install production dependencies (npm ci --omit=dev) for the target platform",
+    "bundle": "bundle TypeScript/JavaScript handlers with esbuild (functions with bundle=)",
     "package": "build the deterministic deployment zips",
     "upload": "put zips in S3 under content-addressed keys (skipped when already there)",
     "layer": "publish layer versions whose content differs from the latest published one",
@@ -37,6 +38,15 @@ def _package(item: Item, build_dir: str) -> None:
     result = build.package(item, build_dir)
     print(f"{label(item)}: {build.paths(item, build_dir).zip} {result.zip_size:,} bytes,"
           f" {result.files} files, {result.unzipped_size:,} bytes unzipped")
+
+
+def _bundle(fn: Function, build_dir: str) -> None:
+    result = bundle.bundle(fn, build_dir)
+    out = bundle.paths(fn, build_dir).out
+    files = ", ".join(f"{out / rel} {size:,} bytes" for rel, size in result.outputs.items())
+    shipped = ", ".join(f.removeprefix("node_modules/") for f in result.externals) or "none"
+    print(f"{label(fn)}: bundled {result.entry} with esbuild {result.esbuild.version}"
+          f" ({result.esbuild.origin}): {files}; shipped in node_modules: {shipped}")
 
 
 def say(message: str) -> None:
@@ -76,7 +86,7 @@ def _plan(items: list[Item], build_dir: str, opts: deploy.Options) -> None:
 
 
 _STEPS: dict[str, Callable[..., Any]] = {
-    "npm": npm.install, "package": _package, "upload": _upload, "deploy": _deploy,
+    "npm": npm.install, "bundle": _bundle, "package": _package, "upload": _upload, "deploy": _deploy,
     "layer": _layer, "plan": _plan,
 }
 
@@ -131,6 +141,31 @@ def _npm_task(item: Item, build_dir: str) -> TaskDict:
     }
 
 
+def _remove_bundle(fn: Function, build_dir: str) -> None:
+    p = bundle.paths(fn, build_dir)
+    shutil.rmtree(p.folder, ignore_errors=True)
+    p.record.unlink(missing_ok=True)
+
+
+def _bundle_task(fn: Function, build_dir: str) -> TaskDict:
+    p = bundle.paths(fn, build_dir)
+    return {
+        "basename": "bundle",
+        "name": fn.name,
+        "doc": f"{label(fn)}: esbuild {fn.handler} from {fn.source} into {p.out}",
+        "actions": [(run_step, ["bundle", fn, build_dir])],
+        # the npm step first; whether its result changed is the bundle's own check
+        "task_dep": [f"npm:{fn.name}"] if npm.has_dependencies(fn) else [],
+        "targets": [str(p.record)],
+        "uptodate": [(bundle.is_bundled, [fn, build_dir])],
+        "clean": [(_remove_bundle, [fn, build_dir])],
+    }
+
+
+def _bundled(item: Any) -> bool:
+    return isinstance(item, Function) and item.bundle_options is not None
+
+
 def _package_task(item: Item, build_dir: str) -> TaskDict:
     p = build.paths(item, build_dir)
     file_dep = []
@@ -145,6 +180,7 @@ def _package_task(item: Item, build_dir: str) -> TaskDict:
         "targets": [str(p.zip), str(p.manifest)],
         "uptodate": [(build.is_packaged, [item, build_dir])],
         "clean": True,
+        "task_dep": [f"bundle:{item.name}"] if _bundled(item) else [],
     }
 
 
@@ -199,7 +235,9 @@ def _deploy_task(fn: Function, build_dir: str, opts: deploy.Options, target: str
     }
 
 
-def _steps(item: Any) -> tuple[str, str]:
+def _steps(item: Any) -> tuple[str, ...]:
+    if isinstance(item, Function) and item.bundle is not None and item.bundle is not False:
+        return ("bundle", "package", "deploy")
     return ("package", "layer" if isinstance(item, Layer) else "deploy")
 
 
@@ -239,8 +277,9 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         def task_lambda():
             yield from lambda_tasks(orders, shared)
 
-    gives ``npm:<name>``, ``package:<name>``, ``upload:<name>`` (functions with a
-    bucket), ``layer:<name>``, ``deploy:<name>``, their groups, and ``plan``.
+    gives ``npm:<name>``, ``bundle:<name>`` (functions with ``bundle=``),
+    ``package:<name>``, ``upload:<name>`` (functions with a bucket), ``layer:<name>``,
+    ``deploy:<name>``, their groups, and ``plan``.
     Paths are relative to the directory doit runs in. AWS access follows boto3's
     standard chain; ``profile``, ``region`` and ``endpoint`` override it for
     this project. ``emulator=True`` deploys to a local moto server started for
@@ -267,6 +306,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         valid.append(item)
         if isinstance(item, Layer) or npm.has_dependencies(item):
             tasks.append(_npm_task(item, build_dir))
+        if isinstance(item, Function) and item.bundle_options is not None:
+            tasks.append(_bundle_task(item, build_dir))
         tasks.append(_package_task(item, build_dir))
         if isinstance(item, Layer):
             users = tuple(f for f in items if isinstance(f, Function) and item in f.layers)
