@@ -174,7 +174,8 @@ def _package_task(item: Item, build_dir: str) -> TaskDict:
     return {
         "basename": "package",
         "name": item.name,
-        "doc": f"{label(item)}: zip {item.source} into {p.zip}",
+        "doc": f"{label(item)}: zip {'the bundle of ' if _bundled(item) else ''}{item.source}"
+               f" into {p.zip}",
         "actions": [(run_step, ["package", item, build_dir])],
         "file_dep": file_dep,
         "targets": [str(p.zip), str(p.manifest)],

@@ -7,6 +7,7 @@ the bundles run by the real `node`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -119,6 +120,14 @@ def test_noop_starts_no_esbuild_and_only_imported_files_rerun_it(
     with zipfile.ZipFile(ts_project.zip_path()) as z:
         assert b"n * 4" in z.read("index.mjs")
     assert ts_project.doit("package", env=env).executed == set()
+    assert _starts(log) > started
+    started = _starts(log)
+
+    # package.json and the lock file reach the bundle through the npm step's install
+    manifest = json.loads((fn / "package.json").read_text())
+    (fn / "package.json").write_text(json.dumps({**manifest, "description": "changed"}))
+    run = ts_project.doit("package", env=env)
+    assert {"npm:demo", "bundle:demo"} <= run.executed, run.text
     assert _starts(log) > started
 
 
@@ -300,3 +309,39 @@ def test_externals_closure_and_native_dependents() -> None:
     # "provided" patterns (the runtime's or a layer's) are never shipped, even as a dependency
     assert shipped_folders(graph, ["uses-sdk", "@aws-sdk/client-s3"], ("@aws-sdk/*",)) == [
         "node_modules/uses-sdk"]
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "typescript"
+
+
+def test_typescript_example_builds_and_runs(bundle_env: dict[str, str], tmp_path: Path) -> None:
+    root = tmp_path / "example"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(
+        ".dodo_lambda", ".doit.db*", "node_modules"))
+    project = Project(root)
+    run = project.doit("package", env=bundle_env)  # no typecheck: that is deploy's
+    assert run.rc == 0, run.text
+    assert "typecheck" not in run.executed
+    fn, layer = "dodo-lambda-ts-orders", "dodo-lambda-ts-shared"
+    names = project.names(fn)
+    assert {"index.mjs", "index.mjs.map"} <= set(names)
+    assert not [n for n in names if n.endswith(".ts") and not n.startswith("node_modules/")]
+    shipped = {n.split("/")[1] for n in names if n.startswith("node_modules/")}
+    assert shipped == {"fast-checksum", "checksum-core"}  # order-id bundled, shared-format layered
+    assert "node_modules/fast-checksum/prebuilds/linux-x64/fast-checksum.node" in names
+    with zipfile.ZipFile(root / ".dodo_lambda" / "dist" / "layers" / f"{layer}.zip") as z:
+        assert "nodejs/node_modules/shared-format/index.js" in z.namelist()
+        # Lambda's ESM loader searches the layer's node_modules (NODE_PATH, Node.js 18
+        # and later); plain node looks in the folders above the code: put it there
+        z.extractall(tmp_path / "run")
+    os.rename(tmp_path / "run" / "nodejs" / "node_modules", tmp_path / "run" / "node_modules")
+    task = tmp_path / "run" / "task"
+    subprocess.run(["unzip", "-q", str(project.zip_path(fn)), "-d", str(task)], check=True)
+    script = ("const m = await import('./index.mjs');"
+              "const order = {customer: 'ada', items: [{sku: 'a', cents: 625, quantity: 2}]};"
+              "console.log(JSON.stringify(await m.handler(order)));")
+    result = _node(task, script)
+    assert result["id"] == "ord_" + hashlib.sha256(b"ada").hexdigest()[:12]
+    assert result["total"] == "12.50 EUR"
+    assert isinstance(result["checksum"], int)
+    assert result["nativeBinding"] is (os.uname().machine in ("x86_64", "amd64"))
