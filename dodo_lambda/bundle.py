@@ -396,12 +396,11 @@ def roots(fn: Function, build_dir: str | Path) -> list[Root]:
 def walk(fn: Function, build_dir: str | Path) -> list[Entry]:
     """Every file the zip may hold; from the source folder only what include= names."""
     who = label(fn)
-    source = _source_root(fn, build_dir) if fn.include else None
-    only = Patterns(("*",), fn.include).matcher()
     found: list[Entry] = []
     for root in roots(fn, build_dir):
         entries = walk_roots([root], who)
-        if root == source:
+        if fn.include and root == _source_root(fn, build_dir):
+            only = Patterns(("*",), fn.include).matcher()  # include= alone decides
             entries = [e for e in entries if only.selected(e.arcname)]
         found.extend(entries)
     return found

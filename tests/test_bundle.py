@@ -345,3 +345,33 @@ def test_typescript_example_builds_and_runs(bundle_env: dict[str, str], tmp_path
     assert result["total"] == "12.50 EUR"
     assert isinstance(result["checksum"], int)
     assert result["nativeBinding"] is (os.uname().machine in ("x86_64", "amd64"))
+
+
+def test_handler_in_a_subfolder_with_included_assets_and_no_package_json(
+        tmp_path: Path, bundle_env: dict[str, str]) -> None:
+    from projects import DODO
+
+    root = tmp_path / "project"
+    (root / "fn" / "src").mkdir(parents=True)
+    (root / "fn" / "templates").mkdir()
+    (root / "fn" / "src" / "main.ts").write_text(
+        'import { readFileSync } from "node:fs";\nimport { join } from "node:path";\n'
+        "export const handler = async () =>\n"
+        '  readFileSync(join(__dirname, "..", "templates", "mail.txt"), "utf8").trim();\n')
+    (root / "fn" / "templates" / "mail.txt").write_text("Dear customer\n")
+    (root / "fn" / "notes.md").write_text("not shipped\n")
+    (root / "dodo.py").write_text(DODO)
+    project = Project(root)
+    project.configure([{"name": "demo", "source": "fn", "handler": "src/main.handler",
+                        "bundle": True, "include": ["templates/"]}])
+    run = project.doit("package", env=bundle_env)
+    assert run.rc == 0, run.text
+    assert run.executed == {"bundle:demo", "package:demo"}  # no package.json, no npm step
+    assert project.names() == ["src/main.mjs", "templates/mail.txt"]
+    out = _unzip(project, tmp_path / "task")
+    script = ("const m = await import('./src/main.mjs');"
+              "console.log(JSON.stringify(await m.handler()));")
+    assert _node(out, script) == "Dear customer"
+    (root / "fn" / "templates" / "mail.txt").write_text("Dear reader\n")  # an asset: no esbuild
+    run = project.doit("package", env=bundle_env)
+    assert run.executed == {"package:demo"}, run.text
