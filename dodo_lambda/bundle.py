@@ -24,7 +24,7 @@ from . import digest, esbuild, externals, npm
 from .bundle_options import BundleOptions, entry, target
 from .config import Function, label
 from .errors import DodoLambdaError
-from .files import locked, read_json, write_json
+from .files import locked, read_json, write_atomic, write_json
 from .select import Entry, Patterns, Root, walk_roots
 
 log = logging.getLogger("dodo_lambda")
@@ -223,7 +223,11 @@ def bundle(fn: Function, build_dir: str | Path) -> BundleResult:
             outputs = _publish(tmp, p.out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        os.replace(meta_tmp, p.metafile)
+        # kept for people and tools (esbuild's analyzer): named as the outputs now are
+        meta["outputs"] = {k.replace(f"/{tmp.name}/", f"/{p.out.name}/"): v
+                           for k, v in meta.get("outputs", {}).items()}
+        write_atomic(p.metafile, json.dumps(meta).encode())
+        meta_tmp.unlink()
         imported = _imported_externals(meta, set(answer.get("builtins") or ()))
         ship = [n for n in imported if n in natives] + list(opts.shipped())
         folders = externals.shipped_folders(graph, dict.fromkeys(ship), opts.provided())
