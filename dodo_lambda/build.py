@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, digest, entrycache, npm
+from . import archive, bundle, digest, entrycache, npm
 from .config import Function, Layer, label
 from .context import RunContext
 from .entrycache import EntryCache, zip_stat
@@ -28,6 +28,8 @@ def _inside(child: Path, parent: Path) -> str | None:
 
 
 def roots(item: Function | Layer, build_dir: Path) -> list[Root]:
+    if isinstance(item, Function) and item.bundle_options is not None:
+        return bundle.roots(item, build_dir)  # the bundle's output stands in for the source
     src = Path(item.source)
     staged = npm.staged_root(item, Layout.of(build_dir, item))
     if isinstance(item, Layer):
@@ -78,6 +80,12 @@ def _key(item: Function | Layer) -> tuple[str, str]:
     return (item.kind, item.name)
 
 
+def _walk(item: Function | Layer, ctx: RunContext) -> list[Entry]:
+    if isinstance(item, Function) and item.bundle_options is not None:
+        return bundle.walk(item, ctx)
+    return walk_roots(roots(item, ctx.build_dir), label(item), ctx.caches.walks)
+
+
 def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     """Build the item's zip and manifest (incrementally when a previous one exists)."""
     who = label(item)
@@ -88,10 +96,12 @@ def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     if npm.has_dependencies(item) and not layout.install_record.is_file():
         raise DodoLambdaError(f"{who}: dependencies are not installed",
                               next_step=NextStep("npm", item.name))
+    if isinstance(item, Function) and item.bundle_options is not None:
+        bundle.check_bundled(item, layout)
     options = options_digest(item, ctx.build_dir)
     scan = ctx.caches.scans.pop(_key(item), None)
     if scan is None or scan.options != options:
-        everything = walk_roots(roots(item, ctx.build_dir), who, ctx.caches.walks)
+        everything = _walk(item, ctx)
         scan = Scan(options, everything, digest.stat_digest(everything))
     entries = scan.entries
     if entries is None:
@@ -197,7 +207,7 @@ def _is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     options = options_digest(item, ctx.build_dir)
     if cache.options != options:
         return False
-    everything = walk_roots(roots(item, ctx.build_dir), label(item), ctx.caches.walks)
+    everything = _walk(item, ctx)
     scan = Scan(options, everything, digest.stat_digest(everything), cache=cache)
     if scan.stat == cache.stat:
         return True

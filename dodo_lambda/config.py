@@ -11,6 +11,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from . import bundle_options
+from .bundle_options import BundleOptions
 
 RUNTIME_RE = re.compile(r"^nodejs\d+\.x$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -95,8 +99,11 @@ class Function:
     timeout: int | None = None
     environment: Mapping[str, str] | None = field(default=None, repr=False)
     description: str | None = None
+    bundle: Any = None  # True or a dict of options: see bundle_options
     _frozen_env: tuple[tuple[str, str], ...] | None = field(
         default=None, init=False, repr=False, compare=False)
+    _bundle: tuple[BundleOptions | None, str | None] = field(
+        default=(None, None), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for attr in ("include", "exclude"):
@@ -109,10 +116,16 @@ class Function:
         if isinstance(self.environment, Mapping):
             env = tuple(sorted((str(k), str(v)) for k, v in self.environment.items()))
             object.__setattr__(self, "_frozen_env", env)
+        object.__setattr__(self, "_bundle", bundle_options.parse(self.bundle))
 
     @property
     def kind(self) -> str:
         return "function"
+
+    @property
+    def bundle_options(self) -> BundleOptions | None:
+        """The validated ``bundle=`` options, None when the function is not bundled."""
+        return self._bundle[0]
 
     @property
     def problem(self) -> str | None:
@@ -125,8 +138,16 @@ class Function:
             out["MemorySize"] = self.memory
         if self.timeout is not None:
             out["Timeout"] = self.timeout
-        if self._frozen_env is not None:
-            out["Environment"] = {"Variables": dict(self._frozen_env)}
+        env = None if self._frozen_env is None else dict(self._frozen_env)
+        opts = self.bundle_options
+        if opts is not None and opts.enable_source_maps:
+            # asked for explicitly: parsing maps slows cold starts (Lambda's own advice)
+            env = env or {}
+            node_options = env.get("NODE_OPTIONS", "").split()
+            if "--enable-source-maps" not in node_options:
+                env["NODE_OPTIONS"] = " ".join([*node_options, "--enable-source-maps"])
+        if env is not None:
+            out["Environment"] = {"Variables": env}
         if self.description is not None:
             out["Description"] = self.description
         return out
@@ -183,6 +204,8 @@ def function_problem(fn: Function) -> str | None:
         return f"{who}: timeout={fn.timeout!r} must be an integer number of seconds from 1 to 900"
     if fn.alias is not None and not fn.publish:
         return f"{who}: alias={fn.alias!r} needs publish=True (an alias points at a version)"
+    if fn._bundle[1]:
+        return f"{who}: {fn._bundle[1]}"
     common = _common_problem(fn)
     if common:
         return common
@@ -193,7 +216,21 @@ def function_problem(fn: Function) -> str | None:
             f" for {fn.source}/index.js exporting handler"
         )
     src = Path(fn.source)
+    if fn.bundle_options is not None:
+        if bundle_options.entry(src, module) is None:
+            others = "/".join(bundle_options.ENTRY_EXTS[1:])
+            return (
+                f"{who}: handler file {src / module}.ts (or {others}) not found;"
+                f" fix handler={fn.handler!r} or add the file to {fn.source}"
+            )
+        return None
     if not any((src / (module + ext)).is_file() for ext in HANDLER_EXTS):
+        typed = bundle_options.entry(src, module)
+        if typed is not None:
+            return (
+                f"{who}: handler file {src / module}.js (or .mjs/.cjs) not found, but {typed}"
+                " is there; TypeScript needs bundling: add bundle=True to the Function"
+            )
         return (
             f"{who}: handler file {src / module}.js (or .mjs/.cjs) not found;"
             f" fix handler={fn.handler!r} or add the file to {fn.source}"

@@ -78,6 +78,30 @@ class Layout:
     def deploy_lock(self) -> Path:
         return self._dist(".deploy.lock")
 
+    # -- the bundle step (functions with bundle=)
+    @property
+    def bundle_folder(self) -> Path:
+        return self.build_dir / "bundle" / self.name
+
+    @property
+    def bundle_out(self) -> Path:
+        """What the zip holds: the bundle (and its map)."""
+        return self.bundle_folder / "out"
+
+    @property
+    def bundle_meta(self) -> Path:
+        """esbuild's own account of the last run (its metafile), for people and tools."""
+        return self.bundle_folder / "meta.json"
+
+    @property
+    def bundle_record(self) -> Path:
+        """Inputs and outputs with their stats: the bundle's up-to-date check."""
+        return self.build_dir / "bundle" / f"{self.name}.json"
+
+    @property
+    def bundle_lock(self) -> Path:
+        return self.build_dir / "bundle" / f".{self.name}.lock"
+
     # -- the npm step
     @property
     def _npm(self) -> Path:

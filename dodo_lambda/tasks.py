@@ -18,7 +18,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, deploy, npm
+from . import build, bundle, deploy, npm
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -30,18 +30,28 @@ TaskDict = dict[str, Any]
 
 GROUP_DOCS = {
     "npm": "install production dependencies (npm ci --omit=dev) for the target platform",
+    "bundle": "bundle TypeScript/JavaScript handlers with esbuild (functions with bundle=)",
     "package": "build the deterministic deployment zips",
     "upload": "put zips in S3 under content-addressed keys (skipped when already there)",
     "layer": "publish layer versions whose content differs from the latest published one",
     "deploy": "update (or create) the Lambda functions whose deployed code or settings differ",
 }
 # What each step was doing, for a machine's error (disk full, permissions).
-_DOING = {"npm": "installing dependencies", "package": "writing the package",
+_DOING = {"npm": "installing dependencies", "bundle": "bundling", "package": "writing the package",
           "upload": "uploading", "deploy": "deploying", "layer": "publishing the layer",
           "plan": "planning"}
 
 
 # -- output: the core reports (results, logging), the adapter prints -----------------
+
+
+def _bundle(fn: Function, ctx: RunContext) -> None:
+    result = bundle.bundle(fn, ctx)
+    out = ctx.layout(fn).bundle_out
+    files = ", ".join(f"{out / rel} {size:,} bytes" for rel, size in result.outputs.items())
+    shipped = ", ".join(f.removeprefix("node_modules/") for f in result.externals) or "none"
+    print(f"{label(fn)}: bundled {result.entry} with esbuild {result.esbuild.version}"
+          f" ({result.esbuild.origin}): {files}; shipped in node_modules: {shipped}")
 
 
 def say(message: str) -> None:
@@ -111,8 +121,8 @@ def _plan(items: list[Item], ctx: RunContext) -> None:
 
 
 _STEPS: dict[str, Callable[..., Any]] = {
-    "npm": npm.install, "package": _package, "upload": _upload, "deploy": _deploy,
-    "layer": _layer, "plan": _plan,
+    "npm": npm.install, "bundle": _bundle, "package": _package, "upload": _upload,
+    "deploy": _deploy, "layer": _layer, "plan": _plan,
 }
 
 
@@ -165,6 +175,31 @@ def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
     }
 
 
+def _remove_bundle(fn: Function, ctx: RunContext) -> None:
+    layout = ctx.layout(fn)
+    shutil.rmtree(layout.bundle_folder, ignore_errors=True)
+    layout.bundle_record.unlink(missing_ok=True)
+
+
+def _bundle_task(fn: Function, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(fn)
+    return {
+        "basename": "bundle",
+        "name": fn.name,
+        "doc": f"{label(fn)}: esbuild {fn.handler} from {fn.source} into {layout.bundle_out}",
+        "actions": [(run_step, ["bundle", (fn, ctx)])],
+        # the npm step first; whether its result changed is the bundle's own check
+        "task_dep": [f"npm:{fn.name}"] if npm.has_dependencies(fn) else [],
+        "targets": [str(layout.bundle_record)],
+        "uptodate": [(bundle.is_bundled, [fn, ctx])],
+        "clean": [(_remove_bundle, [fn, ctx])],
+    }
+
+
+def _bundled(item: Any) -> bool:
+    return isinstance(item, Function) and item.bundle_options is not None
+
+
 def _package_task(item: Item, ctx: RunContext) -> TaskDict:
     layout = ctx.layout(item)
     file_dep = []
@@ -173,12 +208,14 @@ def _package_task(item: Item, ctx: RunContext) -> TaskDict:
     return {
         "basename": "package",
         "name": item.name,
-        "doc": f"{label(item)}: zip {item.source} into {layout.zip}",
+        "doc": f"{label(item)}: zip {'the bundle of ' if _bundled(item) else ''}{item.source}"
+               f" into {layout.zip}",
         "actions": [(run_step, ["package", (item, ctx)])],
         "file_dep": file_dep,
         "targets": [str(layout.zip), str(layout.manifest)],
         "uptodate": [(build.is_packaged, [item, ctx])],
         "clean": True,
+        "task_dep": [f"bundle:{item.name}"] if _bundled(item) else [],
     }
 
 
@@ -228,7 +265,9 @@ def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
     }
 
 
-def _steps(item: Any) -> tuple[str, str]:
+def _steps(item: Any) -> tuple[str, ...]:
+    if isinstance(item, Function) and item.bundle is not None and item.bundle is not False:
+        return ("bundle", "package", "deploy")
     return ("package", "layer" if isinstance(item, Layer) else "deploy")
 
 
@@ -268,8 +307,9 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         def task_lambda():
             yield from lambda_tasks(orders, shared)
 
-    gives ``npm:<name>``, ``package:<name>``, ``upload:<name>`` (functions with a
-    bucket), ``layer:<name>``, ``deploy:<name>``, their groups, and ``plan``.
+    gives ``npm:<name>``, ``bundle:<name>`` (functions with ``bundle=``),
+    ``package:<name>``, ``upload:<name>`` (functions with a bucket), ``layer:<name>``,
+    ``deploy:<name>``, their groups, and ``plan``.
     Paths are relative to the directory doit runs in. AWS access follows boto3's
     standard chain; ``profile``, ``region`` and ``endpoint`` override it for
     this project. ``emulator=True`` deploys to a local moto server started for
@@ -295,6 +335,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         valid.append(item)
         if isinstance(item, Layer) or npm.has_dependencies(item):
             tasks.append(_npm_task(item, ctx))
+        if isinstance(item, Function) and item.bundle_options is not None:
+            tasks.append(_bundle_task(item, ctx))
         tasks.append(_package_task(item, ctx))
         if isinstance(item, Layer):
             users = tuple(f for f in items if isinstance(f, Function) and item in f.layers)
