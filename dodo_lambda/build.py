@@ -7,14 +7,24 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, bundle, digest, entrycache, npm
+from . import archive, bundle, digest, entrycache, npm, npmpolicy
 from .config import Function, Layer, label
 from .context import RunContext
 from .entrycache import EntryCache, zip_stat
 from .errors import DodoLambdaError, NextStep
 from .files import locked, read_json, write_json
 from .layout import Layout
-from .selection import Entry, Patterns, Root, patterns_for, select, walk_roots
+from .selection import (
+    CODE_SUFFIXES,
+    Entry,
+    Patterns,
+    Root,
+    Selection,
+    choose,
+    default_pattern,
+    patterns_for,
+    walk_roots,
+)
 
 log = logging.getLogger("dodo_lambda")
 
@@ -49,7 +59,8 @@ def patterns(item: Function | Layer, build_dir: Path) -> Patterns:
     inner = _inside(Path(build_dir), Path(item.source))
     if inner:
         extra.append(f"/{inner}/")
-    return patterns_for(Path(item.source), item.exclude, item.include, extra)
+    staged = npm.staged_root(item, Layout.of(build_dir, item)).prefix
+    return patterns_for(Path(item.source), item.exclude, item.include, extra, (staged,))
 
 
 def options_digest(item: Function | Layer, build_dir: Path) -> str:
@@ -72,7 +83,7 @@ class Scan:
     options: str
     everything: list[Entry]
     stat: str
-    entries: list[Entry] | None = None
+    selection: Selection | None = None
     cache: EntryCache | None = None
 
 
@@ -103,12 +114,19 @@ def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     if scan is None or scan.options != options:
         everything = _walk(item, ctx)
         scan = Scan(options, everything, digest.stat_digest(everything))
-    entries = scan.entries
-    if entries is None:
-        entries = select(scan.everything, patterns(item, ctx.build_dir), who)
+    chosen = scan.selection or choose(scan.everything, patterns(item, ctx.build_dir), who,
+                                      roots(item, ctx.build_dir))
+    entries = chosen.entries
     for problem in native_mismatches(entries, item.architecture):
         log.warning("%s: %s", who, problem)
+    _warn_defaults(item, chosen)
+    if not item.scripts and npm.has_dependencies(item):
+        for name, why in npmpolicy.unbuilt_packages(entries, npm.staged_root(item, layout)):
+            log.warning("%s: package %s looks unbuilt (%s): its install script did not run"
+                        " (scripts are off by default); if the %s needs it, set scripts=True"
+                        " on the %s", who, name, why, item.kind, item.kind)
     with locked(layout.package_lock):  # one writer of this zip at a time
+        remove_stale_temps(layout)
         cache = scan.cache or entrycache.read(layout.entries)
         previous = None
         # checked under the lock: another run may have replaced the zip meanwhile
@@ -116,12 +134,66 @@ def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
             previous = cache.records
         layout.entries.unlink(missing_ok=True)  # stale the moment the zip changes
         result = archive.write_zip(entries, layout.zip, who=who, previous=previous)
-        _record(item, layout, options, scan.stat, entries, result)
+        _record(item, layout, options, scan.stat, chosen, result)
     return result
 
 
+def remove_stale_temps(layout: Layout) -> None:
+    """Remove the temporary zip and manifest a killed run left beside them. Call
+    with ``layout.package_lock`` held: a writer holds it for as long as its temporary
+    files exist, so whatever is found under the lock has no live writer (a pid check
+    could not tell a reused pid from a live run; the lock can)."""
+    for target in (layout.zip, layout.manifest):
+        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def clean_package(item: Function | Layer, ctx: RunContext) -> None:
+    """`doit clean`: the zip, its manifest and any temporary file a killed run left
+    (under the package lock, so a build running now finishes first)."""
+    layout = ctx.layout(item)
+    if not layout.zip.parent.is_dir():
+        return
+    with locked(layout.package_lock):
+        remove_stale_temps(layout)
+        for path in (layout.zip, layout.manifest):
+            path.unlink(missing_ok=True)
+
+
+def left_out_lines(items: list[Function | Layer], ctx: RunContext) -> list[str]:
+    """For `doit plan`: one line per item naming the files its default excludes
+    left out of the zip (from the manifest), so that nothing is dropped silently."""
+    lines = []
+    for item in items:
+        manifest = read_json(ctx.layout(item).manifest)
+        names = manifest.get("excluded_by_default") if isinstance(manifest, dict) else None
+        if names:
+            shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more (see the manifest)"
+                                             if len(names) > 20 else "")
+            lines.append(f"{label(item)}: not packed (default excludes): {shown}")
+    return lines
+
+
+def _warn_defaults(item: Function | Layer, chosen: Selection) -> None:
+    """Name the files the default excludes changed where it may matter: a dropped
+    file that looks like code, and a default-excluded file include= brings back."""
+    who = label(item)
+    for name in chosen.dropped:
+        if name.lower().endswith(CODE_SUFFIXES):
+            log.warning("%s: %s is not packed: the default excludes leave it out (%s); if it is"
+                        " code the %s needs, add it to include=", who, name, _why(name), item.kind)
+    for name in chosen.restored:
+        log.warning("%s: include= brings back %s, which the default excludes leave out (%s);"
+                    " make sure it holds no secret", who, name, _why(name))
+
+
+def _why(name: str) -> str:
+    pattern = default_pattern(name)
+    return f"it matches {pattern}" if pattern else "it links to such a file"
+
+
 def _record(item: Function | Layer, layout: Layout, options: str, stat: str,
-            entries: list[Entry], result: archive.ZipResult) -> None:
+            chosen: Selection, result: archive.ZipResult) -> None:
     """The manifest (for people and the deploy steps) and the entry cache."""
     write_json(layout.manifest, {
         "name": item.name,
@@ -133,7 +205,8 @@ def _record(item: Function | Layer, layout: Layout, options: str, stat: str,
         "files": result.files,
         "content_digest": result.content_digest,
         "compressor": archive.COMPRESSOR_ID,
-        "packages": _packages(entries),
+        "packages": _packages(chosen.entries),
+        "excluded_by_default": chosen.dropped,
     })
     entrycache.write(layout.entries,
                      EntryCache(options, zip_stat(layout.zip), stat, result.records))
@@ -211,10 +284,14 @@ def _is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     scan = Scan(options, everything, digest.stat_digest(everything), cache=cache)
     if scan.stat == cache.stat:
         return True
-    scan.entries = entries = select(everything, patterns(item, ctx.build_dir), label(item))
+    scan.selection = chosen = choose(everything, patterns(item, ctx.build_dir), label(item),
+                                     roots(item, ctx.build_dir))
+    entries = chosen.entries
     old = cache.records
     files = digest.entry_hashes(entries, old)
-    if digest.content_digest(files) != manifest.get("content_digest"):
+    # the manifest lists what the defaults left out: a new .env means a new manifest
+    if digest.content_digest(files) != manifest.get("content_digest") \
+            or chosen.dropped != manifest.get("excluded_by_default"):
         ctx.caches.scans[_key(item)] = scan  # the build that follows starts from here
         return False
     # same content, new stats: remember them so the next check is one walk again

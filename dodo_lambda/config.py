@@ -50,6 +50,7 @@ class Layer:
     exclude: tuple[str, ...] = ()
     bucket: str | None = None
     bucket_prefix: str = ""
+    scripts: bool = False  # run dependencies' install scripts (see README, Security)
 
     def __post_init__(self) -> None:
         for attr in ("runtimes", "architectures", "include", "exclude"):
@@ -100,6 +101,7 @@ class Function:
     environment: Mapping[str, str] | None = field(default=None, repr=False)
     description: str | None = None
     bundle: Any = None  # True or a dict of options: see bundle_options
+    scripts: bool = False  # run dependencies' install scripts (see README, Security)
     _frozen_env: tuple[tuple[str, str], ...] | None = field(
         default=None, init=False, repr=False, compare=False)
     _bundle: tuple[BundleOptions | None, str | None] = field(
@@ -171,6 +173,9 @@ def _common_problem(item: Function | Layer) -> str | None:
         )
     if item.bucket is not None and (not isinstance(item.bucket, str) or not item.bucket):
         return f"{who}: bucket must be a non-empty S3 bucket name or None"
+    if not isinstance(item.scripts, bool):
+        return (f"{who}: scripts={item.scripts!r} must be True (run the dependencies' install"
+                " scripts) or False (the default)")
     return None
 
 

@@ -11,13 +11,14 @@ the installed tree, so "up to date" costs one stat walk.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import digest
+from . import digest, npmpolicy
 from .config import ARCHITECTURES, Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
@@ -27,6 +28,8 @@ from .selection import Entry, Root, walk_roots
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
 RECORD_FORMAT = 2
+
+log = logging.getLogger("dodo_lambda")
 
 
 def staged_root(item: Function | Layer, layout: Layout) -> Root:
@@ -57,7 +60,8 @@ def input_files(item: Function | Layer) -> list[Path]:
 def flags(item: Function | Layer) -> list[str]:
     cpu = ARCHITECTURES[item.architecture]
     return ["--omit=dev", "--os=linux", f"--cpu={cpu}", "--libc=glibc", "--install-links",
-            "--no-audit", "--no-fund", "--no-update-notifier"]
+            "--no-audit", "--no-fund", "--no-update-notifier",
+            *npmpolicy.script_flags(item.scripts)]
 
 
 # -- tool versions, known by the executables' identity (running them costs ~0.3 s)
@@ -85,7 +89,8 @@ def _tools(ctx: RunContext, record: dict[str, Any] | None) -> dict[str, Any]:
 def _versions() -> dict[str, str]:
     versions = {}
     for tool in ("node", "npm"):
-        out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False,
+                             env=npmpolicy.child_env(os.environ))
         versions[tool] = out.stdout.strip().lstrip("v").split(".")[0] or "?"
     return versions
 
@@ -248,11 +253,16 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
         work.mkdir(parents=True)
         try:
             pkg, lock = relocate_manifests(pkg, lock, src, work)
+            pkg = npmpolicy.staged_package_json(pkg)
             (work / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
             (work / lock_path.name).write_text(json.dumps(lock, indent=2) + "\n")
-            if (src / ".npmrc").is_file():
-                shutil.copyfile(src / ".npmrc", work / ".npmrc")
-            _run_npm(["npm", "ci", *flags(item)], work, who, lock_path)
+            env = npm_env(src)
+            try:  # the .npmrc may hold a token: it lives only as long as npm runs
+                if (src / ".npmrc").is_file():
+                    npmpolicy.stage_npmrc(src / ".npmrc", work / ".npmrc")
+                _run_npm(["npm", "ci", *flags(item)], work, who, lock_path, env)
+            finally:
+                (work / ".npmrc").unlink(missing_ok=True)
             old = layout.install_old
             shutil.rmtree(old, ignore_errors=True)
             if layout.staging.exists():
@@ -263,6 +273,12 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
             shutil.rmtree(work, ignore_errors=True)
             raise
         ctx.caches.walks.pop(staged_root(item, layout), None)  # a walk of the old tree
+        skipped = [] if item.scripts else sorted(
+            {npmpolicy.package_name(f) for f in npmpolicy.skipped_scripts(layout.node_modules)})
+        if skipped:
+            log.info("%s: install scripts not run (scripts=False): %s", who,
+                     ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more"
+                                               if len(skipped) > 8 else ""))
         tree = _tree(item, ctx)
         write_json(layout.install_record, {
             "key": key,
@@ -273,9 +289,15 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
         })
 
 
-def _run_npm(cmd: list[str], cwd: Path, who: str, lock_path: Path) -> None:
-    env = dict(os.environ, npm_config_update_notifier="false", npm_config_fund="false",
-               npm_config_audit="false")
+def npm_env(source: Path) -> dict[str, str]:
+    """The scrubbed environment npm runs in for ``source`` (see npmpolicy): the
+    allow-list, and the variables its npmrc files reference."""
+    files = npmpolicy.npmrc_files(source, os.environ)
+    return npmpolicy.child_env(os.environ, npmpolicy.npmrc_variables(files))
+
+
+def _run_npm(cmd: list[str], cwd: Path, who: str, lock_path: Path,
+             env: dict[str, str]) -> None:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode == 0:
         return

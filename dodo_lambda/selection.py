@@ -18,19 +18,39 @@ from typing import NamedTuple
 
 from .errors import DodoLambdaError
 
-# Never packed unless an include= pattern names them: secrets and OS junk.
+# Never packed from the item's own files (the source folder, a layer's nodejs/)
+# unless an include= pattern names them: credentials, keys, state that holds
+# secrets, OS junk. Matched in any case (.ENV, Server.PEM). Not applied to npm's
+# staged tree, whose packages read the .pem and .env.defaults files they ship.
 DEFAULT_EXCLUDES: tuple[str, ...] = (
-    ".git/",
+    ".git",  # the folder, and a submodule's .git file
     ".env*",
     "*.pem",
     "*.key",
     "id_rsa*",
-    ".npmrc",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    ".ssh/",
     ".aws/",
+    ".docker/",
+    ".npmrc",
+    ".yarnrc.yml",
+    ".netrc",
+    ".git-credentials",
+    ".pypirc",
+    "*.p12",
+    "*.pfx",
+    "*.tfvars",
+    "*.tfvars.json",
+    "*.tfstate*",
     ".DS_Store",
     "/.lambdaignore",
     ".doit.db*",  # doit's state, when dodo.py sits in the function's folder
 )
+# A default-excluded file with one of these endings may be code someone meant to
+# ship (.env.example.js): it is named in a warning, not only in the manifest.
+CODE_SUFFIXES = (".js", ".mjs", ".cjs", ".json", ".ts", ".mts", ".cts")
 IGNORE_FILE = ".lambdaignore"
 # npm's own bookkeeping in node_modules: machine-specific and not needed to run.
 _STAGED_JUNK = frozenset({".bin", ".package-lock.json", ".cache"})
@@ -134,45 +154,67 @@ def _link(root: Root, top: str, folder: str, path: str, relname: str,
 class Patterns:
     """The selection rules, as plain data (part of the package's inputs)."""
 
-    excludes: tuple[str, ...]
-    includes: tuple[str, ...]
+    excludes: tuple[str, ...]  # .lambdaignore and exclude=: every file, case as written
+    includes: tuple[str, ...]  # include=: wins over every exclude
+    defaults: tuple[str, ...] = DEFAULT_EXCLUDES  # the item's own files only, any case
+    staged: tuple[str, ...] = ()  # zip path prefixes of npm's tree (no defaults there)
 
     def matcher(self) -> Matcher:
         return Matcher(self)
 
 
 class Matcher:
-    """Decides per zip path: include= wins over every exclude."""
+    """Decides per zip path: include= wins over every exclude; the default
+    excludes apply outside npm's staged tree only."""
 
     def __init__(self, patterns: Patterns) -> None:
         self.ignore = _compile(patterns.excludes)
         self.keep = _compile(patterns.includes) if patterns.includes else None
+        self.default = _compile(patterns.defaults, ignore_case=True)
+        self.staged = patterns.staged
+
+    def own(self, arcname: str) -> bool:
+        """True for the item's own files (not npm's staged tree)."""
+        return not arcname.startswith(self.staged)
+
+    def by_default(self, arcname: str) -> bool:
+        """True when the default excludes leave this path out."""
+        return self.own(arcname) and self.default(arcname)
 
     def selected(self, arcname: str) -> bool:
         if self.keep is not None and self.keep(arcname):
             return True
-        return not self.ignore(arcname)
+        return not self.ignore(arcname) and not self.by_default(arcname)
 
 
-def _compile(lines: Iterable[str]) -> Callable[[str], bool]:
+def _compile(lines: Iterable[str], ignore_case: bool = False) -> Callable[[str], bool]:
     """A matcher for gitignore lines. Without negations ("!") any match decides,
     so one combined regex does the work of one search per pattern: half the time of
     pathspec's match_file over the benchmark's 7,300 paths (26 vs 53 ms), which an
     edit rebuild pays. It relies on pathspec's regexes (hence its upper bound in
-    pyproject.toml); tests/test_shape.py checks it matches exactly as pathspec does."""
+    pyproject.toml); tests/test_shape.py checks it matches exactly as pathspec does.
+    ``ignore_case`` (the default excludes) compiles the same regex case-insensitively."""
     import pathspec  # imported late: a no-op `doit package` never needs it
 
     spec = pathspec.GitIgnoreSpec.from_lines(lines)
     regexes = [p.regex for p in spec.patterns if p.include is not None]
     compiled = [r for r in regexes if isinstance(r, re.Pattern)]
     if any(p.include is False for p in spec.patterns) or len(compiled) != len(regexes):
+        if ignore_case:  # only our own list is matched in any case, and it has no "!"
+            raise ValueError("case-insensitive patterns cannot be negated")
         return spec.match_file
     if not compiled:
         return lambda _path: False
     # pathspec names a group in every pattern; names must be unique in one regex
     parts = [r.pattern.replace("(?P<ps_d>", "(?:") for r in compiled]
-    combined = re.compile("|".join(f"(?:{p})" for p in parts))
+    combined = re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE if ignore_case else 0)
     return lambda path: combined.search(path) is not None
+
+
+def default_pattern(arcname: str) -> str | None:
+    """The first default exclude that matches ``arcname`` (any case), for messages."""
+    return next((line for line in DEFAULT_EXCLUDES
+                 if _compile([line], ignore_case=True)(arcname)), None)
 
 
 def read_ignore_file(source: Path) -> tuple[str, ...]:
@@ -185,10 +227,11 @@ def read_ignore_file(source: Path) -> tuple[str, ...]:
 
 
 def patterns_for(source: Path, exclude: Iterable[str], include: Iterable[str],
-                 extra_excludes: Iterable[str] = ()) -> Patterns:
-    """Defaults, then .lambdaignore, then exclude=; include= re-includes."""
-    lines = (*DEFAULT_EXCLUDES, *extra_excludes, *read_ignore_file(source), *exclude)
-    return Patterns(tuple(lines), tuple(include))
+                 extra_excludes: Iterable[str] = (), staged: Iterable[str] = ()) -> Patterns:
+    """.lambdaignore, then exclude=; include= re-includes; the default excludes
+    apply to every path not under a ``staged`` prefix (npm's tree)."""
+    lines = (*extra_excludes, *read_ignore_file(source), *exclude)
+    return Patterns(tuple(lines), tuple(include), DEFAULT_EXCLUDES, tuple(staged))
 
 
 def walk_roots(roots: Iterable[Root], who: str, walks: dict[Root, list[Entry]] | None = None,
@@ -207,20 +250,85 @@ def walk_roots(roots: Iterable[Root], who: str, walks: dict[Root, list[Entry]] |
     return out
 
 
-def select(entries: Iterable[Entry], patterns: Patterns, who: str) -> list[Entry]:
-    """The walked files to pack, sorted by zip path. Raises for a selected bad
-    symlink or two files landing on the same zip path."""
-    selected = patterns.matcher().selected
+class Selection(NamedTuple):
+    """What goes in the zip, and what the default excludes changed."""
+
+    entries: list[Entry]  # to pack, sorted by zip path
+    dropped: list[str]  # own files the defaults left out (a folder as "dir/"), sorted
+    restored: list[str]  # default-excluded files that include= brought back, sorted
+
+
+def select(entries: Iterable[Entry], patterns: Patterns, who: str,
+           roots: Iterable[Root] = ()) -> list[Entry]:
+    """The walked files to pack, sorted by zip path (see ``choose``)."""
+    return choose(entries, patterns, who, roots).entries
+
+
+def choose(entries: Iterable[Entry], patterns: Patterns, who: str,
+           roots: Iterable[Root] = ()) -> Selection:
+    """The walked files to pack, sorted by zip path, and the files the default
+    excludes left out or include= brought back. Raises for a selected bad symlink
+    or two files landing on the same zip path.
+
+    ``roots`` (those the entries were walked from) let a symlink among the item's
+    own files be judged by its target too: ``config.txt -> .env`` stays out.
+    """
+    matcher = patterns.matcher()
+    keep, ignore, by_default = matcher.keep, matcher.ignore, matcher.by_default
+    own_roots = [(r.prefix, os.path.realpath(r.path)) for r in roots if not r.staged]
     chosen: dict[str, Entry] = {}
+    dropped: list[str] = []
+    restored: list[str] = []
     for entry in entries:
-        if not selected(entry.arcname):
+        name = entry.arcname
+        kept = keep is not None and keep(name)
+        if not kept and ignore(name):
             continue
+        if matcher.own(name) and (by_default(name) or _links_to_default(entry, own_roots,
+                                                                        by_default)):
+            if kept:
+                restored.append(name)
+            else:
+                dropped.append(name)
+                continue
         if entry.problem:
             raise DodoLambdaError(f"{who}: {entry.problem}")
-        if entry.arcname in chosen:
+        if name in chosen:
             raise DodoLambdaError(
-                f"{who}: {entry.arcname} comes from both {chosen[entry.arcname].path} and"
+                f"{who}: {name} comes from both {chosen[name].path} and"
                 f" {entry.path}; exclude one of them"
             )
-        chosen[entry.arcname] = entry
-    return [chosen[name] for name in sorted(chosen)]
+        chosen[name] = entry
+    return Selection([chosen[name] for name in sorted(chosen)],
+                     _folders(dropped, by_default), sorted(restored))
+
+
+def _links_to_default(entry: Entry, own_roots: list[tuple[str, str]],
+                      by_default: Callable[[str], bool]) -> bool:
+    """True when ``entry`` was reached through a symlink whose target (a file, or
+    a folder on the way) is one the default excludes leave out."""
+    for prefix, top in own_roots:
+        if not entry.arcname.startswith(prefix):
+            continue
+        rel = entry.arcname[len(prefix):]
+        if entry.problem or entry.path == os.path.join(top, rel):
+            return False  # not through a link (or a bad link, reported as such)
+        target = os.path.relpath(entry.path, top)
+        return not target.startswith("..") and by_default(prefix + target.replace(os.sep, "/"))
+    return False
+
+
+def _folders(dropped: list[str], by_default: Callable[[str], bool]) -> list[str]:
+    """Dropped paths, a file inside an excluded folder shown as that folder
+    (``.git/``, ``keys/.ssh/``) rather than file by file."""
+    out = set()
+    for name in dropped:
+        parts = name.split("/")
+        shown = name
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i]) + "/"
+            if by_default(folder):
+                shown = folder
+                break
+        out.add(shown)
+    return sorted(out)

@@ -116,6 +116,8 @@ def _layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> None:
 
 
 def _plan(items: list[Item], ctx: RunContext) -> None:
+    for line in build.left_out_lines(items, ctx):
+        print(line)
     for line in deploy.plan_lines(items, ctx):
         print(line)
 
@@ -156,7 +158,9 @@ def fail(message: str) -> TaskFailed:
 
 def _remove_staging(item: Item, ctx: RunContext) -> None:
     layout = ctx.layout(item)
-    shutil.rmtree(layout.staging, ignore_errors=True)
+    # a killed install's folders too: they may hold the project's .npmrc
+    for folder in (layout.staging, layout.install_work, layout.install_old):
+        shutil.rmtree(folder, ignore_errors=True)
     layout.install_record.unlink(missing_ok=True)
 
 
@@ -214,7 +218,7 @@ def _package_task(item: Item, ctx: RunContext) -> TaskDict:
         "file_dep": file_dep,
         "targets": [str(layout.zip), str(layout.manifest)],
         "uptodate": [(build.is_packaged, [item, ctx])],
-        "clean": True,
+        "clean": [(build.clean_package, [item, ctx])],
         "task_dep": [f"bundle:{item.name}"] if _bundled(item) else [],
     }
 

@@ -70,8 +70,9 @@ def make_package(root: Path, name: str, files: dict[str, str], version: str = "1
 
 
 def lock(folder: Path) -> None:
-    subprocess.run(["npm", "install", "--package-lock-only", "--offline"], cwd=folder,
-                   check=True, capture_output=True, env=npm_env())
+    # --ignore-scripts: even --package-lock-only runs the root's own install scripts
+    subprocess.run(["npm", "install", "--package-lock-only", "--offline", "--ignore-scripts"],
+                   cwd=folder, check=True, capture_output=True, env=npm_env())
 
 
 @dataclass
@@ -153,6 +154,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "index.js": "const { excl } = require('greet-util');\n"
                     "exports.greet = (n) => excl(`Hello, ${n}`);\n",
         "bin/greet.js": "#!/usr/bin/env node\nconsole.log(require('..').greet('cli'));\n",
+        # files a package reads at run time that the default excludes would drop in
+        # the function's own folder: they must ship from node_modules
+        "certs/ca.pem": "-----BEGIN CERTIFICATE-----\n", ".env.defaults": "GREETING=Hello\n",
     }, deps={"greet-util": "file:../pkgs/greet-util-1.0.0.tgz"})
     manifest = json.loads((greet / "package.json").read_text())
     manifest["bin"] = {"greet": "bin/greet.js"}

@@ -84,6 +84,7 @@ def test_npm_failure_leaves_nothing_trusted(project: Project, tmp_path: Path) ->
     manifest["dependencies"]["breaks"] = "file:../pkgs/breaks-1.0.0.tgz"
     (project.fn / "package.json").write_text(json.dumps(manifest))
     lock(project.fn)
+    project.configure([{**FUNCTION, "scripts": True}])  # scripts are off by default
     line = _fails(project, "npm ci", "package-lock.json")
     assert "exit code 3" in line or "code 3" in line, line
     record = project.layout().install_record

@@ -37,7 +37,9 @@ def test_zip_holds_production_code_only(project: Project) -> None:
     names = project.names()
     assert names == sorted(names)
     assert {"index.js", "lib/util.js", "package.json", "README.md", "run.sh",
-            "node_modules/greet/index.js", "node_modules/greet-util/index.js"} <= set(names)
+            "node_modules/greet/index.js", "node_modules/greet-util/index.js",
+            # the default excludes are for the function's own files, not its packages'
+            "node_modules/greet/certs/ca.pem", "node_modules/greet/.env.defaults"} <= set(names)
     for banned in (".env", ".env.local", "server.pem", ".npmrc", ".git/config", ".DS_Store"):
         assert banned not in names
     assert not [n for n in names if "devtool" in n or "/.bin/" in n or n.endswith(".package-lock.json")]

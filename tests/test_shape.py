@@ -31,7 +31,13 @@ PATHS = [
     ".lambdaignore", "sub/.lambdaignore", ".doit.db", "deep/dir/f", "deep/dir",
     "root-only.txt", "sub/root-only.txt", "main.o", "lib.a", "fixtures/x.json",
     "a/fixtures/y.json", "x/y", "trailing/a/b", "trailing", "README", "Dockerfile",
+    "id_ed25519", "keys/id_ecdsa.pub", ".ssh/config", "a/.docker/config.json", "cert.p12",
+    "x.pfx", "prod.tfvars", "prod.tfvars.json", "terraform.tfstate.backup", "sub/.git",
+    ".netrc", ".git-credentials", ".pypirc", ".yarnrc.yml", ".env.example.js",
 ]
+# the same paths in other cases: the default excludes match them all the same
+CASE_PATHS = [*PATHS, *(p.upper() for p in PATHS), "Server.PEM", ".Env.Local", "SUB/.Git/HEAD",
+              "Keys/ID_Ed25519.pub", ".SSH/Config", "Terraform.TFState"]
 
 
 @pytest.mark.parametrize("pattern", PATTERNS)
@@ -47,6 +53,23 @@ def test_combined_regex_matches_like_pathspec_together() -> None:
             ours = _compile(lines)
             theirs = pathspec.GitIgnoreSpec.from_lines(lines).match_file
             assert [p for p in PATHS if ours(p)] == [p for p in PATHS if theirs(p)], lines
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_case_insensitive_regex_matches_like_pathspec_on_lowercase(pattern: str) -> None:
+    ours = _compile([pattern], ignore_case=True)
+    theirs = pathspec.GitIgnoreSpec.from_lines([pattern.lower()]).match_file
+    assert [p for p in CASE_PATHS if ours(p)] == [p for p in CASE_PATHS if theirs(p.lower())]
+
+
+def test_default_excludes_match_in_any_case() -> None:
+    ours = _compile(DEFAULT_EXCLUDES, ignore_case=True)
+    theirs = pathspec.GitIgnoreSpec.from_lines([x.lower() for x in DEFAULT_EXCLUDES]).match_file
+    assert [p for p in CASE_PATHS if ours(p)] == [p for p in CASE_PATHS if theirs(p.lower())]
+    assert ours("Server.PEM") and ours("SUB/.Git/HEAD") and ours(".ENV") and ours("sub/.git")
+    assert not ours("index.js") and not ours("lib/environment.js")
+    with pytest.raises(ValueError):
+        _compile(["*.pem", "!keep.pem"], ignore_case=True)
 
 
 def test_no_module_level_caches_outside_the_context() -> None:
