@@ -3,17 +3,20 @@ whether it must be rebuilt. Ties select, npm, digest and archive together."""
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import archive, digest, npm
+from . import archive, digest, handlers, npm
 from .config import Function, Layer, label
 from .errors import DodoLambdaError
 from .files import locked, read_json, write_atomic, write_json
-from .select import Entry, Patterns, Root, patterns_for, select, walk_roots
+from .select import Entry, Patterns, Root, folder_clash, patterns_for, select, walk, walk_roots
+
+log = logging.getLogger("dodo_lambda")
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def patterns(item: Function | Layer, build_dir: str | Path) -> Patterns:
     inner = _inside(Path(build_dir), Path(item.source))
     if inner:
         extra.append(f"/{inner}/")
-    return patterns_for(Path(item.source), item.exclude, item.include, extra)
+    return patterns_for(Path(item.source), item.exclude, item.include, extra, label(item))
 
 
 def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
@@ -75,6 +78,9 @@ def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
         "patterns": patterns(item, build_dir),
         "roots": [(r.path.as_posix(), r.prefix, sorted(r.prune), r.staged)
                   for r in roots(item, build_dir)],
+        # the handler check runs when the package is built: a new handler or runtime
+        # must run it again
+        "handler": [item.handler, item.runtime] if isinstance(item, Function) else None,
     })
 
 
@@ -115,6 +121,7 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
     entries = scan.entries
     if entries is None:
         entries = select(scan.everything, patterns(item, build_dir), who)
+    check_entries(item, build_dir, entries)
     for problem in native_mismatches(entries, item.architecture):
         print(f"warning: {who}: {problem}", file=sys.stderr)
     with locked(p.cache.with_suffix(".lock")):  # one writer of this zip at a time
@@ -127,6 +134,51 @@ def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
         result = archive.write_zip(entries, p.zip, who=who, previous=previous)
         _record(item, p, options, scan.stat, entries, result)
     return result
+
+
+def check_entries(item: Function | Layer, build_dir: str | Path, entries: list[Entry]) -> None:
+    """What must hold of the selected files before a zip is written: no file where
+    the package needs a folder, nothing from the build dir, and (functions) a
+    handler that Lambda can load. Raises DodoLambdaError; warnings are logged."""
+    who = label(item)
+    clash = folder_clash(entries, [r.prefix for r in roots(item, build_dir)])
+    if clash:
+        raise DodoLambdaError(f"{who}: {clash}")
+    build = os.path.realpath(build_dir) + os.sep
+    staged = os.path.realpath(npm.staging(item, build_dir).folder) + os.sep
+    for e in entries:
+        if e.path.startswith(build) and not e.path.startswith(staged):
+            raise DodoLambdaError(
+                f"{who}: {e.arcname} is {e.path}, inside the build dir {build_dir}; the zip"
+                " would pack its own build output: exclude it (exclude=) or move build_dir="
+                " outside the source")
+    if isinstance(item, Function):
+        _check_handler(item, build_dir, entries)
+
+
+def _check_handler(fn: Function, build_dir: str | Path, entries: list[Entry]) -> None:
+    who = label(fn)
+    files = {e.arcname: e.path for e in entries}
+
+    def read(arcname: str) -> bytes:
+        with open(files[arcname], "rb") as f:
+            return f.read(handlers.MAX_READ + 1)
+
+    layers: list[set[str] | None] = []
+    if fn.layers and not handlers.in_package(files, fn.handler):
+        for layer in fn.layers:
+            if isinstance(layer, str):
+                layers.append(None)
+                continue
+            found = [e for r in roots(layer, build_dir) for e in walk(r, label(layer))]
+            layers.append({e.arcname for e in select(found, patterns(layer, build_dir),
+                                                     label(layer))})
+    verdict = handlers.check_handler(files, read, fn.handler, fn.runtime, source=fn.source,
+                                     layers=layers)
+    for warning in verdict.warnings:
+        log.warning("%s: %s", who, warning)
+    if verdict.error:
+        raise DodoLambdaError(f"{who}: {verdict.error}")
 
 
 def _record(item: Function | Layer, p: Paths, options: str, stat: str, entries: list[Entry],

@@ -8,13 +8,15 @@ state decides: a fresh checkout that rebuilds the same bytes changes nothing.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from . import archive, aws, build, lambdas, s3
+from . import archive, aws, build, lambdas, rules, s3
 from .config import Function, Layer, label
 from .digest import value_digest
 from .errors import DodoLambdaError
@@ -31,8 +33,10 @@ class Options:
     direct_limit: int = DIRECT_UPLOAD_LIMIT
     many: bool = False  # several functions: one ListFunctions answers for all
     emulator: bool = False  # the project asked for the embedded local emulator
+    today: date | None = None  # the date Lambda's runtime schedule is read at (tests)
 
 
+log = logging.getLogger("dodo_lambda")
 _RUN = os.urandom(8).hex()  # an emulator lives for one run: each run is a new target
 
 
@@ -180,6 +184,14 @@ def s3_location(item: Function | Layer, m: dict[str, Any], opts: Options
 def plan_function(fn: Function, m: dict[str, Any], deployed: dict[str, Any] | None,
                   wanted: dict[str, Any], opts: Options) -> FunctionPlan:
     plan = FunctionPlan(fn.name, s3=s3_location(fn, m, opts))
+    verdict = rules.runtime_verdict(fn.runtime, opts.today,
+                                    allow_deprecated=fn.allow_deprecated_runtime is True)
+    if verdict.error:
+        raise DodoLambdaError(f"{label(fn)}: {verdict.error}")
+    if deployed is None and verdict.create_error:
+        raise DodoLambdaError(f"{label(fn)}: {verdict.create_error}")
+    if verdict.warning:
+        log.warning("%s: %s", label(fn), verdict.warning)
     if deployed is None:
         if not fn.role:
             raise DodoLambdaError(
@@ -285,6 +297,11 @@ def deploy_function(fn: Function, build_dir: str | Path, opts: Options) -> Funct
                 settings=fn.settings(), layers=wanted.get("Layers"))
         else:
             config = deployed or {}
+            if "Runtime" in plan.settings and rules.update_blocked(config.get("Runtime"),
+                                                                   opts.today):
+                # Lambda refuses code updates on the old runtime: move the runtime first
+                config = lambdas.update_configuration(
+                    c, fn.name, who=who, changes={"Runtime": plan.settings.pop("Runtime")})
             if plan.code:
                 config = lambdas.update_code(c, fn.name, who=who, architecture=fn.architecture,
                                              zip_path=zip_path, s3=plan.s3)
@@ -374,32 +391,61 @@ def target_key(opts: Options) -> str:
 # -- plan (read-only) ----------------------------------------------------------------
 
 
+@dataclass
+class PlanReport:
+    """What ``plan`` found: a line per item, and why deploy would refuse (if it would)."""
+
+    lines: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
 def plan_lines(items: list[Function | Layer], build_dir: str | Path, opts: Options) -> list[str]:
     """What deploy would do for each item, and why. Changes nothing in AWS."""
-    lines = []
+    return plan_report(items, build_dir, opts).lines
+
+
+def plan_report(items: list[Function | Layer], build_dir: str | Path, opts: Options
+                ) -> PlanReport:
+    """What deploy would do for each item and why, and what it would refuse (the
+    same checks deploy makes before sending anything). Changes nothing in AWS."""
+    report = PlanReport()
     for item in items:
-        who = label(item)
-        c = clients(opts, who)
-        m = manifest(item, build_dir)
-        if isinstance(item, Layer):
-            plan = layer_plan(item, m, lambdas.latest_layer_version(c, item.name, who=who))
-            lines.append(f"{who}: {plan.reason}")
-            continue
-        wanted = desired_settings(item, build_dir, planning=True)
-        for layer in item.layers:
-            if isinstance(layer, Layer):
-                lp = layer_plan(layer, manifest(layer, build_dir),
-                                lambdas.latest_layer_version(c, layer.name, who=who))
-                if lp.publish:
-                    wanted.pop("Layers", None)
-                    lines.append(f"{who}: would move to the new version of layer '{layer.name}'")
         try:
-            plan = plan_function(item, m, find_function(c, item.name, opts.many), wanted, opts)
+            report.lines.extend(_plan_item(item, build_dir, opts))
         except DodoLambdaError as exc:
-            lines.append(str(exc))
-            continue
-        what = "; ".join(plan.reasons) or "up to date"
-        if plan.publish:
-            what += f"; would publish a version{' and move alias ' + plan.alias if plan.alias else ''}"
-        lines.append(f"{who}: {what}")
+            report.lines.append(f"{exc} (deploy would refuse)")
+            report.refused.append(str(exc))
+    return report
+
+
+def _plan_item(item: Function | Layer, build_dir: str | Path, opts: Options) -> list[str]:
+    """The plan lines of one item; raises DodoLambdaError where deploy would refuse."""
+    lines = []
+    who = label(item)
+    c = clients(opts, who)
+    m = manifest(item, build_dir)
+    if isinstance(item, Layer):
+        publishing = layer_plan(item, m, lambdas.latest_layer_version(c, item.name, who=who))
+        location = s3_location(item, m, opts) if publishing.publish else None
+        if location is not None:
+            s3.s3_object_exists(c, *location, who=who)  # a missing bucket raises
+        lines.append(f"{who}: {publishing.reason}")
+        return lines
+    check_total_size(item, build_dir)
+    wanted = desired_settings(item, build_dir, planning=True)
+    for layer in item.layers:
+        if isinstance(layer, Layer):
+            lp = layer_plan(layer, manifest(layer, build_dir),
+                            lambdas.latest_layer_version(c, layer.name, who=who))
+            if lp.publish:
+                wanted.pop("Layers", None)
+                lines.append(f"{who}: would move to the new version of layer '{layer.name}'")
+    plan = plan_function(item, m, find_function(c, item.name, opts.many), wanted, opts)
+    if plan.s3 and (plan.code or plan.create):
+        s3.s3_object_exists(c, *plan.s3, who=who)  # a missing bucket raises
+    what = "; ".join(plan.reasons) or "up to date"
+    if plan.publish:
+        alias = f" and move alias {plan.alias}" if plan.alias else ""
+        what += f"; would publish a version{alias}"
+    lines.append(f"{who}: {what}")
     return lines

@@ -3,6 +3,7 @@ out Pending and InProgress states and update conflicts before it returns."""
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -24,8 +25,13 @@ POLL_TIMEOUT = 900.0  # give up waiting after this long (Lambda's own limit is m
 CONFLICT_BASE_DELAY = 1.0
 CONFLICT_MAX_DELAY = 20.0
 
-# A freshly created IAM role takes seconds to become assumable by Lambda.
-ROLE_PROPAGATION_ATTEMPTS = 8
+# A freshly created IAM role takes a few seconds to become assumable by Lambda
+# (IAM is eventually consistent). Pauses between CreateFunction attempts, in
+# POLL_DELAY units: 35 s in all, and never past ROLE_WAIT_LIMIT seconds.
+ROLE_RETRY_STEPS = (1, 2, 3, 4, 5, 5, 5, 5, 5)
+ROLE_WAIT_LIMIT = 40.0
+
+log = logging.getLogger("dodo_lambda")
 
 
 def _clean(response: dict) -> dict:
@@ -266,7 +272,8 @@ def create_function(
     with translating(who, c=c):
         arn = role_arn(c, role)
     wait = POLL_DELAY if delay is None else delay
-    for attempt in range(ROLE_PROPAGATION_ATTEMPTS):
+    start = time.monotonic()
+    for attempt in range(len(ROLE_RETRY_STEPS) + 1):
         try:
             c.lam.create_function(
                 FunctionName=name, Role=arn, Runtime=runtime, Handler=handler,
@@ -282,13 +289,21 @@ def create_function(
                     f"{who}: the function was created meanwhile (by another deploy?); run again"
                 ) from exc
             if code_ == "InvalidParameterValueException" and "role" in message.lower():
-                # New roles take a few seconds to become assumable by Lambda.
-                if "cannot be assumed" in message and attempt < ROLE_PROPAGATION_ATTEMPTS - 1:
-                    time.sleep(min(wait * 2**attempt, CONFLICT_MAX_DELAY))
+                elapsed = time.monotonic() - start
+                pause = wait * ROLE_RETRY_STEPS[attempt] if attempt < len(ROLE_RETRY_STEPS) \
+                    else None
+                if "cannot be assumed" in message and pause is not None \
+                        and elapsed + pause <= ROLE_WAIT_LIMIT:
+                    log.info("%s: Lambda cannot assume role %s yet (a new role takes a few"
+                             " seconds to reach Lambda); trying again in %.0f s (%.0f s so far)",
+                             who, arn, pause, elapsed)
+                    time.sleep(pause)
                     continue
+                waited = f" after {elapsed:.0f} s of retries" if attempt else ""
                 raise DodoLambdaError(
-                    f"{who}: Lambda rejected role {arn} ({message}); fix role= (an IAM role"
-                    " that lambda.amazonaws.com may assume)"
+                    f"{who}: Lambda rejected role {arn}{waited} ({message}); fix role= (an IAM"
+                    " role whose trust policy lets lambda.amazonaws.com assume it), or run"
+                    " again if the role was created moments ago"
                 ) from exc
             raise aws_error(exc, who, bucket=s3[0] if s3 else None, c=c) from exc
         except BotoCoreError as exc:

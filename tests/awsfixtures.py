@@ -393,7 +393,7 @@ def create_function(env: AwsEnv, zip_path: Path, name: str = "orders", **kw: obj
 
     return lambdas.create_function(
         aws.clients(), name, who=f"function '{name}'", role=env.role_arn(),
-        runtime="nodejs20.x", handler="index.handler",
+        runtime="nodejs24.x", handler="index.handler",
         architecture=kw.pop("architecture", "x86_64"),  # type: ignore[arg-type]
         zip_path=zip_path, **kw,  # type: ignore[arg-type]
     )

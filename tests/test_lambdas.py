@@ -45,7 +45,7 @@ def test_create_function_and_get(aws_env: AwsEnv, make_zip: MakeZip) -> None:
 def test_create_function_with_a_role_name(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     aws_env.role_arn("runner")
     config = lambdas.create_function(
-        aws.clients(), "orders", who=WHO, role="runner", runtime="nodejs20.x",
+        aws.clients(), "orders", who=WHO, role="runner", runtime="nodejs24.x",
         handler="index.handler", architecture="x86_64", zip_path=make_zip("orders"),
     )
     assert config["Role"] == f"arn:aws:iam::{aws_env.account}:role/runner"
@@ -54,7 +54,7 @@ def test_create_function_with_a_role_name(aws_env: AwsEnv, make_zip: MakeZip) ->
 def test_create_function_without_role(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     mark = aws_env.mark()
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: the function does not exist; give role="):
-        lambdas.create_function(aws.clients(), "orders", who=WHO, role="", runtime="nodejs20.x",
+        lambdas.create_function(aws.clients(), "orders", who=WHO, role="", runtime="nodejs24.x",
                             handler="index.handler", architecture="x86_64",
                             zip_path=make_zip("orders"))
     assert aws_env.requests(mark) == []
@@ -64,7 +64,7 @@ def test_create_function_with_unknown_role(aws_env: AwsEnv, make_zip: MakeZip) -
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: .*role.* fix role="):
         lambdas.create_function(
             aws.clients(), "orders", who=WHO,
-            role=f"arn:aws:iam::{aws_env.account}:role/missing", runtime="nodejs20.x",
+            role=f"arn:aws:iam::{aws_env.account}:role/missing", runtime="nodejs24.x",
             handler="index.handler", architecture="x86_64", zip_path=make_zip("orders"),
         )
 
@@ -316,7 +316,7 @@ def test_publish_layer_and_latest(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     assert lambdas.latest_layer_version(c, "shared") is None
     one = make_zip("one", {"nodejs/node_modules/a/index.js": "module.exports = 1;\n"})
     two = make_zip("two", {"nodejs/node_modules/a/index.js": "module.exports = 2;\n"})
-    first = lambdas.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs20.x"],
+    first = lambdas.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs24.x"],
                               architectures=["x86_64"], description="shared libs")
     assert first["Version"] == 1
     bucket = aws_env.bucket("artifacts")
