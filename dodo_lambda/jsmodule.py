@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
 
@@ -154,6 +155,11 @@ def _regex(text: str, i: int) -> int:
 
 
 # -- what a stripped module says ------------------------------------------------------
+# Big bundles are read too: every form is matched at the positions of its keyword
+# (found with str.find), never by a regex scanning the whole text per form, and a
+# handler's definition is looked up only for the handler.
+
+_WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$")
 
 
 @dataclass
@@ -161,7 +167,9 @@ class Module:
     """What could be read from one module's text."""
 
     code: str  # stripped
-    exports: dict[str, str | None] = field(default_factory=dict)  # name -> definition text
+    # name -> the text that defines it (a function, an expression, or a local name),
+    # None when it cannot be followed (a re-export)
+    exports: dict[str, str | None] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)  # forms that may export more
     esm: list[str] = field(default_factory=list)  # top-level ESM syntax seen
     cjs: list[str] = field(default_factory=list)  # top-level CommonJS use seen
@@ -188,111 +196,162 @@ def read(text: str) -> Module:
     return mod
 
 
-_ESM_SYNTAX = re.compile(
-    r"(?<![\w$.])(?:export\s*[{*]|export\s+(?:default|const|let|var|function|async|class)\b"
-    r"|import(?:\s+[\w$*{\"]|\s*[{*\"])|import\.meta\b)")
-_CJS_SYNTAX = re.compile(
-    r"(?<![\w$.])(?:module\.exports\b|exports\s*(?:\.|\[)|require\s*\()")
+def _words(code: str, word: str) -> Iterator[int]:
+    """Where ``word`` stands as a whole word (not part of a longer name, not after a dot
+    unless the dot belongs to ``module.``)."""
+    n = len(word)
+    i = code.find(word)
+    while i >= 0:
+        before = code[i - 1] if i else " "
+        after = code[i + n] if i + n < len(code) else " "
+        if before not in _WORD_CHARS and before != "." and after not in _WORD_CHARS:
+            yield i
+        i = code.find(word, i + 1)
+
+
+_ESM_EXPORT = re.compile(r"export\s*[{*]|export\s+(?:default|const|let|var|function|async|class)\b")
+_ESM_IMPORT = re.compile(r"import(?:\s+[\w$*{\"]|\s*[{*\"])|import\.meta\b")
+_CJS_USE = {"module": re.compile(r"module\.exports\b"),
+            "exports": re.compile(r"exports\s*[.\[]"),
+            "require": re.compile(r"require\s*\(")}
+_DECLARED_BEFORE = re.compile(r"(?:\b(?:const|let|var|function|class)\s+|[(,]\s*)$")
 
 
 def _find_syntax(mod: Module) -> None:
     code = mod.code
-    for m in _ESM_SYNTAX.finditer(code):
-        if m.group(0).startswith("import.meta") or mod.depth_at(m.start()) == 0:
-            mod.esm.append(" ".join(m.group(0).split()))
-    declared = {name for name in ("require", "module", "exports") if re.search(
-        rf"(?:\b(?:const|let|var|function|class)\s+{name}\b|[(,]\s*{name}\s*[,)])", code)}
-    for m in _CJS_SYNTAX.finditer(code):
-        word = re.match(r"[a-z]+", m.group(0))
-        if word and word.group(0) not in declared and mod.depth_at(m.start()) == 0:
-            mod.cjs.append(" ".join(m.group(0).split()))
+    for word, rx in (("export", _ESM_EXPORT), ("import", _ESM_IMPORT)):
+        for i in _words(code, word):
+            m = rx.match(code, i)
+            if m and (m.group(0).startswith("import.meta") or mod.depth_at(i) == 0):
+                mod.esm.append(" ".join(m.group(0).split()))
+    for word, rx in _CJS_USE.items():
+        found = [i for i in _words(code, word) if rx.match(code, i) and mod.depth_at(i) == 0]
+        if found and not _declared(code, word):
+            mod.cjs.extend(" ".join(rx.match(code, i).group(0).split()) for i in found[:1])  # type: ignore[union-attr]
+
+
+def _declared(code: str, name: str) -> bool:
+    """Whether the module binds ``name`` itself (``const require = createRequire(...)``,
+    a wrapper's ``(exports, module)`` parameters)."""
+    return any(_DECLARED_BEFORE.search(code, max(0, i - 12), i) for i in _words(code, name))
+
+
+_EXPORT_FN = re.compile(rf"export\s+((?:async\s+)?function\s*\*?\s*({_IDENT}))")
+_EXPORT_CLASS = re.compile(rf"export\s+class\s+({_IDENT})")
+_EXPORT_DECL = re.compile(r"export\s+(?:const|let|var)\s+")
+_EXPORT_LIST = re.compile(r"export\s*\{([^}]*)\}(\s*from\b)?")
+_EXPORT_STAR = re.compile(rf"export\s*\*\s*(?:as\s+({_IDENT})\s*)?from\b")
+_EXPORT_DEFAULT = re.compile(r"export\s+default\s+")
 
 
 def _find_esm_exports(mod: Module) -> None:
     code = mod.code
-    for m in re.finditer(rf"\bexport\s+((?:async\s+)?function\s*\*?\s*({_IDENT}))", code):
-        mod.exports[m.group(2)] = code[m.start(1):]
-    for m in re.finditer(rf"\bexport\s+class\s+({_IDENT})", code):
-        mod.exports.setdefault(m.group(1), None)
-    for m in re.finditer(r"\bexport\s+(?:const|let|var)\s+", code):
-        rest = code[m.end():]
-        if rest[:1] in "{[":  # export const { a, b } = ...
-            inner = _balanced(rest, 0)
-            for name in re.findall(rf"({_IDENT})\s*(?=[,}}\]]|$)", inner or ""):
-                mod.exports.setdefault(name, None)
-            continue
-        for decl in _split_top(_statement(rest)):
-            name = _IDENT_RE.match(decl.strip())
-            if name:
-                value = decl.split("=", 1)[1] if "=" in decl else None
-                mod.exports[name.group(0)] = value
-    for m in re.finditer(r"\bexport\s*\{([^}]*)\}(\s*from\b)?", code):
-        for part in _split_top(m.group(1)):
-            words = part.split()
-            if not words:
-                continue
-            local, exported = words[0], words[-1].strip('"')
-            if m.group(2):
-                mod.exports.setdefault(exported, None)  # re-exported: not read further
-            else:
-                mod.exports.setdefault(exported, _local(code, local))
-    for m in re.finditer(rf"\bexport\s*\*\s*(?:as\s+({_IDENT})\s*)?from\b", code):
-        if m.group(1):
+    for i in _words(code, "export"):
+        if m := _EXPORT_FN.match(code, i):
+            mod.exports[m.group(2)] = code[m.start(1):m.start(1) + 2000]
+        elif m := _EXPORT_CLASS.match(code, i):
             mod.exports.setdefault(m.group(1), None)
-        else:
-            mod.unreadable.append("export * from")
-    for m in re.finditer(r"\bexport\s+default\s+", code):
-        rest = code[m.end():]
-        if rest.startswith("{"):
-            _object_keys(mod, rest, "export default {...}")
-        elif _IDENT_RE.match(rest) and not re.match(r"(?:async|function|class)\b", rest):
-            ident = _IDENT_RE.match(rest).group(0)  # type: ignore[union-attr]
-            obj = re.search(rf"\b(?:const|let|var)\s+{re.escape(ident)}\s*=\s*(?=\{{)", code)
-            if obj:
-                _object_keys(mod, code[obj.end():], "export default {...}")
+        elif m := _EXPORT_DECL.match(code, i):
+            _declarations(mod, m.end())
+        elif m := _EXPORT_LIST.match(code, i):
+            for part in _split_top(m.group(1)):
+                words = part.split()
+                if words:  # local [as exported]; a re-export is not followed
+                    mod.exports.setdefault(words[-1].strip('"'), None if m.group(2) else words[0])
+        elif m := _EXPORT_STAR.match(code, i):
+            if m.group(1):
+                mod.exports.setdefault(m.group(1), None)
             else:
-                mod.unreadable.append(f"export default {ident}")
+                mod.unreadable.append("export * from")
+        elif m := _EXPORT_DEFAULT.match(code, i):
+            _default_export(mod, m.end())
 
 
-_CJS_ASSIGN = re.compile(rf"(?<![\w$.])(?:module\.)?exports\.({_IDENT})\s*=(?![=>])")
-_CJS_INDEX = re.compile(rf"(?<![\w$.])(?:module\.)?exports\[\s*\"({_IDENT})\"\s*\]\s*=(?![=>])")
+def _declarations(mod: Module, start: int) -> None:
+    """``export const a = ..., b = ...`` or ``export const { a, b } = ...``."""
+    code = mod.code
+    if code[start:start + 1] in ("{", "["):
+        inner = _balanced(code, start) or ""
+        for name in re.findall(rf"({_IDENT})\s*(?=[,}}\]]|$)", inner):
+            mod.exports.setdefault(name, None)
+        return
+    for decl in _split_top(_statement(code, start)):
+        name = _IDENT_RE.match(decl.strip())
+        if name:
+            mod.exports[name.group(0)] = decl.split("=", 1)[1] if "=" in decl else None
+
+
+def _default_export(mod: Module, start: int) -> None:
+    code = mod.code
+    mod.exports.setdefault("default", None)
+    if code.startswith("{", start):
+        _object_keys(mod, start, "export default {...}")
+        return
+    ident = _IDENT_RE.match(code, start)
+    if ident and ident.group(0) not in ("async", "function", "class"):
+        obj = re.search(rf"\b(?:const|let|var)\s+{re.escape(ident.group(0))}\s*=\s*(?=\{{)",
+                        code)
+        if obj:
+            _object_keys(mod, obj.end(), "export default {...}")
+        else:
+            mod.unreadable.append(f"export default {ident.group(0)}")
+
+
+_CJS_ASSIGN = re.compile(rf"(?:module\.)?exports\.({_IDENT})\s*=(?![=>])")
+_CJS_INDEX = re.compile(rf"(?:module\.)?exports\[\s*\"({_IDENT})\"\s*\]\s*=(?![=>])")
+_CJS_WHOLE = re.compile(r"module\.exports\s*=(?![=>])\s*")
+_DEFINE = re.compile(rf"Object\.defineProperty\(\s*(?:module\.)?exports\s*,\s*\"({_IDENT})\"")
+_ESBUILD_EXPORT = re.compile(rf"__export\(\s*{_IDENT}\s*,\s*(?=\{{)")
 
 
 def _find_cjs_exports(mod: Module) -> None:
     code = mod.code
-    for rx in (_CJS_ASSIGN, _CJS_INDEX):
-        for m in rx.finditer(code):
-            value = _statement(code[m.end():])
-            mod.exports[m.group(1)] = _local(code, value.strip()) or value
-    for m in re.finditer(rf"\bObject\.defineProperty\(\s*(?:module\.)?exports\s*,\s*\"({_IDENT})\"",
-                         code):
-        mod.exports.setdefault(m.group(1), None)
-    # esbuild's CommonJS output: __export(target, { name: () => name, ... })
-    for m in re.finditer(rf"\b__export\(\s*{_IDENT}\s*,\s*(?=\{{)", code):
-        _object_keys(mod, code[m.end():], "__export", getters=True)
-    for m in re.finditer(r"(?<![\w$.])module\.exports\s*=(?![=>])\s*", code):
-        rest = code[m.end():]
-        if rest.startswith("{"):
-            _object_keys(mod, rest, "module.exports = {...}")
+    read_at = set()  # where exports / module.exports was understood
+    for i in _words(code, "Object"):
+        if m := _DEFINE.match(code, i):
+            mod.exports.setdefault(m.group(1), None)
+            read_at.add(code.find("exports", i))
+    starts = sorted({*_words(code, "exports"), *_words(code, "module")})
+    for i in starts:
+        if m := _CJS_ASSIGN.match(code, i) or _CJS_INDEX.match(code, i):
+            mod.exports[m.group(1)] = _statement(code, m.end())
+        elif (m := _CJS_WHOLE.match(code, i)) and mod.depth_at(i) == 0:
+            _whole_module(mod, m.end())
+        elif code.startswith("exports", i) and i in read_at:
             continue
-        if mod.depth_at(m.start()) > 0:
-            continue  # inside a bundle's module wrapper: not this module's exports
-        ident = _statement(rest).strip()
-        if _IDENT_RE.fullmatch(ident) and ident not in ("require", "function", "async", "class"):
-            obj = re.search(rf"\b(?:const|let|var)\s+{re.escape(ident)}\s*=\s*(?=\{{)", code)
-            if obj and (_balanced(code, obj.end()) or "").strip():
-                _object_keys(mod, code[obj.end():], "module.exports = {...}")
-                continue
-        if re.match(r"__toCommonJS\(", rest):
-            continue  # esbuild: the names come from its __export call
-        mod.unreadable.append("module.exports = " + " ".join(_statement(rest).split())[:40])
-    if re.search(r"\b(?:Object\.assign\(\s*(?:module\.)?exports|__exportStar|__reExport)\b",
-                 code):
+        elif code.startswith("exports", i) or code.startswith("module.exports", i):
+            # passed on, aliased, set inside a block: more may be exported than is seen
+            used = "module.exports" if code.startswith("module", i) else "exports"
+            if mod.unreadable[-1:] != [f"{used} used another way"]:
+                mod.unreadable.append(f"{used} used another way")
+    # esbuild's CommonJS output: __export(target, { name: () => name, ... })
+    for i in _words(code, "__export"):
+        if m := _ESBUILD_EXPORT.match(code, i):
+            _object_keys(mod, m.end(), "__export", getters=True)
+    if "__exportStar" in code or "__reExport" in code or re.search(
+            r"Object\.assign\(\s*(?:module\.)?exports\b", code):
         mod.unreadable.append("re-export")
 
 
-def _object_keys(mod: Module, text: str, form: str, *, getters: bool = False) -> None:
-    inner = _balanced(text, 0)
+def _whole_module(mod: Module, start: int) -> None:
+    """``module.exports = <value>``."""
+    code = mod.code
+    if code.startswith("{", start):
+        _object_keys(mod, start, "module.exports = {...}")
+        return
+    value = _statement(code, start).strip()
+    if _IDENT_RE.fullmatch(value) and value not in ("require", "function", "async", "class"):
+        obj = re.search(rf"\b(?:const|let|var)\s+{re.escape(value)}\s*=\s*(?=\{{)", code)
+        if obj and (_balanced(code, obj.end()) or "").strip():
+            _object_keys(mod, obj.end(), "module.exports = {...}")
+            return
+    if value.startswith("__toCommonJS("):
+        return  # esbuild: the names come from its __export call
+    mod.unreadable.append("module.exports = " + " ".join(value.split())[:40])
+
+
+def _object_keys(mod: Module, start: int, form: str, *, getters: bool = False) -> None:
+    inner = _balanced(mod.code, start)
     if inner is None:
         mod.unreadable.append(form)
         return
@@ -310,11 +369,11 @@ def _object_keys(mod: Module, text: str, form: str, *, getters: bool = False) ->
             if getters:  # name: () => local
                 arrow = re.match(rf"\(\s*\)\s*=>\s*({_IDENT})\s*$", value)
                 value = arrow.group(1) if arrow else value
-            mod.exports.setdefault(keyed.group(1), _local(mod.code, value.strip()) or value)
+            mod.exports.setdefault(keyed.group(1), value)
         elif method:
             mod.exports.setdefault(method.group(1), "function " + part[method.start(1):])
         elif _IDENT_RE.fullmatch(part):
-            mod.exports.setdefault(part, _local(mod.code, part))
+            mod.exports.setdefault(part, part)
 
 
 def _local(code: str, name: str) -> str | None:
@@ -325,10 +384,10 @@ def _local(code: str, name: str) -> str | None:
     esc = re.escape(name)
     m = re.search(rf"\b(?:async\s+)?function\s*\*?\s*{esc}\s*(?=\()", code)
     if m:
-        return code[m.start():]
+        return code[m.start():m.start() + 2000]
     m = re.search(rf"\b(?:const|let|var)\s+{esc}\s*=(?![=>])", code)
     if m:
-        return _statement(code[m.end():])
+        return _statement(code, m.end())
     return None
 
 
@@ -363,20 +422,24 @@ def _split_top(text: str) -> list[str]:
     return parts
 
 
-def _statement(text: str) -> str:
-    """``text`` up to the end of its statement (a ';' or a line end outside brackets)."""
+def _statement(text: str, start: int = 0) -> str:
+    """``text`` from ``start`` to the end of its statement (a ';' or a line end outside
+    brackets, or a closing bracket that was opened before)."""
     depth = 0
-    for j, c in enumerate(text):
+    last = ""  # the last character that is not white space
+    for j in range(start, len(text)):
+        c = text[j]
         if c in "([{":
             depth += 1
         elif c in ")]}":
             depth -= 1
             if depth < 0:
-                return text[:j]
-        elif depth == 0 and (c == ";" or (c == "\n" and text[:j].strip()
-                                            and text[:j].rstrip()[-1] not in "=,(+-*/&|?:")):
-            return text[:j]
-    return text
+                return text[start:j]
+        elif depth == 0 and (c == ";" or (c == "\n" and last and last not in "=,(+-*/&|?:")):
+            return text[start:j]
+        if not c.isspace():
+            last = c
+    return text[start:]
 
 
 # -- parameters of a function definition ----------------------------------------------

@@ -89,7 +89,10 @@ def test_unreadable_forms_are_warnings() -> None:
         ("module.exports = require('./impl');", "module.exports = require"),
         ("module.exports = { ...require('./impl') };", "spread"),
         ("module.exports = makeHandlers();", "makeHandlers"),
-        ("Object.assign(module.exports, require('./impl'));", "re-export"),
+        ("Object.assign(module.exports, require('./impl'));", "module.exports"),
+        ("if (x) { module.exports = require('./a'); }", "module.exports used another way"),
+        ("const cmd = module.exports;\ncmd.handler = async () => 1;", "another way"),
+        ("mergeModules(exports, module);", "exports used another way"),
     ]:
         name = "index.mjs" if "export *" in source else "index.js"
         verdict = check({name: source})
@@ -211,3 +214,9 @@ def test_parameter_count_counts_like_function_length() -> None:
     assert jsmodule.parameter_count("async function named(a, b) {}") == 2
     assert jsmodule.parameter_count("f", code) == 1
     assert jsmodule.parameter_count("wrap(f)", code) is None
+
+
+def test_a_default_function_export_is_not_the_named_handler() -> None:
+    # Lambda looks the name up in the module, then in its default export's properties
+    refused({"index.mjs": "export default async function handler(event) {}"},
+            "does not export 'handler' (it exports default)")
