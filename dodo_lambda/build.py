@@ -171,8 +171,11 @@ def _check_handler(fn: Function, build_dir: str | Path, entries: list[Entry]) ->
                 layers.append(None)
                 continue
             found = [e for r in roots(layer, build_dir) for e in walk(r, label(layer))]
-            layers.append({e.arcname for e in select(found, patterns(layer, build_dir),
-                                                     label(layer))})
+            names = {e.arcname for e in select(found, patterns(layer, build_dir), label(layer))}
+            # its dependencies may not be installed yet: they will be there
+            names.update(f"nodejs/node_modules/{dep}/package.json"
+                         for dep in npm.dependency_names(layer))
+            layers.append(names)
     verdict = handlers.check_handler(files, read, fn.handler, fn.runtime, source=fn.source,
                                      layers=layers)
     for warning in verdict.warnings:

@@ -346,6 +346,11 @@ def publish_layer(layer: Layer, build_dir: str | Path, opts: Options,
                   users: tuple[Function, ...] = ()) -> LayerPlan:
     """Publish a layer version unless the latest one has the same CodeSha256."""
     who = label(layer)
+    for runtime in layer.runtimes:
+        warning = rules.runtime_verdict(runtime, opts.today, allow_deprecated=(
+            layer.allow_deprecated_runtime is True)).warning
+        if warning:
+            log.warning("%s: runtimes=: %s", who, warning)
     for fn in users:
         check_total_size(fn, build_dir)
     m = manifest(layer, build_dir)

@@ -347,7 +347,8 @@ def _whole_module(mod: Module, start: int) -> None:
             return
     if value.startswith("__toCommonJS("):
         return  # esbuild: the names come from its __export call
-    mod.unreadable.append("module.exports = " + " ".join(value.split())[:40])
+    shown = " ".join(value.split())[:40].replace('""', '"..."')  # strings were blanked
+    mod.unreadable.append(f"module.exports = {shown}")
 
 
 def _object_keys(mod: Module, start: int, form: str, *, getters: bool = False) -> None:

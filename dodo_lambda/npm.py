@@ -70,6 +70,18 @@ def has_dependencies(item: Function | Layer) -> bool:
                                      "bundleDependencies", "bundledDependencies"))
 
 
+def dependency_names(item: Function | Layer) -> list[str]:
+    """The production dependencies package.json names (none when it cannot be read)."""
+    try:
+        data = json.loads((Path(item.source) / "package.json").read_bytes())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    return [name for key in ("dependencies", "optionalDependencies")
+            if isinstance(data.get(key), dict) for name in data[key]]
+
+
 def lock_file(source: Path) -> Path | None:
     for name in LOCK_FILES:
         if (source / name).is_file():

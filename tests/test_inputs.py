@@ -309,3 +309,13 @@ def test_layer_package_json_order_of_checks(tmp_path: Path) -> None:
     layer = _layer(tmp_path)
     (Path(layer.source) / "package.json").write_text(json.dumps({"name": "shared"}))
     assert layer.problem is None and not npm.has_dependencies(layer)
+
+
+def test_handler_from_a_layer_dependency_not_installed_yet(tmp_path: Path) -> None:
+    layer = _layer(tmp_path)
+    (Path(layer.source) / "package.json").write_text(
+        '{"name": "shared", "dependencies": {"shared-handlers": "1.0.0"}}')
+    fn = function(tmp_path, {"other.js": ""}, handler="shared-handlers.handler", layers=[layer])
+    assert names(fn, tmp_path) == ["other.js"]
+    lonely = function(tmp_path, {"other.js": ""}, handler="shared-handlers.handler")
+    refused(lonely, tmp_path, "fn/shared-handlers.js (or .mjs/.cjs)")
