@@ -80,7 +80,9 @@ def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
                   for r in roots(item, build_dir)],
         # the handler check runs when the package is built: a new handler or runtime
         # must run it again
-        "handler": [item.handler, item.runtime] if isinstance(item, Function) else None,
+        "handler": [item.handler, item.runtime, [x if isinstance(x, str) else x.name
+                                                  for x in item.layers]]
+        if isinstance(item, Function) else None,
     })
 
 

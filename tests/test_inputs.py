@@ -317,5 +317,8 @@ def test_handler_from_a_layer_dependency_not_installed_yet(tmp_path: Path) -> No
         '{"name": "shared", "dependencies": {"shared-handlers": "1.0.0"}}')
     fn = function(tmp_path, {"other.js": ""}, handler="shared-handlers.handler", layers=[layer])
     assert names(fn, tmp_path) == ["other.js"]
+    # the same files without the layer: the package is built (and checked) again
     lonely = function(tmp_path, {"other.js": ""}, handler="shared-handlers.handler")
-    refused(lonely, tmp_path, "fn/shared-handlers.js (or .mjs/.cjs)")
+    assert not build.is_packaged(lonely, tmp_path / "build")
+    with pytest.raises(DodoLambdaError, match="fn/shared-handlers.js"):
+        build.package(lonely, tmp_path / "build")
