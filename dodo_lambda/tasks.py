@@ -239,7 +239,9 @@ def _users(layer: Layer, items: tuple[Any, ...]) -> tuple[Function, ...]:
 
 
 def _fit(layer: Layer, items: tuple[Any, ...]) -> rules.LayerFit:
-    users = [(f.name, f.runtime, f.architecture) for f in _users(layer, items)]
+    # a user with an invalid architecture reports that itself
+    users = [(f.name, f.runtime, f.architecture) for f in _users(layer, items)
+             if rules.architecture_problem(f.architecture) is None]
     return rules.layer_fit(layer.name, layer.runtimes, layer.architectures, users)
 
 
