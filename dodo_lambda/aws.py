@@ -156,6 +156,9 @@ def connect(target: AwsTarget | None = None, *, who: str | None = None,
 
     target = target or AwsTarget()
     pre = _prefix(who)
+    bad = _endpoint_problem(target)
+    if bad:
+        raise DodoLambdaError(pre + bad)
     try:
         session = _session(target.profile, loader)
         # botocore reads AWS_DEFAULT_REGION only; the AWS CLI v2 and the other SDKs
@@ -192,6 +195,9 @@ def connect(target: AwsTarget | None = None, *, who: str | None = None,
         ) from exc
     except BotoCoreError as exc:
         raise DodoLambdaError(f"{pre}cannot set up AWS clients: {exc}") from exc
+    except ValueError as exc:  # botocore's "Invalid endpoint" and the like
+        raise DodoLambdaError(f"{pre}cannot set up AWS clients ({exc}); check endpoint= in"
+                              " lambda_tasks and the AWS_ENDPOINT_URL* variables") from exc
     if credentials is None:
         raise DodoLambdaError(
             f"{pre}no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
@@ -206,6 +212,28 @@ def connect(target: AwsTarget | None = None, *, who: str | None = None,
         profile=target.profile or os.environ.get("AWS_PROFILE") or None,
         target=target,
     )
+
+
+def _endpoint_problem(target: AwsTarget) -> str | None:
+    """An endpoint that is not an http(s) URL: botocore would raise a bare ValueError."""
+    from urllib.parse import urlsplit
+
+    given = [("endpoint= in lambda_tasks", target.endpoint)] + [
+        (key, value) for key, value in sorted(os.environ.items())
+        if key.startswith("AWS_ENDPOINT_URL")]
+    for where, url in given:
+        if not url:
+            continue
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            _ = parts.port  # raises for a port that is not a number
+        except ValueError:
+            ok = False
+        if not ok:
+            return (f"{where} is {url!r}, which is not an http(s) URL; write it in full,"
+                    f" e.g. 'http://{url.split('://')[-1]}'")
+    return None
 
 
 def _check_region_known(session: Any, region: str, pre: str) -> None:

@@ -4,10 +4,11 @@ whether it must be rebuilt. Ties selection, npm, digest and archive together."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, bundle, digest, entrycache, npm, npmpolicy
+from . import archive, bundle, digest, entrycache, handlers, npm, npmpolicy
 from .config import Function, Layer, label
 from .context import RunContext
 from .entrycache import EntryCache, zip_stat
@@ -22,7 +23,10 @@ from .selection import (
     Selection,
     choose,
     default_pattern,
+    folder_clash,
     patterns_for,
+    select,
+    walk,
     walk_roots,
 )
 
@@ -60,7 +64,8 @@ def patterns(item: Function | Layer, build_dir: Path) -> Patterns:
     if inner:
         extra.append(f"/{inner}/")
     staged = npm.staged_root(item, Layout.of(build_dir, item)).prefix
-    return patterns_for(Path(item.source), item.exclude, item.include, extra, (staged,))
+    return patterns_for(Path(item.source), item.exclude, item.include, extra, (staged,),
+                        label(item))
 
 
 def options_digest(item: Function | Layer, build_dir: Path) -> str:
@@ -72,6 +77,11 @@ def options_digest(item: Function | Layer, build_dir: Path) -> str:
         "patterns": patterns(item, build_dir),
         "roots": [(r.path.as_posix(), r.prefix, sorted(r.prune), r.staged)
                   for r in roots(item, build_dir)],
+        # the handler check runs when the package is built: a new handler or runtime
+        # must run it again
+        "handler": [item.handler, item.runtime, [x if isinstance(x, str) else x.name
+                                                  for x in item.layers]]
+        if isinstance(item, Function) else None,
     })
 
 
@@ -117,6 +127,7 @@ def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     chosen = scan.selection or choose(scan.everything, patterns(item, ctx.build_dir), who,
                                       roots(item, ctx.build_dir))
     entries = chosen.entries
+    check_entries(item, ctx.build_dir, entries)
     for problem in native_mismatches(entries, item.architecture):
         log.warning("%s: %s", who, problem)
     _warn_defaults(item, chosen)
@@ -190,6 +201,56 @@ def _warn_defaults(item: Function | Layer, chosen: Selection) -> None:
 def _why(name: str) -> str:
     pattern = default_pattern(name)
     return f"it matches {pattern}" if pattern else "it links to such a file"
+
+
+def check_entries(item: Function | Layer, build_dir: Path, entries: list[Entry]) -> None:
+    """What must hold of the selected files before a zip is written: no file where
+    the package needs a folder, nothing from the build dir, and (functions) a
+    handler that Lambda can load. Raises DodoLambdaError; warnings are logged."""
+    who = label(item)
+    clash = folder_clash(entries, [r.prefix for r in roots(item, build_dir)])
+    if clash:
+        raise DodoLambdaError(f"{who}: {clash}")
+    build = os.path.realpath(build_dir) + os.sep
+    # roots that live in the build dir by design: the staged tree, a bundle's output
+    ours = tuple(path + os.sep for path in (os.path.realpath(r.path) for r in
+                                            roots(item, build_dir)) if path.startswith(build))
+    for e in entries:
+        if e.path.startswith(build) and not e.path.startswith(ours):
+            raise DodoLambdaError(
+                f"{who}: {e.arcname} is {e.path}, inside the build dir {build_dir}; the zip"
+                " would pack its own build output: exclude it (exclude=) or move build_dir="
+                " outside the source")
+    if isinstance(item, Function):
+        _check_handler(item, build_dir, entries)
+
+
+def _check_handler(fn: Function, build_dir: Path, entries: list[Entry]) -> None:
+    who = label(fn)
+    files = {e.arcname: e.path for e in entries}
+
+    def read(arcname: str) -> bytes:
+        with open(files[arcname], "rb") as f:
+            return f.read(handlers.MAX_READ + 1)
+
+    layers: list[set[str] | None] = []
+    if fn.layers and not handlers.in_package(files, fn.handler):
+        for layer in fn.layers:
+            if isinstance(layer, str):
+                layers.append(None)
+                continue
+            found = [e for r in roots(layer, build_dir) for e in walk(r, label(layer))]
+            names = {e.arcname for e in select(found, patterns(layer, build_dir), label(layer))}
+            # its dependencies may not be installed yet: they will be there
+            names.update(f"nodejs/node_modules/{dep}/package.json"
+                         for dep in npm.dependency_names(layer))
+            layers.append(names)
+    verdict = handlers.check_handler(files, read, fn.handler, fn.runtime, source=fn.source,
+                                     layers=layers)
+    for warning in verdict.warnings:
+        log.warning("%s: %s", who, warning)
+    if verdict.error:
+        raise DodoLambdaError(f"{who}: {verdict.error}")
 
 
 def _record(item: Function | Layer, layout: Layout, options: str, stat: str,

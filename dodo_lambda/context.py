@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -55,6 +56,7 @@ class RunContext:
     emulator: bool = False  # deploy to the embedded local emulator, never AWS
     direct_limit: int = DIRECT_UPLOAD_LIMIT  # bigger zips go through S3
     list_functions: bool = False  # several functions: one ListFunctions answers for all
+    today: date | None = None  # the day Lambda's runtime schedule is read at (None: today)
     caches: Caches = field(default_factory=Caches, repr=False)
 
     def __post_init__(self) -> None:

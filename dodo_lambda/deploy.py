@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import archive, aws, lambdas, s3
+from . import archive, aws, lambdas, rules, s3
 from .config import Function, Layer, label
 from .context import RunContext
 from .digest import value_digest
@@ -22,7 +22,6 @@ from .errors import DodoLambdaError, NextStep
 from .files import locked, read_json, write_json
 
 log = logging.getLogger("dodo_lambda")
-
 _RUN = os.urandom(8).hex()  # an emulator lives for one run: each run is a new target
 
 
@@ -234,6 +233,14 @@ def s3_location(item: Function | Layer, m: dict[str, Any], ctx: RunContext
 def plan_function(fn: Function, m: dict[str, Any], deployed: dict[str, Any] | None,
                   wanted: dict[str, Any], ctx: RunContext) -> FunctionPlan:
     plan = FunctionPlan(fn.name, s3=s3_location(fn, m, ctx))
+    verdict = rules.runtime_verdict(fn.runtime, ctx.today,
+                                    allow_deprecated=fn.allow_deprecated_runtime is True)
+    if verdict.error:
+        raise DodoLambdaError(f"{label(fn)}: {verdict.error}")
+    if deployed is None and verdict.create_error:
+        raise DodoLambdaError(f"{label(fn)}: {verdict.create_error}")
+    if verdict.warning:
+        log.warning("%s: %s", label(fn), verdict.warning)
     if deployed is None:
         if not fn.role:
             raise DodoLambdaError(
@@ -335,6 +342,12 @@ def deploy_function(fn: Function, ctx: RunContext) -> DeployResult:
                 settings=fn.settings(), layers=wanted.get("Layers"))
         else:
             config = deployed or {}
+            if "Runtime" in plan.settings and rules.update_blocked(config.get("Runtime"),
+                                                                   ctx.today):
+                # Lambda refuses code updates on the old runtime: move the runtime first
+                config = lambdas.update_configuration(
+                    c, fn.name, who=who, changes={"Runtime": plan.settings.pop("Runtime")},
+                    config=config)
             if plan.code:
                 config = lambdas.update_code(c, fn.name, who=who, architecture=fn.architecture,
                                              zip_path=zip_path, s3=plan.s3, config=config)
@@ -374,6 +387,11 @@ def publish_layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...] = (
                   ) -> LayerResult:
     """Publish a layer version unless the latest one has the same CodeSha256."""
     who = label(layer)
+    for runtime in layer.runtimes:
+        warning = rules.runtime_verdict(runtime, ctx.today, allow_deprecated=(
+            layer.allow_deprecated_runtime is True)).warning
+        if warning:
+            log.warning("%s: runtimes=: %s", who, warning)
     for fn in users:
         check_total_size(fn, ctx)
     m = manifest(layer, ctx)
@@ -413,35 +431,61 @@ def target_key(ctx: RunContext) -> str:
 # -- plan (read-only) ----------------------------------------------------------------
 
 
+@dataclass
+class PlanReport:
+    """What ``plan`` found: a line per item, and why deploy would refuse (if it would)."""
+
+    lines: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
 def plan_lines(items: list[Function | Layer], ctx: RunContext) -> list[str]:
     """What deploy would do for each item, and why. Changes nothing in AWS."""
-    lines = []
+    return plan_report(items, ctx).lines
+
+
+def plan_report(items: list[Function | Layer], ctx: RunContext) -> PlanReport:
+    """What deploy would do for each item and why, and what it would refuse (the
+    same checks deploy makes before sending anything). Changes nothing in AWS."""
+    report = PlanReport()
     for item in items:
-        who = label(item)
-        c = clients(ctx, who)
-        m = manifest(item, ctx)
-        if isinstance(item, Layer):
-            plan = layer_plan(item, m, lambdas.latest_layer_version(c, item.name, who=who))
-            lines.append(f"{who}: {plan.reason}")
-            continue
-        wanted = desired_settings(item, ctx, planning=True)
-        for layer in item.layers:
-            if isinstance(layer, Layer):
-                lp = layer_plan(layer, manifest(layer, ctx),
-                                lambdas.latest_layer_version(c, layer.name, who=who))
-                if lp.publish:
-                    wanted.pop("Layers", None)
-                    lines.append(f"{who}: would move to the new version of layer '{layer.name}'")
         try:
-            fplan = plan_function(item, m, find_function(c, item.name, ctx.list_functions),
-                                  wanted, ctx)
+            report.lines.extend(_plan_item(item, ctx))
         except DodoLambdaError as exc:
-            lines.append(str(exc))
-            continue
-        what = "; ".join(fplan.reasons) or "up to date"
-        if fplan.publish:
-            what += "; would publish a version"
-            if fplan.alias:
-                what += f" and move alias {fplan.alias}"
-        lines.append(f"{who}: {what}")
+            report.lines.append(f"{exc} (deploy would refuse)")
+            report.refused.append(str(exc))
+    return report
+
+
+def _plan_item(item: Function | Layer, ctx: RunContext) -> list[str]:
+    """The plan lines of one item; raises DodoLambdaError where deploy would refuse."""
+    lines = []
+    who = label(item)
+    c = clients(ctx, who)
+    m = manifest(item, ctx)
+    if isinstance(item, Layer):
+        publishing = layer_plan(item, m, lambdas.latest_layer_version(c, item.name, who=who))
+        location = s3_location(item, m, ctx) if publishing.publish else None
+        if location is not None:
+            s3.s3_object_exists(c, *location, who=who)  # a missing bucket raises
+        lines.append(f"{who}: {publishing.reason}")
+        return lines
+    check_total_size(item, ctx)
+    wanted = desired_settings(item, ctx, planning=True)
+    for layer in item.layers:
+        if isinstance(layer, Layer):
+            lp = layer_plan(layer, manifest(layer, ctx),
+                            lambdas.latest_layer_version(c, layer.name, who=who))
+            if lp.publish:
+                wanted.pop("Layers", None)
+                lines.append(f"{who}: would move to the new version of layer '{layer.name}'")
+    plan = plan_function(item, m, find_function(c, item.name, ctx.list_functions), wanted,
+                         ctx)
+    if plan.s3 and (plan.code or plan.create):
+        s3.s3_object_exists(c, *plan.s3, who=who)  # a missing bucket raises
+    what = "; ".join(plan.reasons) or "up to date"
+    if plan.publish:
+        alias = f" and move alias {plan.alias}" if plan.alias else ""
+        what += f"; would publish a version{alias}"
+    lines.append(f"{who}: {what}")
     return lines

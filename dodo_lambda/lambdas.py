@@ -3,6 +3,7 @@ out Pending and InProgress states and update conflicts before it returns."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -24,8 +25,13 @@ WAIT_TIMEOUT = 900.0  # give up waiting for a function after this long
 CONFLICT_BASE_DELAY = 1.0  # ResourceConflictException: base * 2**attempt, capped
 CONFLICT_MAX_DELAY = 20.0
 
-# A freshly created IAM role takes seconds to become assumable by Lambda.
-ROLE_PROPAGATION_ATTEMPTS = 8
+# A freshly created IAM role takes a few seconds to become assumable by Lambda
+# (IAM is eventually consistent). Pauses between CreateFunction attempts, in
+# seconds: 35 s in all, and never past ROLE_WAIT_LIMIT seconds.
+ROLE_RETRY_STEPS = (1, 2, 3, 4, 5, 5, 5, 5, 5)
+ROLE_WAIT_LIMIT = 40.0
+
+log = logging.getLogger("dodo_lambda")
 
 T = TypeVar("T")
 
@@ -295,7 +301,8 @@ def create_function(
     code = _code(who, zip_path, s3)
     with translating(who, c=c):
         arn = role_arn(c, role)
-    for attempt in range(ROLE_PROPAGATION_ATTEMPTS):
+    waited = 0.0  # seconds of pauses at the real pace (DODO_LAMBDA_WAIT_SCALE aside)
+    for attempt in range(len(ROLE_RETRY_STEPS) + 1):
         try:
             answer = c.lam.create_function(
                 FunctionName=name, Role=arn, Runtime=runtime, Handler=handler,
@@ -311,13 +318,20 @@ def create_function(
                     f"{who}: the function was created meanwhile (by another deploy?); run again"
                 ) from exc
             if code_ == "InvalidParameterValueException" and "role" in message.lower():
-                # New roles take a few seconds to become assumable by Lambda.
-                if "cannot be assumed" in message and attempt < ROLE_PROPAGATION_ATTEMPTS - 1:
-                    pause(min(2**attempt, CONFLICT_MAX_DELAY))
+                step = ROLE_RETRY_STEPS[attempt] if attempt < len(ROLE_RETRY_STEPS) else None
+                if "cannot be assumed" in message and step is not None \
+                        and waited + step <= ROLE_WAIT_LIMIT:
+                    log.info("%s: Lambda cannot assume role %s yet (a new role takes a few"
+                             " seconds to reach Lambda); trying again in %.0f s (%.0f s so far)",
+                             who, arn, step, waited)
+                    pause(step)
+                    waited += step
                     continue
+                after = f" after {waited:.0f} s of retries" if attempt else ""
                 raise DodoLambdaError(
-                    f"{who}: Lambda rejected role {arn} ({message}); fix role= (an IAM role"
-                    " that lambda.amazonaws.com may assume)"
+                    f"{who}: Lambda rejected role {arn}{after} ({message}); fix role= (an IAM"
+                    " role whose trust policy lets lambda.amazonaws.com assume it), or run"
+                    " again if the role was created moments ago"
                 ) from exc
             raise aws_error(exc, who, bucket=s3[0] if s3 else None, c=c) from exc
         except BotoCoreError as exc:

@@ -39,8 +39,34 @@ def staged_root(item: Function | Layer, layout: Layout) -> Root:
 
 
 def has_dependencies(item: Function | Layer) -> bool:
-    """A function without package.json has no npm step (the plain index.js case)."""
-    return (Path(item.source) / "package.json").is_file()
+    """Whether package.json declares production dependencies, so that there is an npm
+    step. Without package.json (the plain index.js case), or with one that only sets
+    ``"type": "module"``, there is nothing to install and no lock file is needed.
+    A package.json that cannot be read counts as having them: the npm step says
+    what is wrong with it."""
+    path = Path(item.source) / "package.json"
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    if not isinstance(data, dict):
+        return True
+    return any(data.get(k) for k in ("dependencies", "optionalDependencies",
+                                     "bundleDependencies", "bundledDependencies"))
+
+
+def dependency_names(item: Function | Layer) -> list[str]:
+    """The production dependencies package.json names (none when it cannot be read)."""
+    try:
+        data = json.loads((Path(item.source) / "package.json").read_bytes())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    return [name for key in ("dependencies", "optionalDependencies")
+            if isinstance(data.get(key), dict) for name in data[key]]
 
 
 def lock_file(source: Path) -> Path | None:
@@ -149,7 +175,7 @@ def _read_package_json(item: Function | Layer) -> dict[str, Any]:
     path = Path(item.source) / "package.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DodoLambdaError(f"{label(item)}: {path} is not valid JSON ({exc}); fix the file"
                               " (check it with `npm pkg get name`)") from exc
     if not isinstance(data, dict):
@@ -167,9 +193,15 @@ def _read_lock(item: Function | Layer) -> tuple[Path, dict[str, Any]]:
         )
     try:
         data = json.loads(lock.read_text(encoding="utf-8"))
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DodoLambdaError(f"{label(item)}: {lock} is not valid JSON ({exc}); recreate it"
                               f" with `npm install --package-lock-only` in {src}") from exc
+    shape = [k for k in ("packages", "dependencies") if k in data and
+             not isinstance(data[k], dict)] if isinstance(data, dict) else ["the top level"]
+    if shape:
+        raise DodoLambdaError(
+            f"{label(item)}: {lock} is not an npm lock file ({shape[0]} should be an object);"
+            f" recreate it with `npm install --package-lock-only` in {src}")
     return lock, data
 
 

@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -94,10 +94,13 @@ def walk(root: Root, who: str = "") -> Iterator[Entry]:
     """
     top = os.path.realpath(root.path)
     if os.path.isdir(top):
-        yield from _walk_dir(root, top, top, "", who)
+        yield from _walk_dir(root, top, top, "", who, ())
 
 
-def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str) -> Iterator[Entry]:
+def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str,
+              chain: tuple[str, ...]) -> Iterator[Entry]:
+    """Walk ``start``; ``chain`` holds the real folders whose symlinks led here, so
+    that a link back to any of them is reported as a loop instead of followed."""
     stack: list[tuple[str, str]] = [(start, start_rel)]
     prune, staged, prefix = root.prune, root.staged, root.prefix
     while stack:
@@ -111,8 +114,10 @@ def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str) -> Ite
             relname = rel + name
             if staged and name in _STAGED_JUNK and (rel == "" or rel.endswith("node_modules/")):
                 continue
-            if e.is_symlink():
-                yield from _link(root, top, folder, e.path, relname, who)
+            if not relname.isascii() and not _utf8(relname):
+                yield _not_utf8(root, e.path, relname)
+            elif e.is_symlink():
+                yield from _link(root, top, folder, e.path, relname, who, chain)
             elif e.is_dir(follow_symlinks=False):
                 if relname not in prune:
                     stack.append((e.path, relname + "/"))
@@ -122,8 +127,25 @@ def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str) -> Ite
                             _mode(st.st_mode))
 
 
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.scandir gave undecodable bytes as surrogates
+        return False
+    return True
+
+
+def _not_utf8(root: Root, path: str, relname: str) -> Entry:
+    shown = os.fsencode(os.path.join(str(root.path), relname))
+    # the zip path shown to patterns: the bad bytes as U+FFFD ('?' in a pattern matches)
+    readable = relname.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return Entry(root.prefix + readable, path, 0, 0, 0o644, problem=(
+        f"file name {shown!r} is not valid UTF-8, which zip paths in Lambda must be;"
+        " rename it, or add a pattern for it to .lambdaignore"))
+
+
 def _link(root: Root, top: str, folder: str, path: str, relname: str,
-          who: str) -> Iterator[Entry]:
+          who: str, chain: tuple[str, ...]) -> Iterator[Entry]:
     arcname = root.prefix + relname
     target = os.path.realpath(path)
     shown = os.path.join(str(root.path), relname)
@@ -141,11 +163,12 @@ def _link(root: Root, top: str, folder: str, path: str, relname: str,
         yield bad(f"points outside {root.path} (to {target}); replace it with a copy or"
                   " add it to .lambdaignore")
     elif stat.S_ISDIR(st.st_mode):
-        if _inside(os.path.realpath(folder), target):
+        here = os.path.realpath(folder)
+        if any(_inside(f, target) for f in (here, *chain)):
             yield bad(f"makes a loop (points to {target}); remove it or add it to"
                       " .lambdaignore")
         else:
-            yield from _walk_dir(root, top, target, relname + "/", who)
+            yield from _walk_dir(root, top, target, relname + "/", who, (*chain, here))
     elif stat.S_ISREG(st.st_mode):
         yield Entry(arcname, target, st.st_size, st.st_mtime_ns, _mode(st.st_mode))
 
@@ -158,18 +181,23 @@ class Patterns:
     includes: tuple[str, ...]  # include=: wins over every exclude
     defaults: tuple[str, ...] = DEFAULT_EXCLUDES  # the item's own files only, any case
     staged: tuple[str, ...] = ()  # zip path prefixes of npm's tree (no defaults there)
+    # where each line of excludes, then includes, comes from: for error messages
+    origins: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
-    def matcher(self) -> Matcher:
-        return Matcher(self)
+    def matcher(self, who: str = "") -> Matcher:
+        return Matcher(self, who)
 
 
 class Matcher:
     """Decides per zip path: include= wins over every exclude; the default
     excludes apply outside npm's staged tree only."""
 
-    def __init__(self, patterns: Patterns) -> None:
-        self.ignore = _compile(patterns.excludes)
-        self.keep = _compile(patterns.includes) if patterns.includes else None
+    def __init__(self, patterns: Patterns, who: str = "") -> None:
+        try:
+            self.ignore = _compile(patterns.excludes)
+            self.keep = _compile(patterns.includes) if patterns.includes else None
+        except (ValueError, re.error) as exc:
+            raise DodoLambdaError(_bad_pattern(patterns, who)) from exc
         self.default = _compile(patterns.defaults, ignore_case=True)
         self.staged = patterns.staged
 
@@ -217,21 +245,61 @@ def default_pattern(arcname: str) -> str | None:
                  if _compile([line], ignore_case=True)(arcname)), None)
 
 
-def read_ignore_file(source: Path) -> tuple[str, ...]:
-    """The lines of ``<source>/.lambdaignore`` (none when there is no such file)."""
+def _bad_pattern(patterns: Patterns, who: str) -> str:
+    """Which line does not compile, where it comes from, and what to do."""
+    import pathspec
+
+    lines = (*patterns.excludes, *patterns.includes)
+    for i, line in enumerate(lines):
+        try:
+            pathspec.GitIgnoreSpec.from_lines([line])
+        except (ValueError, re.error) as exc:
+            origin = patterns.origins[i] if i < len(patterns.origins) else "a pattern"
+            return (f"{who}: {origin}: {line!r} is not a valid gitignore pattern ({exc});"
+                    " fix or remove it (escape a literal '!' or '[' with '\\')")
+    return f"{who}: the file patterns do not compile; check .lambdaignore, exclude= and include="
+
+
+def read_ignore_file(source: Path, who: str = "") -> tuple[str, ...]:
+    """The lines of ``<source>/.lambdaignore`` (none when there is no such file).
+
+    A FIFO, a folder or a device there is refused before it is read (reading a
+    FIFO would wait forever); so is text that is not UTF-8."""
+    path = source / IGNORE_FILE
+    pre = f"{who}: " if who else ""
     try:
-        text = (source / IGNORE_FILE).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return ()
+    except OSError as exc:
+        raise DodoLambdaError(f"{pre}cannot read {path} ({exc.strerror}); fix or remove it"
+                              ) from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DodoLambdaError(f"{pre}{path} is not a regular file; make it a text file of"
+                                  " patterns or remove it")
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise DodoLambdaError(f"{pre}{path} line {line} is not valid UTF-8; save the file as"
+                              " UTF-8") from exc
     return tuple(line.rstrip("\r") for line in text.split("\n"))
 
 
 def patterns_for(source: Path, exclude: Iterable[str], include: Iterable[str],
-                 extra_excludes: Iterable[str] = (), staged: Iterable[str] = ()) -> Patterns:
+                 extra_excludes: Iterable[str] = (), staged: Iterable[str] = (),
+                 who: str = "") -> Patterns:
     """.lambdaignore, then exclude=; include= re-includes; the default excludes
     apply to every path not under a ``staged`` prefix (npm's tree)."""
-    lines = (*extra_excludes, *read_ignore_file(source), *exclude)
-    return Patterns(tuple(lines), tuple(include), DEFAULT_EXCLUDES, tuple(staged))
+    extra, ignore = tuple(extra_excludes), read_ignore_file(source, who)
+    exclude, include = tuple(exclude), tuple(include)
+    lines = (*extra, *ignore, *exclude)
+    origins = (*["dodo_lambda's own excludes"] * len(extra),
+               *[f"{source / IGNORE_FILE} line {i}" for i in range(1, len(ignore) + 1)],
+               *["exclude="] * len(exclude), *["include="] * len(include))
+    return Patterns(lines, include, DEFAULT_EXCLUDES, tuple(staged), origins)
 
 
 def walk_roots(roots: Iterable[Root], who: str, walks: dict[Root, list[Entry]] | None = None,
@@ -273,7 +341,7 @@ def choose(entries: Iterable[Entry], patterns: Patterns, who: str,
     ``roots`` (those the entries were walked from) let a symlink among the item's
     own files be judged by its target too: ``config.txt -> .env`` stays out.
     """
-    matcher = patterns.matcher()
+    matcher = patterns.matcher(who)
     keep, ignore, by_default = matcher.keep, matcher.ignore, matcher.by_default
     own_roots = [(r.prefix, os.path.realpath(r.path)) for r in roots if not r.staged]
     chosen: dict[str, Entry] = {}
@@ -332,3 +400,18 @@ def _folders(dropped: list[str], by_default: Callable[[str], bool]) -> list[str]
                 break
         out.add(shown)
     return sorted(out)
+
+
+def folder_clash(entries: list[Entry], prefixes: Iterable[str]) -> str | None:
+    """A file whose zip path is also a folder that other entries go into (a file
+    named ``node_modules`` beside the staged dependencies): such a zip cannot be
+    extracted. ``prefixes`` are the roots' zip prefixes."""
+    folders: set[str] = set()
+    for prefix in prefixes:
+        parts = prefix.strip("/").split("/")
+        folders.update("/".join(parts[:i]) for i in range(1, len(parts) + 1) if parts[0])
+    for e in entries:
+        if e.arcname in folders and any(x.arcname.startswith(e.arcname + "/") for x in entries):
+            return (f"{e.path} is a file, but {e.arcname}/ is a folder in the package (it holds"
+                    f" the installed dependencies); rename or exclude the file {e.arcname}")
+    return None

@@ -7,6 +7,7 @@ doit's ``TaskFailed`` (one line, no traceback).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -18,7 +19,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, bundle, deploy, npm
+from . import build, bundle, deploy, npm, rules
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -115,11 +116,16 @@ def _layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> None:
     say(f"{label(layer)}: {verb} {result.arn}")
 
 
-def _plan(items: list[Item], ctx: RunContext) -> None:
+def _plan(items: list[Item], ctx: RunContext, problems: tuple[str, ...] = ()) -> None:
     for line in build.left_out_lines(items, ctx):
         print(line)
-    for line in deploy.plan_lines(items, ctx):
+    report = deploy.plan_report(items, ctx)
+    for line in [*(f"{p} (deploy would refuse)" for p in problems), *report.lines]:
         print(line)
+    refused = [*problems, *report.refused]
+    if refused:
+        raise DodoLambdaError(f"plan: deploy would refuse {len(refused)} item(s): "
+                              + " | ".join(refused))
 
 
 _STEPS: dict[str, Callable[..., Any]] = {
@@ -207,7 +213,7 @@ def _bundled(item: Any) -> bool:
 def _package_task(item: Item, ctx: RunContext) -> TaskDict:
     layout = ctx.layout(item)
     file_dep = []
-    if isinstance(item, Layer) or npm.has_dependencies(item):
+    if npm.has_dependencies(item):
         file_dep.append(str(layout.install_record))
     return {
         "basename": "package",
@@ -275,10 +281,54 @@ def _steps(item: Any) -> tuple[str, ...]:
     return ("package", "layer" if isinstance(item, Layer) else "deploy")
 
 
-def _problem(item: Any, items: tuple[Any, ...], valid: list[Item]) -> str | None:
+def _users(layer: Layer, items: tuple[Any, ...]) -> tuple[Function, ...]:
+    return tuple(f for f in items if isinstance(f, Function) and layer in f.layers)
+
+
+def _fit(layer: Layer, items: tuple[Any, ...]) -> rules.LayerFit:
+    # a user with an invalid architecture reports that itself
+    users = [(f.name, f.runtime, f.architecture) for f in _users(layer, items)
+             if rules.architecture_problem(f.architecture) is None]
+    return rules.layer_fit(layer.name, layer.runtimes, layer.architectures, users)
+
+
+def _built_for_users(layer: Layer, items: tuple[Any, ...]) -> Layer:
+    """The layer as it is built: without architectures= it takes its users' one."""
+    if layer.architectures:
+        return layer
+    built = dataclasses.replace(layer)
+    object.__setattr__(built, "_users_architecture", _fit(layer, items).architecture)
+    return built
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _problem(item: Any, items: tuple[Any, ...], valid: list[Item],
+             build_dir: str = ".dodo_lambda") -> str | None:
     """Why the item cannot be built, as one line (or None)."""
     if not isinstance(item, (Function, Layer)):
         return f"lambda_tasks() takes Function and Layer objects, not {item!r}"
+    own = item.problem
+    if own:
+        return own
+    if _same_folder(build_dir, item.source):
+        return (f"{label(item)}: build_dir={build_dir!r} is its source folder, so the zip"
+                " would pack its own build output; use a folder inside it (the default"
+                " '.dodo_lambda') or outside it")
+    if isinstance(item, Layer):
+        fit = _fit(item, items)
+        if fit.problem:
+            return fit.problem
+    else:
+        for layer in item.layers:
+            if isinstance(layer, Layer) and not layer.problem:
+                fit = _fit(layer, items)
+                if fit.problem:
+                    return f"{label(item)}: {fit.problem}"
+                if item.name in fit.misfits:
+                    return f"{label(item)} {fit.misfits[item.name]}"
     twin = next((v for v in valid if v.name == item.name), None)
     if twin is not None and twin.kind == item.kind:
         return f"{label(item)} is defined twice with different settings; rename one"
@@ -290,13 +340,15 @@ def _problem(item: Any, items: tuple[Any, ...], valid: list[Item]) -> str | None
         if missing:
             return (f"{label(item)} uses layer '{missing[0]}', which is not passed to"
                     " lambda_tasks; pass the Layer too")
-    return item.problem
+    return None
 
 
 def _failing(basename: str, item: Any, message: str) -> TaskDict:
+    name = getattr(item, "name", None)
     return {
         "basename": basename,
-        "name": getattr(item, "name", "invalid"),
+        # a name that is not a string (None) would make doit take this for a group
+        "name": name if isinstance(name, str) and name else "invalid",
         "doc": f"cannot be built: {message}",
         "actions": [(fail, [message])],
         "uptodate": [False],
@@ -325,26 +377,29 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
                      list_functions=sum(isinstance(i, Function) for i in items) > 2)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
+    problems: list[str] = []
     for item in items:
         if any(item is v or item == v for v in valid):
             continue  # the same item passed twice
-        problem = _problem(item, items, valid)
+        problem = _problem(item, items, valid, build_dir)
         if problem:
+            problems.append(problem)
             for step in _steps(item):
                 failing = _failing(step, item, problem)
                 while any((t["basename"], t["name"]) == (step, failing["name"]) for t in tasks):
                     failing["name"] += "-again"  # a name clash must not become doit's error
                 tasks.append(failing)
             continue
+        if isinstance(item, Layer):
+            item = _built_for_users(item, items)
         valid.append(item)
-        if isinstance(item, Layer) or npm.has_dependencies(item):
+        if npm.has_dependencies(item):
             tasks.append(_npm_task(item, ctx))
         if isinstance(item, Function) and item.bundle_options is not None:
             tasks.append(_bundle_task(item, ctx))
         tasks.append(_package_task(item, ctx))
         if isinstance(item, Layer):
-            users = tuple(f for f in items if isinstance(f, Function) and item in f.layers)
-            tasks.append(_layer_task(item, ctx, users))
+            tasks.append(_layer_task(item, ctx, _users(item, items)))
         else:
             if item.bucket:
                 tasks.append(_upload_task(item, ctx))
@@ -357,7 +412,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     yield {
         "basename": "plan",
         "doc": "show what deploy would change for each function and layer, and why (read-only)",
-        "actions": [(run_step, ["plan", (valid, ctx)])],
+        "actions": [(run_step, ["plan", (valid, ctx, tuple(problems))])],
         "task_dep": [f"package:{i.name}" for i in valid],
         "uptodate": [False],
         "verbosity": 2,

@@ -386,7 +386,7 @@ def create_function(env: AwsEnv, zip_path: Path, name: str = "orders",
                     architecture: str = "x86_64", **settings: Any) -> dict:
     """Set-up: a function made with plain boto3 (not the code under test)."""
     config = env.boto("lambda").create_function(
-        FunctionName=name, Role=env.role_arn(), Runtime="nodejs20.x", Handler="index.handler",
+        FunctionName=name, Role=env.role_arn(), Runtime="nodejs24.x", Handler="index.handler",
         Architectures=[architecture], PackageType="Zip", Code={"ZipFile": zip_path.read_bytes()},
         **settings,
     )

@@ -137,7 +137,7 @@ class Run:
 
 
 FUNCTION = {"name": "demo", "source": "fn", "handler": "index.handler"}
-LAYER = {"name": "shared", "source": "layers/shared", "runtimes": ["nodejs20.x"]}
+LAYER = {"name": "shared", "source": "layers/shared", "runtimes": ["nodejs24.x"]}
 
 
 @pytest.fixture(scope="session")

@@ -274,9 +274,9 @@ def test_source_maps_env_only_when_asked(tmp_path: Path, monkeypatch) -> None:
     assert "Environment" not in plain.settings()
     asked = Function("f", source=".", handler="index.handler",
                      bundle={"sourcemap": True, "enable_source_maps": True},
-                     environment={"NODE_OPTIONS": "--max-old-space-size=512", "A": "1"})
+                     environment={"NODE_OPTIONS": "--max-old-space-size=512", "STAGE": "1"})
     assert asked.settings()["Environment"] == {"Variables": {
-        "A": "1", "NODE_OPTIONS": "--max-old-space-size=512 --enable-source-maps"}}
+        "STAGE": "1", "NODE_OPTIONS": "--max-old-space-size=512 --enable-source-maps"}}
 
 
 def test_externals_closure_and_native_dependents() -> None:

@@ -74,9 +74,9 @@ def test_edited_source_is_deployed(project: Project, aws_env, fn: dict) -> None:
 
 
 def test_edited_memory_updates_only_settings(project: Project, aws_env, fn: dict) -> None:
-    project.configure([{**fn, "memory": 128, "environment": {"A": "1"}}])
+    project.configure([{**fn, "memory": 128, "environment": {"STAGE": "1"}}])
     assert project.doit("deploy").rc == 0
-    project.configure([{**fn, "memory": 256, "environment": {"A": "1"}}])
+    project.configure([{**fn, "memory": 256, "environment": {"STAGE": "1"}}])
     mark = aws_env.mark()
     run = project.doit("deploy")
     assert run.rc == 0, run.text
@@ -85,7 +85,7 @@ def test_edited_memory_updates_only_settings(project: Project, aws_env, fn: dict
     assert aws_env.count("PUT", CODE.format("demo"), mark) == 0
     assert aws_env.count("PUT", CONFIG.format("demo"), mark) == 1
     config = _deployed(aws_env)
-    assert config["MemorySize"] == 256 and config["Environment"]["Variables"] == {"A": "1"}
+    assert config["MemorySize"] == 256 and config["Environment"]["Variables"] == {"STAGE": "1"}
 
 
 def test_s3_path_content_addressed_and_skipped(project: Project, aws_env, fn: dict) -> None:

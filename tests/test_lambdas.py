@@ -32,7 +32,7 @@ def test_create_function_and_get(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     c = aws.connect()
     assert lambdas.get_function(c, "orders") is None
     config = lambdas.create_function(
-        c, "orders", who=WHO, role=aws_env.role_arn(), runtime="nodejs20.x",
+        c, "orders", who=WHO, role=aws_env.role_arn(), runtime="nodejs24.x",
         handler="index.handler", architecture="arm64", zip_path=zip_path,
         settings={"MemorySize": 256, "Timeout": 10})
     assert config["State"] == "Active"
@@ -48,7 +48,7 @@ def test_create_function_and_get(aws_env: AwsEnv, make_zip: MakeZip) -> None:
 def test_create_function_with_a_role_name(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     aws_env.role_arn("runner")
     config = lambdas.create_function(
-        aws.connect(), "orders", who=WHO, role="runner", runtime="nodejs20.x",
+        aws.connect(), "orders", who=WHO, role="runner", runtime="nodejs24.x",
         handler="index.handler", architecture="x86_64", zip_path=make_zip("orders"),
     )
     assert config["Role"] == f"arn:aws:iam::{aws_env.account}:role/runner"
@@ -57,7 +57,7 @@ def test_create_function_with_a_role_name(aws_env: AwsEnv, make_zip: MakeZip) ->
 def test_create_function_without_role(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     mark = aws_env.mark()
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: the function does not exist; give role="):
-        lambdas.create_function(aws.connect(), "orders", who=WHO, role="", runtime="nodejs20.x",
+        lambdas.create_function(aws.connect(), "orders", who=WHO, role="", runtime="nodejs24.x",
                             handler="index.handler", architecture="x86_64",
                             zip_path=make_zip("orders"))
     assert aws_env.requests(mark) == []
@@ -67,7 +67,7 @@ def test_create_function_with_unknown_role(aws_env: AwsEnv, make_zip: MakeZip) -
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: .*role.* fix role="):
         lambdas.create_function(
             aws.connect(), "orders", who=WHO,
-            role=f"arn:aws:iam::{aws_env.account}:role/missing", runtime="nodejs20.x",
+            role=f"arn:aws:iam::{aws_env.account}:role/missing", runtime="nodejs24.x",
             handler="index.handler", architecture="x86_64", zip_path=make_zip("orders"),
         )
 
@@ -238,7 +238,7 @@ def test_failed_update_reports_the_reason(aws_env: AwsEnv, make_zip: MakeZip) ->
 
 def _create(c: object, aws_env: AwsEnv, zip_path: object) -> dict:
     return lambdas.create_function(
-        c, "orders", who=WHO, role=aws_env.role_arn(), runtime="nodejs20.x",  # type: ignore
+        c, "orders", who=WHO, role=aws_env.role_arn(), runtime="nodejs24.x",  # type: ignore
         handler="index.handler", architecture="x86_64", zip_path=zip_path)  # type: ignore
 
 
@@ -335,7 +335,7 @@ def test_publish_layer_and_latest(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     assert lambdas.latest_layer_version(c, "shared") is None
     one = make_zip("one", {"nodejs/node_modules/a/index.js": "module.exports = 1;\n"})
     two = make_zip("two", {"nodejs/node_modules/a/index.js": "module.exports = 2;\n"})
-    first = lambdas.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs20.x"],
+    first = lambdas.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs24.x"],
                               architectures=["x86_64"], description="shared libs")
     assert first["Version"] == 1
     bucket = aws_env.bucket("artifacts")

@@ -247,7 +247,7 @@ def test_native_addon_for_the_wrong_cpu_is_reported(project: Project) -> None:
 def test_noop_package_does_not_import_boto(project: Project) -> None:
     import sys
 
-    project.configure([{**FUNCTION, "bucket": "b", "role": "arn:aws:iam::123456789012:role/r"}])
+    project.configure([{**FUNCTION, "bucket": "my-artifacts", "role": "arn:aws:iam::123456789012:role/r"}])
     assert project.doit("package").rc == 0
     script = ("import sys\nfrom doit.doit_cmd import DoitMain\n"
               "rc = DoitMain().run(['package'])\n"
