@@ -39,6 +39,8 @@ from pathlib import Path
 import lambda_project as lp
 from bench_package import DOIT, ENV, executed_tasks, require_library, require_tools, run_timed
 
+from dodo_lambda.layout import BuildDir, Layout
+
 EXAMPLE = lp.BENCH_DIR.parent / "examples" / "quickstart"
 QUICK_NAME = "dodo-lambda-hello"
 NODE_E = ("const h = require(process.cwd() + '/index.js').handler;"
@@ -91,7 +93,7 @@ def prepare_quickstart(workdir: Path) -> Path:
 
 
 def task_root(quick: Path) -> Path:
-    roots = sorted((quick / ".dodo_lambda" / "invoke" / "task").iterdir(),
+    roots = sorted(BuildDir(quick / ".dodo_lambda").invoke_task.iterdir(),
                    key=lambda p: p.stat().st_mtime)
     return roots[-1]
 
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
 
     times: dict[str, list[float]] = {"b": [], "w": [], "w_own": [], "i": [], "n": []}
     edited = ws.fn_dir / lp.EDITED_MODULE
-    dist_zip = ws.project / ".dodo_lambda" / "dist" / f"{lp.FUNCTION_NAME}.zip"
+    dist_zip = Layout(ws.project / ".dodo_lambda", "function", lp.FUNCTION_NAME).zip
     watch = Watch(ws.project)
     try:
         watch.wait_for(r"^watch: watching ")

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import lambda_project as lp
 
+from dodo_lambda.layout import Layout
+
 REPO_ROOT = lp.BENCH_DIR.parent
 DOIT = [sys.executable, "-m", "doit", "-f", "dodo.py"]
 CASES = {
@@ -129,8 +131,12 @@ class Bench:
         return self.ws.project / ".dodo_lambda"
 
     @property
+    def layout(self) -> Layout:
+        return Layout(self.dodo_dir, "function", lp.FUNCTION_NAME)
+
+    @property
     def dist_zip(self) -> Path:
-        return self.dodo_dir / "dist" / f"{lp.FUNCTION_NAME}.zip"
+        return self.layout.zip
 
     @property
     def new_zip(self) -> Path:
@@ -174,8 +180,8 @@ class Bench:
         return marker
 
     def case_a(self) -> Timed:
-        for sub in ("dist", "cache"):
-            shutil.rmtree(self.dodo_dir / sub, ignore_errors=True)
+        for folder in (self.layout.zip.parent, self.layout.entries.parent):
+            shutil.rmtree(folder, ignore_errors=True)
         timed = run_timed([*DOIT, "package"], self.ws.project)
         self.rss_kib.append(timed.maxrss_kib)
         if not self.dist_zip.is_file():

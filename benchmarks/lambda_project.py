@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dodo_lambda.layout import Layout
+
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_WORKDIR = BENCH_DIR / ".work"
 
@@ -102,7 +104,7 @@ class Workspace:
 
     @property
     def library_staging(self) -> Path:
-        return self.project / ".dodo_lambda" / "npm" / "functions" / FUNCTION_NAME
+        return Layout(self.project / ".dodo_lambda", "function", FUNCTION_NAME).staging
 
     @property
     def ref_tree(self) -> Path:

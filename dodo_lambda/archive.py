@@ -19,14 +19,17 @@ import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import deflate
+
+from .entrycache import CachedEntry
 from .errors import DodoLambdaError
-from .select import Entry
+from .selection import Entry
 
 UNZIPPED_LIMIT = 262_144_000  # Lambda: function code plus layers, unzipped
 MAX_ENTRIES = 0xFFFF  # without ZIP64
@@ -42,33 +45,18 @@ _END = struct.Struct("<IHHHHIIH")
 _UTF8_FLAG = 0x800
 
 
-def _libdeflate() -> tuple[str, Callable[[bytes], bytes]] | None:
-    try:
-        import deflate
-    except ImportError:
-        return None
-    level = 6
-    # the wheel's version names the bundled libdeflate, whose output may change
-    version = getattr(deflate, "__version__", "?")
-    return f"libdeflate-{level} (deflate {version})", \
-        lambda data: deflate.deflate_compress(data, level)
-
-
-def _zlib(level: int = 6) -> tuple[str, Callable[[bytes], bytes]]:
-    def compress(data: bytes) -> bytes:
-        c = zlib.compressobj(level, zlib.DEFLATED, -15)
-        return c.compress(data) + c.flush()
-
-    return f"zlib-{level}", compress
-
-
-_SMALL_ID, _compress = _libdeflate() or _zlib()
+# libdeflate, bundled in the ``deflate`` wheel: twice zlib's speed at the same
+# size, and the same bytes on every machine whatever its zlib (see README, Speed).
+_LEVEL = 6
+# The wheel's version names the bundled libdeflate, whose output may change.
 # Files over STREAM_THRESHOLD go through zlib's streaming API (libdeflate has none).
-COMPRESSOR_ID = f"{_SMALL_ID}; zlib {zlib.ZLIB_RUNTIME_VERSION} over {STREAM_THRESHOLD >> 20} MiB"
-try:
-    from deflate import crc32 as _crc32  # libdeflate's: about twice as fast
-except ImportError:
-    _crc32 = zlib.crc32
+COMPRESSOR_ID = (f"libdeflate-{_LEVEL} (deflate {deflate.__version__}); zlib"
+                 f" {zlib.ZLIB_RUNTIME_VERSION} over {STREAM_THRESHOLD >> 20} MiB")
+_crc32 = deflate.crc32  # libdeflate's: about twice as fast as zlib's
+
+
+def _compress(data: bytes) -> bytes | bytearray:
+    return deflate.deflate_compress(data, _LEVEL)
 
 
 def dos_timestamp(epoch: str | None = None) -> tuple[int, int]:
@@ -78,10 +66,10 @@ def dos_timestamp(epoch: str | None = None) -> tuple[int, int]:
         return 0, (0 << 9) | (1 << 5) | 1
     try:
         t = time.gmtime(max(int(epoch), 315532800))
-    except (ValueError, OverflowError):
+    except (ValueError, OverflowError) as exc:
         raise DodoLambdaError(
             f"SOURCE_DATE_EPOCH={epoch!r} is not a number of seconds; unset it or fix it"
-        ) from None
+        ) from exc
     year = min(t.tm_year, 2107)
     return ((t.tm_hour << 11) | (t.tm_min << 5) | (t.tm_sec // 2),
             ((year - 1980) << 9) | (t.tm_mon << 5) | t.tm_mday)
@@ -98,7 +86,7 @@ class Packed:
     method: int
     csize: int
     size: int
-    data: bytes | None = None
+    data: bytes | bytearray | None = None
     old_offset: int | None = None
     stream: bool = False
 
@@ -123,38 +111,39 @@ def _read(path: str, size: int) -> bytes:
     return data
 
 
-def _pack(entry: Entry, cached: list[Any] | None) -> Packed:
+def _pack(entry: Entry, cached: CachedEntry | None) -> Packed:
     """Work for a thread: decide reuse, else read, hash and compress one file."""
-    if cached is not None and cached[0] == entry.size and cached[1] == entry.mtime_ns:
-        return Packed(entry, cached[3], cached[4], cached[5], cached[6], entry.size,
-                      old_offset=cached[7])
+    if cached is not None and cached.size == entry.size and cached.mtime_ns == entry.mtime_ns:
+        return Packed(entry, cached.sha256, cached.crc, cached.method, cached.csize, entry.size,
+                      old_offset=cached.offset)
     if entry.size > STREAM_THRESHOLD:
         return Packed(entry, "", 0, 8, 0, entry.size, stream=True)
     data = _read(entry.path, entry.size)
     sha = hashlib.sha256(data).hexdigest()
     crc = _crc32(data)
-    if cached is not None and cached[3] == sha and cached[0] == len(data):
-        return Packed(entry, sha, crc, cached[5], cached[6], len(data), old_offset=cached[7])
+    if cached is not None and cached.sha256 == sha and cached.size == len(data):
+        return Packed(entry, sha, crc, cached.method, cached.csize, len(data),
+                      old_offset=cached.offset)
     comp = _compress(data) if data else b""
     if len(comp) >= len(data):
         return Packed(entry, sha, crc, 0, len(data), len(data), data=data)
     return Packed(entry, sha, crc, 8, len(comp), len(data), data=comp)
 
 
-def _pack_batch(batch: Sequence[tuple[Entry, list[Any] | None]]) -> list[Packed]:
+def _pack_batch(batch: Sequence[tuple[Entry, CachedEntry | None]]) -> list[Packed]:
     return [_pack(entry, cached) for entry, cached in batch]
 
 
-def _batches(entries: Sequence[Entry], cache: dict[str, list[Any]]
-             ) -> Iterator[list[tuple[Entry, list[Any] | None]]]:
-    batch: list[tuple[Entry, list[Any] | None]] = []
+def _batches(entries: Sequence[Entry], cache: Mapping[str, CachedEntry]
+             ) -> Iterator[list[tuple[Entry, CachedEntry | None]]]:
+    batch: list[tuple[Entry, CachedEntry | None]] = []
     size = 0
     for e in entries:
         cached = cache.get(e.arcname)
-        if cached is not None and cached[2] != e.mode:
+        if cached is not None and cached.mode != e.mode:
             cached = None
         batch.append((e, cached))
-        if cached is None or cached[1] != e.mtime_ns:
+        if cached is None or cached.mtime_ns != e.mtime_ns:
             size += e.size
         if size >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
             yield batch
@@ -163,7 +152,7 @@ def _batches(entries: Sequence[Entry], cache: dict[str, list[Any]]
         yield batch
 
 
-def _ordered(entries: Sequence[Entry], cache: dict[str, list[Any]]) -> Iterator[Packed]:
+def _ordered(entries: Sequence[Entry], cache: Mapping[str, CachedEntry]) -> Iterator[Packed]:
     """Packed entries in order, computed ahead by a bounded pool of threads."""
     workers = max(1, min(8, os.cpu_count() or 1))
     window: deque[Future[list[Packed]]] = deque()
@@ -183,7 +172,7 @@ class _Writer:
         self.out, self.old = out, old
         self.time, self.date = dostime
         self.central: list[bytes] = []
-        self.records: dict[str, list[Any]] = {}
+        self.records: dict[str, CachedEntry] = {}
         self.unzipped = 0  # bytes as packed (a file may change after the walk)
         self.pending: tuple[int, int] | None = None  # a run of old bytes to copy
         self.pos = 0  # where the next entry starts (tell() is slow, and pending is unwritten)
@@ -191,7 +180,7 @@ class _Writer:
         # the zip's SHA-256, hashed as it is written (None once a header was patched)
         self.sha: Any = hashlib.sha256()
 
-    def _emit(self, *parts: bytes) -> None:
+    def _emit(self, *parts: bytes | bytearray) -> None:
         for part in parts:
             self.buf += part
         if len(self.buf) >= _READ:
@@ -241,8 +230,8 @@ class _Writer:
         self.central.append(_CENTRAL.pack(
             0x02014B50, (3 << 8) | 20, 20, flags, p.method, self.time, self.date, p.crc,
             p.csize, p.size, len(name), 0, 0, 0, 0, (0o100000 | e.mode) << 16, offset) + name)
-        self.records[e.arcname] = [e.size, e.mtime_ns, e.mode, p.sha256, p.crc, p.method,
-                                   p.csize, offset]
+        self.records[e.arcname] = CachedEntry(e.size, e.mtime_ns, e.mode, p.sha256, p.crc,
+                                              p.method, p.csize, offset)
         self.unzipped += p.size
 
     def _local(self, p: Packed, name: bytes, flags: int) -> bytes:
@@ -309,7 +298,7 @@ class ZipResult:
     unzipped_size: int
     files: int
     content_digest: str
-    records: dict[str, list[Any]]
+    records: dict[str, CachedEntry]
 
 
 def group_of(arcname: str) -> str:
@@ -346,12 +335,12 @@ def check_size(entries: Sequence[Entry], who: str, limit: int = UNZIPPED_LIMIT) 
 
 
 def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
-              previous: dict[str, list[Any]] | None = None,
+              previous: Mapping[str, CachedEntry] | None = None,
               dostime: tuple[int, int] | None = None) -> ZipResult:
     """Write ``entries`` (sorted) to ``dest`` through a temporary file.
 
     ``previous`` maps zip paths to the records of the zip currently at
-    ``dest`` (see ``ZipResult.records``); their bytes are copied, not
+    ``dest`` (``ZipResult.records``); their bytes are copied, not
     recompressed, when size and mtime (or content) still match.
     """
     if len(entries) > MAX_ENTRIES:
@@ -391,6 +380,6 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
         zip_size=dest.stat().st_size,
         unzipped_size=writer.unzipped,
         files=len(records),
-        content_digest=content_digest((name, r[2], r[3]) for name, r in records.items()),
+        content_digest=content_digest((name, r.mode, r.sha256) for name, r in records.items()),
         records=records,
     )

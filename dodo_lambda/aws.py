@@ -98,16 +98,6 @@ class Clients:
             return str(self.sts.get_caller_identity()["Account"])
 
 
-_memo: dict[tuple, Clients] = {}
-_memo_lock = threading.Lock()
-
-
-def _env_key() -> tuple[tuple[str, str], ...]:
-    # The standard chain reads AWS_* variables; a change of them (tests, a
-    # dodo.py setting AWS_PROFILE) must not reuse clients made for other values.
-    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
-
-
 def _env_endpoint() -> str | None:
     # botocore honours these itself; we only need to know that one is set.
     env = os.environ
@@ -136,41 +126,27 @@ def _prefix(who: str | None) -> str:
     return f"{who}: " if who else ""
 
 
-def clients(target: AwsTarget | None = None, *, who: str | None = None) -> Clients:
-    """The S3 and Lambda clients for ``target``, made once per process and environment."""
-    target = target or AwsTarget()
-    key = (target, _env_key())
-    with _memo_lock:
-        found = _memo.get(key)
-        if found is None:
-            found = _make_clients(target, who)
-            _memo[key] = found
-    return found
+def data_loader() -> Any:
+    """botocore's service-model loader, to share between sessions of a run
+    (parsing the models again costs ~0.1 s per session)."""
+    from botocore.loaders import create_loader
+
+    return create_loader()
 
 
-def reset_clients() -> None:
-    """Forget every memoised client and cache (tests; a long-lived process after env changes)."""
-    with _memo_lock:
-        _memo.clear()
-
-
-_loader: Any = None  # botocore's data loader, shared: parsing service models costs ~0.1 s
-
-
-def _session(profile: str | None) -> Any:
+def _session(profile: str | None, loader: Any) -> Any:
     # Plain botocore (boto3's Session only wraps it, and resources are not needed).
     import botocore.session
 
-    global _loader
     session = botocore.session.Session(profile=profile)
-    if _loader is None:
-        _loader = session.get_component("data_loader")
-    else:
-        session.register_component("data_loader", _loader)
+    if loader is not None:
+        session.register_component("data_loader", loader)
     return session
 
 
-def _make_clients(target: AwsTarget, who: str | None) -> Clients:
+def connect(target: AwsTarget | None = None, *, who: str | None = None,
+            loader: Any = None) -> Clients:
+    """New S3 and Lambda clients for ``target`` (the run keeps them: RunContext.clients)."""
     from botocore.exceptions import (
         BotoCoreError,
         InvalidRegionError,
@@ -178,9 +154,13 @@ def _make_clients(target: AwsTarget, who: str | None) -> Clients:
         ProfileNotFound,
     )
 
+    target = target or AwsTarget()
     pre = _prefix(who)
+    bad = _endpoint_problem(target)
+    if bad:
+        raise DodoLambdaError(pre + bad)
     try:
-        session = _session(target.profile)
+        session = _session(target.profile, loader)
         # botocore reads AWS_DEFAULT_REGION only; the AWS CLI v2 and the other SDKs
         # prefer AWS_REGION, and users expect it to work here too.
         region = (
@@ -202,19 +182,22 @@ def _make_clients(target: AwsTarget, who: str | None) -> Clients:
         raise DodoLambdaError(
             f"{pre}AWS profile {profile!r} not found ({exc}); fix AWS_PROFILE or profile= in"
             f" lambda_tasks, or run `aws configure --profile {profile or 'NAME'}`"
-        ) from None
-    except NoRegionError:
+        ) from exc
+    except NoRegionError as exc:
         raise DodoLambdaError(
             f"{pre}no AWS region configured; set AWS_REGION (e.g. AWS_REGION=us-east-1),"
             " region= in lambda_tasks, or a region in your AWS profile"
-        ) from None
+        ) from exc
     except InvalidRegionError as exc:
         raise DodoLambdaError(
             f"{pre}AWS region {exc.kwargs.get('region_name')!r} is not a valid"
             " region name; fix AWS_REGION or region= in lambda_tasks (e.g. 'us-east-1')"
-        ) from None
+        ) from exc
     except BotoCoreError as exc:
-        raise DodoLambdaError(f"{pre}cannot set up AWS clients: {exc}") from None
+        raise DodoLambdaError(f"{pre}cannot set up AWS clients: {exc}") from exc
+    except ValueError as exc:  # botocore's "Invalid endpoint" and the like
+        raise DodoLambdaError(f"{pre}cannot set up AWS clients ({exc}); check endpoint= in"
+                              " lambda_tasks and the AWS_ENDPOINT_URL* variables") from exc
     if credentials is None:
         raise DodoLambdaError(
             f"{pre}no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
@@ -229,6 +212,28 @@ def _make_clients(target: AwsTarget, who: str | None) -> Clients:
         profile=target.profile or os.environ.get("AWS_PROFILE") or None,
         target=target,
     )
+
+
+def _endpoint_problem(target: AwsTarget) -> str | None:
+    """An endpoint that is not an http(s) URL: botocore would raise a bare ValueError."""
+    from urllib.parse import urlsplit
+
+    given = [("endpoint= in lambda_tasks", target.endpoint)] + [
+        (key, value) for key, value in sorted(os.environ.items())
+        if key.startswith("AWS_ENDPOINT_URL")]
+    for where, url in given:
+        if not url:
+            continue
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            _ = parts.port  # raises for a port that is not a number
+        except ValueError:
+            ok = False
+        if not ok:
+            return (f"{where} is {url!r}, which is not an http(s) URL; write it in full,"
+                    f" e.g. 'http://{url.split('://')[-1]}'")
+    return None
 
 
 def _check_region_known(session: Any, region: str, pre: str) -> None:

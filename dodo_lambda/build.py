@@ -1,38 +1,36 @@
 """An item's package: which roots and rules make it, where it is written, and
-whether it must be rebuilt. Ties select, npm, digest and archive together."""
+whether it must be rebuilt. Ties selection, npm, digest and archive together."""
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from . import archive, digest, npm
+from . import archive, bundle, digest, entrycache, handlers, npm, npmpolicy
 from .config import Function, Layer, label
-from .errors import DodoLambdaError
-from .files import locked, read_json, write_atomic, write_json
-from .select import Entry, Patterns, Root, patterns_for, select, walk_roots
+from .context import RunContext
+from .entrycache import EntryCache, zip_stat
+from .errors import DodoLambdaError, NextStep
+from .files import locked, read_json, write_json
+from .layout import Layout
+from .selection import (
+    CODE_SUFFIXES,
+    Entry,
+    Patterns,
+    Root,
+    Selection,
+    choose,
+    default_pattern,
+    folder_clash,
+    patterns_for,
+    select,
+    walk,
+    walk_roots,
+)
 
-
-@dataclass(frozen=True)
-class Paths:
-    """Everything the package step writes for one item."""
-
-    zip: Path
-    manifest: Path
-    cache: Path
-
-
-def paths(item: Function | Layer, build_dir: str | Path) -> Paths:
-    b = Path(build_dir)
-    sub = "layers/" if isinstance(item, Layer) else ""
-    return Paths(
-        zip=b / "dist" / f"{sub}{item.name}.zip",
-        manifest=b / "dist" / f"{sub}{item.name}.manifest.json",
-        cache=b / "cache" / f"{sub}{item.name}.entries",
-    )
+log = logging.getLogger("dodo_lambda")
 
 
 def _inside(child: Path, parent: Path) -> str | None:
@@ -43,9 +41,11 @@ def _inside(child: Path, parent: Path) -> str | None:
         return None
 
 
-def roots(item: Function | Layer, build_dir: str | Path) -> list[Root]:
+def roots(item: Function | Layer, build_dir: Path) -> list[Root]:
+    if isinstance(item, Function) and item.bundle_options is not None:
+        return bundle.roots(item, build_dir)  # the bundle's output stands in for the source
     src = Path(item.source)
-    staged = npm.staged_root(item, build_dir)
+    staged = npm.staged_root(item, Layout.of(build_dir, item))
     if isinstance(item, Layer):
         return [Root(src / "nodejs", "nodejs/", frozenset({"node_modules"})), staged]
     prune = {"node_modules", ".git"}
@@ -58,15 +58,17 @@ def roots(item: Function | Layer, build_dir: str | Path) -> list[Root]:
     return out
 
 
-def patterns(item: Function | Layer, build_dir: str | Path) -> Patterns:
+def patterns(item: Function | Layer, build_dir: Path) -> Patterns:
     extra = []
     inner = _inside(Path(build_dir), Path(item.source))
     if inner:
         extra.append(f"/{inner}/")
-    return patterns_for(Path(item.source), item.exclude, item.include, extra)
+    staged = npm.staged_root(item, Layout.of(build_dir, item)).prefix
+    return patterns_for(Path(item.source), item.exclude, item.include, extra, (staged,),
+                        label(item))
 
 
-def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
+def options_digest(item: Function | Layer, build_dir: Path) -> str:
     """Everything besides the files that changes the zip's bytes."""
     return digest.value_digest({
         "format": archive.FORMAT,
@@ -75,66 +77,206 @@ def options_digest(item: Function | Layer, build_dir: str | Path) -> str:
         "patterns": patterns(item, build_dir),
         "roots": [(r.path.as_posix(), r.prefix, sorted(r.prune), r.staged)
                   for r in roots(item, build_dir)],
+        # the handler check runs when the package is built: a new handler or runtime
+        # must run it again
+        "handler": [item.handler, item.runtime, [x if isinstance(x, str) else x.name
+                                                  for x in item.layers]]
+        if isinstance(item, Function) else None,
     })
 
 
 @dataclass
-class _Scan:
+class Scan:
     """What an uptodate check learnt, handed to the build that follows it in the
-    same run so the tree is not walked, matched and read twice."""
+    same run (``caches.scans``) so the tree is not walked, matched and read twice."""
 
     options: str
     everything: list[Entry]
     stat: str
-    entries: list[Entry] | None = None
-    cache: dict[str, Any] | None = None
+    selection: Selection | None = None
+    cache: EntryCache | None = None
 
 
-_SCANS: dict[tuple[str, str, str], _Scan] = {}
+def _key(item: Function | Layer) -> tuple[str, str]:
+    return (item.kind, item.name)
 
 
-def _key(item: Function | Layer, build_dir: str | Path) -> tuple[str, str, str]:
-    return (item.kind, item.name, str(build_dir))
+def _walk(item: Function | Layer, ctx: RunContext) -> list[Entry]:
+    if isinstance(item, Function) and item.bundle_options is not None:
+        return bundle.walk(item, ctx)
+    return walk_roots(roots(item, ctx.build_dir), label(item), ctx.caches.walks)
 
 
-def package(item: Function | Layer, build_dir: str | Path) -> archive.ZipResult:
+def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     """Build the item's zip and manifest (incrementally when a previous one exists)."""
     who = label(item)
     problem = item.problem
     if problem:
         raise DodoLambdaError(problem)
-    if npm.has_dependencies(item) and not npm.staging(item, build_dir).record.is_file():
-        raise DodoLambdaError(f"{who}: dependencies are not installed; run `doit npm:{item.name}`"
-                              " (or `doit package`, which runs it first)")
-    p = paths(item, build_dir)
-    options = options_digest(item, build_dir)
-    scan = _SCANS.pop(_key(item, build_dir), None)
+    layout = ctx.layout(item)
+    if npm.has_dependencies(item) and not layout.install_record.is_file():
+        raise DodoLambdaError(f"{who}: dependencies are not installed",
+                              next_step=NextStep("npm", item.name))
+    if isinstance(item, Function) and item.bundle_options is not None:
+        bundle.check_bundled(item, layout)
+    options = options_digest(item, ctx.build_dir)
+    scan = ctx.caches.scans.pop(_key(item), None)
     if scan is None or scan.options != options:
-        everything = walk_roots(roots(item, build_dir), who)
-        scan = _Scan(options, everything, digest.stat_digest(everything))
-    entries = scan.entries
-    if entries is None:
-        entries = select(scan.everything, patterns(item, build_dir), who)
-    for problem in native_mismatches(entries, item.architecture):
-        print(f"warning: {who}: {problem}", file=sys.stderr)
-    with locked(p.cache.with_suffix(".lock")):  # one writer of this zip at a time
-        cache = scan.cache if scan.cache is not None else _read_cache(p.cache) or {}
+        everything = _walk(item, ctx)
+        scan = Scan(options, everything, digest.stat_digest(everything))
+    chosen = scan.selection or choose(scan.everything, patterns(item, ctx.build_dir), who,
+                                      roots(item, ctx.build_dir))
+    entries = chosen.entries
+    check_entries(item, ctx.build_dir, entries)
+    for warning in selection_warnings(item, layout, chosen):
+        log.warning("%s", warning)
+    with locked(layout.package_lock):  # one writer of this zip at a time
+        remove_stale_temps(layout)
+        cache = scan.cache or entrycache.read(layout.entries)
         previous = None
         # checked under the lock: another run may have replaced the zip meanwhile
-        if cache.get("options") == options and cache.get("zip") == _stat(p.zip):
-            previous = cache.get("entries")
-        p.cache.unlink(missing_ok=True)  # stale the moment the zip changes
-        result = archive.write_zip(entries, p.zip, who=who, previous=previous)
-        _record(item, p, options, scan.stat, entries, result)
+        if cache and cache.options == options and cache.zip == zip_stat(layout.zip):
+            previous = cache.records
+        layout.entries.unlink(missing_ok=True)  # stale the moment the zip changes
+        result = archive.write_zip(entries, layout.zip, who=who, previous=previous)
+        _record(item, layout, options, scan.stat, chosen, result)
     return result
 
 
-def _record(item: Function | Layer, p: Paths, options: str, stat: str, entries: list[Entry],
-            result: archive.ZipResult, *, packages: dict[str, int] | None = None,
-            cache: bool = True) -> None:
-    """The manifest (for people and the deploy steps) and the entry cache (the watch
-    passes ``packages`` when it knows them, and may write the cache later)."""
-    write_json(p.manifest, {
+def remove_stale_temps(layout: Layout) -> None:
+    """Remove the temporary zip and manifest a killed run left beside them. Call
+    with ``layout.package_lock`` held: a writer holds it for as long as its temporary
+    files exist, so whatever is found under the lock has no live writer (a pid check
+    could not tell a reused pid from a live run; the lock can)."""
+    for target in (layout.zip, layout.manifest):
+        for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def clean_package(item: Function | Layer, ctx: RunContext) -> None:
+    """`doit clean`: the zip, its manifest and any temporary file a killed run left
+    (under the package lock, so a build running now finishes first)."""
+    layout = ctx.layout(item)
+    if not layout.zip.parent.is_dir():
+        return
+    with locked(layout.package_lock):
+        remove_stale_temps(layout)
+        for path in (layout.zip, layout.manifest):
+            path.unlink(missing_ok=True)
+
+
+def left_out_lines(items: list[Function | Layer], ctx: RunContext) -> list[str]:
+    """For `doit plan`: one line per item naming the files its default excludes
+    left out of the zip (from the manifest), so that nothing is dropped silently."""
+    lines = []
+    for item in items:
+        manifest = read_json(ctx.layout(item).manifest)
+        names = manifest.get("excluded_by_default") if isinstance(manifest, dict) else None
+        if names:
+            shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more (see the manifest)"
+                                             if len(names) > 20 else "")
+            lines.append(f"{label(item)}: not packed (default excludes): {shown}")
+    return lines
+
+
+def selection_warnings(item: Function | Layer, layout: Layout, chosen: Selection) -> list[str]:
+    """What the package step warns about in the selected files: native addons built
+    for another CPU, files the default excludes changed where it may matter, and
+    packages whose install script did not run."""
+    who = label(item)
+    out = [f"{who}: {problem}" for problem in native_mismatches(chosen.entries,
+                                                                 item.architecture)]
+    out.extend(_default_warnings(item, chosen))
+    if not item.scripts and npm.has_dependencies(item):
+        for name, why in npmpolicy.unbuilt_packages(chosen.entries,
+                                                    npm.staged_root(item, layout)):
+            out.append(f"{who}: package {name} looks unbuilt ({why}): its install script did"
+                       f" not run (scripts are off by default); if the {item.kind} needs it,"
+                       f" set scripts=True on the {item.kind}")
+    return out
+
+
+def _default_warnings(item: Function | Layer, chosen: Selection) -> list[str]:
+    """Name the files the default excludes changed where it may matter: a dropped
+    file that looks like code, and a default-excluded file include= brings back."""
+    who = label(item)
+    out = [f"{who}: {name} is not packed: the default excludes leave it out ({_why(name)});"
+           f" if it is code the {item.kind} needs, add it to include="
+           for name in chosen.dropped if name.lower().endswith(CODE_SUFFIXES)]
+    out.extend(f"{who}: include= brings back {name}, which the default excludes leave out"
+               f" ({_why(name)}); make sure it holds no secret" for name in chosen.restored)
+    return out
+
+
+def _why(name: str) -> str:
+    pattern = default_pattern(name)
+    return f"it matches {pattern}" if pattern else "it links to such a file"
+
+
+def check_entries(item: Function | Layer, build_dir: Path, entries: list[Entry]) -> None:
+    """What must hold of the selected files before a zip is written: no file where
+    the package needs a folder, nothing from the build dir, and (functions) a
+    handler that Lambda can load. Raises DodoLambdaError; warnings are logged."""
+    who = label(item)
+    clash = folder_clash(entries, [r.prefix for r in roots(item, build_dir)])
+    if clash:
+        raise DodoLambdaError(f"{who}: {clash}")
+    build = os.path.realpath(build_dir) + os.sep
+    # roots that live in the build dir by design: the staged tree, a bundle's output
+    ours = tuple(path + os.sep for path in (os.path.realpath(r.path) for r in
+                                            roots(item, build_dir)) if path.startswith(build))
+    for e in entries:
+        if e.path.startswith(build) and not e.path.startswith(ours):
+            raise DodoLambdaError(
+                f"{who}: {e.arcname} is {e.path}, inside the build dir {build_dir}; the zip"
+                " would pack its own build output: exclude it (exclude=) or move build_dir="
+                " outside the source")
+    if isinstance(item, Function):
+        _check_handler(item, build_dir, entries)
+
+
+def _check_handler(fn: Function, build_dir: Path, entries: list[Entry]) -> None:
+    who = label(fn)
+    files = {e.arcname: e.path for e in entries}
+
+    def read(arcname: str) -> bytes:
+        with open(files[arcname], "rb") as f:
+            return f.read(handlers.MAX_READ + 1)
+
+    layers: list[set[str] | None] = []
+    if fn.layers and not handlers.in_package(files, fn.handler):
+        for layer in fn.layers:
+            if isinstance(layer, str):
+                layers.append(None)
+                continue
+            found = [e for r in roots(layer, build_dir) for e in walk(r, label(layer))]
+            names = {e.arcname for e in select(found, patterns(layer, build_dir), label(layer))}
+            # its dependencies may not be installed yet: they will be there
+            names.update(f"nodejs/node_modules/{dep}/package.json"
+                         for dep in npm.dependency_names(layer))
+            layers.append(names)
+    verdict = handlers.check_handler(files, read, fn.handler, fn.runtime, source=fn.source,
+                                     layers=layers)
+    for warning in verdict.warnings:
+        log.warning("%s: %s", who, warning)
+    if verdict.error:
+        raise DodoLambdaError(f"{who}: {verdict.error}")
+
+
+def _record(item: Function | Layer, layout: Layout, options: str, stat: str,
+            chosen: Selection, result: archive.ZipResult) -> None:
+    """The manifest (for people and the deploy steps) and the entry cache."""
+    write_manifest(item, layout, chosen, result)
+    entrycache.write(layout.entries,
+                     EntryCache(options, zip_stat(layout.zip), stat, result.records))
+
+
+def write_manifest(item: Function | Layer, layout: Layout, chosen: Selection,
+                   result: archive.ZipResult, *, packages: dict[str, int] | None = None
+                   ) -> None:
+    """The manifest alone. The watch writes it right after a splice, with the
+    package sizes when it knows them unchanged, and the entry cache later."""
+    write_json(layout.manifest, {
         "name": item.name,
         "kind": item.kind,
         "sha256": result.sha256,
@@ -144,15 +286,8 @@ def _record(item: Function | Layer, p: Paths, options: str, stat: str, entries: 
         "files": result.files,
         "content_digest": result.content_digest,
         "compressor": archive.COMPRESSOR_ID,
-        "packages": _packages(entries) if packages is None else packages,
-    })
-    if not cache:
-        return
-    _write_cache(p.cache, {
-        "options": options,
-        "zip": _stat(p.zip),
-        "stat": stat,
-        "entries": result.records,
+        "packages": package_sizes(chosen.entries) if packages is None else packages,
+        "excluded_by_default": chosen.dropped,
     })
 
 
@@ -177,15 +312,15 @@ def native_mismatches(entries: list[Entry], architecture: str) -> list[str]:
         if head[:4] != b"\x7fELF":
             found.append(f"{e.arcname} is not a Linux binary; Lambda cannot load it")
         else:
-            order = "little" if head[5] == 1 else "big"
-            machine = _ELF_MACHINES.get(int.from_bytes(head[18:20], order), "another CPU")
+            number = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+            machine = _ELF_MACHINES.get(number, "another CPU")
             if machine != architecture:
                 found.append(f"{e.arcname} is built for {machine}, the function runs on"
                              f" {architecture}; check architecture= or reinstall that package")
     return found
 
 
-def _packages(entries: list[Entry]) -> dict[str, int]:
+def package_sizes(entries: list[Entry]) -> dict[str, int]:
     """Top-level npm packages in the zip (``name`` or ``@scope/name``) and their
     unzipped sizes, nested node_modules counted toward their top-level package."""
     out: dict[str, int] = {}
@@ -201,77 +336,49 @@ def _packages(entries: list[Entry]) -> dict[str, int]:
     return out
 
 
-# The entry cache: thousands of records, read and written on every build, never
-# by people: marshal is several times faster than JSON. Unreadable (another
-# Python version, a torn file) simply means a cold build.
-_CACHE_MAGIC = b"dodo_lambda-cache-1\n"
-
-
-def _read_cache(path: Path) -> dict[str, Any] | None:
-    import marshal
-
-    try:
-        data = path.read_bytes()
-        if not data.startswith(_CACHE_MAGIC):
-            return None
-        value = marshal.loads(data[len(_CACHE_MAGIC):])
-    except (OSError, ValueError, EOFError, TypeError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def _write_cache(path: Path, value: dict[str, Any]) -> None:
-    import marshal
-
-    write_atomic(path, _CACHE_MAGIC + marshal.dumps(value))
-
-
-def _stat(path: Path) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return [st.st_size, st.st_mtime_ns]
-
-
-def is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
+def is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     """True when the zip on disk is what ``package`` would write now.
 
     One stat walk when nothing changed; when only mtimes moved, the files whose
     stats changed are hashed and compared with the recorded content.
     """
     try:
-        return _is_packaged(item, build_dir)
+        return _is_packaged(item, ctx)
     except (DodoLambdaError, OSError):
         return False  # let the action run and report it
 
 
-def _is_packaged(item: Function | Layer, build_dir: str | Path) -> bool:
+def _is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     if item.problem:
         return False
-    p = paths(item, build_dir)
-    cache = _read_cache(p.cache)
-    manifest = read_json(p.manifest)
-    if not cache or not manifest or cache.get("zip") != _stat(p.zip):
+    layout = ctx.layout(item)
+    cache = entrycache.read(layout.entries)
+    manifest = read_json(layout.manifest)
+    if not cache or not manifest or cache.zip != zip_stat(layout.zip):
         return False
-    options = options_digest(item, build_dir)
-    if cache.get("options") != options:
+    options = options_digest(item, ctx.build_dir)
+    if cache.options != options:
         return False
-    everything = walk_roots(roots(item, build_dir), label(item))
-    scan = _Scan(options, everything, digest.stat_digest(everything), cache=cache)
-    if scan.stat == cache.get("stat"):
+    everything = _walk(item, ctx)
+    scan = Scan(options, everything, digest.stat_digest(everything), cache=cache)
+    if scan.stat == cache.stat:
         return True
-    scan.entries = entries = select(everything, patterns(item, build_dir), label(item))
-    old = cache.get("entries") or {}
+    scan.selection = chosen = choose(everything, patterns(item, ctx.build_dir), label(item),
+                                     roots(item, ctx.build_dir))
+    entries = chosen.entries
+    old = cache.records
     files = digest.entry_hashes(entries, old)
-    if digest.content_digest(files) != manifest.get("content_digest"):
-        _SCANS[_key(item, build_dir)] = scan  # the build that follows starts from here
+    # the manifest lists what the defaults left out: a new .env means a new manifest
+    if digest.content_digest(files) != manifest.get("content_digest") \
+            or chosen.dropped != manifest.get("excluded_by_default"):
+        ctx.caches.scans[_key(item)] = scan  # the build that follows starts from here
         return False
     # same content, new stats: remember them so the next check is one walk again
-    new_entries = dict(old)
-    for e, (_, _, sha) in zip(entries, files, strict=False):
+    records = dict(old)
+    for e, (_, _, sha) in zip(entries, files, strict=True):
         rec = old.get(e.arcname)
         if rec:
-            new_entries[e.arcname] = [e.size, e.mtime_ns, e.mode, sha, *rec[4:]]
-    _write_cache(p.cache, {**cache, "stat": scan.stat, "entries": new_entries})
+            records[e.arcname] = rec._replace(size=e.size, mtime_ns=e.mtime_ns, mode=e.mode,
+                                              sha256=sha)
+    entrycache.write(layout.entries, EntryCache(cache.options, cache.zip, scan.stat, records))
     return True

@@ -1,40 +1,73 @@
 """Function and Layer: validated settings as frozen dataclasses.
 
-Construction never raises for a user's mistake: loading dodo.py must not end in
-a traceback. The problem is kept and every task of the item reports it as one
-line when doit runs (see ``problem``).
+Construction never raises for a user's mistake, whatever the types given:
+loading dodo.py must not end in a traceback. The problem is kept and every task
+of the item reports it as one line when doit runs (see ``problem``). Lambda's
+rules themselves live in ``rules``.
 """
 
 from __future__ import annotations
 
-import re
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
+from typing import Any
 
-RUNTIME_RE = re.compile(r"^nodejs\d+\.x$")
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-ARCHITECTURES = {"x86_64": "x64", "arm64": "arm64"}  # Lambda name -> npm --cpu
+from . import bundle_options, rules
+from .bundle_options import BundleOptions
+
+# Kept here for the modules that import them from config.
+RUNTIME_RE = rules.RUNTIME_RE
+NAME_RE = rules.FUNCTION_NAME_RE
+ARCHITECTURES = rules.ARCHITECTURES
 HANDLER_EXTS = (".js", ".mjs", ".cjs")
-MAX_LAYERS = 5
-LAYER_ARN_RE = re.compile(r"^arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:\d{12}:layer:[A-Za-z0-9_-]+:\d+$")
+MAX_LAYERS = rules.MAX_LAYERS
+LAYER_ARN_RE = rules.LAYER_ARN_RE
 
 
-def _tuple(value: Iterable[str] | str | None) -> tuple[str, ...]:
+def _strings(value: Any, key: str) -> tuple[tuple[Any, ...], str | None]:
+    """``value`` as a tuple of strings (a single string is one item), and what is
+    wrong with it; never raises."""
     if value is None:
-        return ()
+        return (), None
     if isinstance(value, str):
-        return (value,)
-    return tuple(value)
+        return (value,), None
+    if isinstance(value, (bytes, Mapping)) or not isinstance(value, Iterable):
+        return (), f"{key}={value!r} must be a list of strings"
+    try:
+        items = tuple(value)
+    except Exception as exc:  # a user's iterable may raise anything
+        return (), f"{key}= could not be read ({exc})"
+    bad = [x for x in items if not isinstance(x, str)]
+    if bad:
+        return items, f"{key}= must hold strings only, not {bad[0]!r}"
+    return items, None
+
+
+def _path(value: Any, key: str) -> tuple[str, str | None]:
+    if isinstance(value, str):
+        return value, None
+    if isinstance(value, os.PathLike):
+        path = os.fspath(value)
+        return (path, None) if isinstance(path, str) else (repr(value), f"{key}= must be a path")
+    return repr(value), f"{key}={value!r} must be a folder path (a string)"
+
+
+def _set(obj: object, name: str, value: Any) -> None:
+    object.__setattr__(obj, name, value)
 
 
 @dataclass(frozen=True)
 class Layer:
-    """A Lambda layer built from a folder with package.json and a lock file.
+    """A Lambda layer built from a folder with package.json (and a lock file when it
+    has dependencies).
 
     Its dependencies are installed for the target platform and packed as
     ``nodejs/node_modules/...``; anything the source keeps under ``nodejs/`` is
-    packed too.
+    packed too. Without ``architectures=`` it is built for the architecture of the
+    functions that use it.
     """
 
     name: str
@@ -46,11 +79,25 @@ class Layer:
     exclude: tuple[str, ...] = ()
     bucket: str | None = None
     bucket_prefix: str = ""
+    allow_deprecated_runtime: bool = False
+    scripts: bool = False  # run dependencies' install scripts (see README, Security)
+    _problems: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    # the users' architecture, when architectures= is not given (set by lambda_tasks)
+    _users_architecture: str | None = field(default=None, init=False, repr=False,
+                                            compare=False)
 
     def __post_init__(self) -> None:
+        problems = []
         for attr in ("runtimes", "architectures", "include", "exclude"):
-            object.__setattr__(self, attr, _tuple(getattr(self, attr)))
-        object.__setattr__(self, "source", str(self.source))
+            value, problem = _strings(getattr(self, attr), attr)
+            _set(self, attr, value)
+            if problem:
+                problems.append(problem)
+        source, problem = _path(self.source, "source")
+        _set(self, "source", source)
+        if problem:
+            problems.append(problem)
+        _set(self, "_problems", tuple(problems))
 
     @property
     def kind(self) -> str:
@@ -59,11 +106,13 @@ class Layer:
     @property
     def architecture(self) -> str:
         """The platform its native dependencies are installed for."""
-        return self.architectures[0] if self.architectures else "x86_64"
+        if self.architectures:
+            return self.architectures[0]
+        return self._users_architecture or "x86_64"
 
     @property
     def runtime(self) -> str:
-        return self.runtimes[0] if self.runtimes else "nodejs20.x"
+        return self.runtimes[0] if self.runtimes else rules.DEFAULT_RUNTIME
 
     @property
     def problem(self) -> str | None:
@@ -76,12 +125,14 @@ class Function:
 
     Paths are relative to the directory doit runs in. Only the function
     settings given (memory, timeout, environment, description) are managed.
+    ``allow_deprecated_runtime=True`` deploys on a runtime that Lambda's published
+    schedule says is blocked (for accounts with an extension).
     """
 
     name: str
     source: str
     handler: str
-    runtime: str = "nodejs20.x"
+    runtime: str = rules.DEFAULT_RUNTIME
     architecture: str = "x86_64"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -95,24 +146,51 @@ class Function:
     timeout: int | None = None
     environment: Mapping[str, str] | None = field(default=None, repr=False)
     description: str | None = None
+    allow_deprecated_runtime: bool = False
+    bundle: Any = None  # True or a dict of options: see bundle_options
+    scripts: bool = False  # run dependencies' install scripts (see README, Security)
     _frozen_env: tuple[tuple[str, str], ...] | None = field(
         default=None, init=False, repr=False, compare=False)
+    _problems: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+    _bundle: tuple[BundleOptions | None, str | None] = field(
+        default=(None, None), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        problems = []
         for attr in ("include", "exclude"):
-            object.__setattr__(self, attr, _tuple(getattr(self, attr)))
+            value, problem = _strings(getattr(self, attr), attr)
+            _set(self, attr, value)
+            if problem:
+                problems.append(problem)
         layers = self.layers
-        if isinstance(layers, (str, Layer)):
-            layers = (layers,)
-        object.__setattr__(self, "layers", tuple(layers or ()))
-        object.__setattr__(self, "source", str(self.source))
-        if isinstance(self.environment, Mapping):
-            env = tuple(sorted((str(k), str(v)) for k, v in self.environment.items()))
-            object.__setattr__(self, "_frozen_env", env)
+        if layers is None or isinstance(layers, (str, Layer)):
+            layers = () if layers is None else (layers,)
+        elif isinstance(layers, Iterable) and not isinstance(layers, (bytes, Mapping)):
+            layers = tuple(layers)
+        else:
+            problems.append(f"layers={layers!r} must be a list of Layer objects or layer ARNs")
+            layers = ()
+        _set(self, "layers", layers)
+        source, problem = _path(self.source, "source")
+        _set(self, "source", source)
+        if problem:
+            problems.append(problem)
+        env_problem = rules.environment_problem(self.environment)
+        if env_problem:
+            problems.append(env_problem)
+        elif self.environment is not None:
+            _set(self, "_frozen_env", tuple(sorted(self.environment.items())))
+        _set(self, "_bundle", bundle_options.parse(self.bundle))
+        _set(self, "_problems", tuple(problems))
 
     @property
     def kind(self) -> str:
         return "function"
+
+    @property
+    def bundle_options(self) -> BundleOptions | None:
+        """The validated ``bundle=`` options, None when the function is not bundled."""
+        return self._bundle[0]
 
     @property
     def problem(self) -> str | None:
@@ -125,102 +203,138 @@ class Function:
             out["MemorySize"] = self.memory
         if self.timeout is not None:
             out["Timeout"] = self.timeout
-        if self._frozen_env is not None:
-            out["Environment"] = {"Variables": dict(self._frozen_env)}
+        env = None if self._frozen_env is None else dict(self._frozen_env)
+        opts = self.bundle_options
+        if opts is not None and opts.enable_source_maps:
+            # asked for explicitly: parsing maps slows cold starts (Lambda's own advice)
+            env = env or {}
+            node_options = env.get("NODE_OPTIONS", "").split()
+            if "--enable-source-maps" not in node_options:
+                env["NODE_OPTIONS"] = " ".join([*node_options, "--enable-source-maps"])
+        if env is not None:
+            out["Environment"] = {"Variables": env}
         if self.description is not None:
             out["Description"] = self.description
         return out
 
 
 def label(item: Function | Layer) -> str:
-    return f"{item.kind} '{item.name}'"
+    name = item.name
+    if isinstance(name, str) and name.isprintable() and "'" not in name:
+        return f"{item.kind} '{name}'"
+    return f"{item.kind} {name!r}"  # a name that is not plain text, shown escaped
 
 
 def _common_problem(item: Function | Layer) -> str | None:
-    who = label(item)
-    if not isinstance(item.name, str) or not NAME_RE.match(item.name):
-        return (
-            f"{who}: invalid name; use 1-64 letters, digits, '-' or '_'"
-        )
+    checks = [
+        rules.bucket_problem(item.bucket),
+        rules.bucket_prefix_problem(item.bucket_prefix),
+        rules.description_problem(item.description),
+        None if isinstance(item.allow_deprecated_runtime, bool) else
+        f"allow_deprecated_runtime={item.allow_deprecated_runtime!r} must be True or False",
+        None if isinstance(item.scripts, bool) else
+        f"scripts={item.scripts!r} must be True (run the dependencies' install scripts) or"
+        " False (the default)",
+    ]
+    problem = next((p for p in checks if p), None)
+    if problem:
+        return problem
     src = Path(item.source)
+    if src.is_file():
+        return (f"source {item.source} is a file, not a folder; set source= to the folder"
+                f" that holds it (e.g. source='{src.parent.as_posix()}')")
     if not src.is_dir():
-        return (
-            f"{who}: source folder {item.source} does not exist"
-            f" (relative to {Path.cwd()}); set source= to the folder with its code"
-        )
-    if item.bucket is not None and (not isinstance(item.bucket, str) or not item.bucket):
-        return f"{who}: bucket must be a non-empty S3 bucket name or None"
+        return (f"source folder {item.source} does not exist (relative to {Path.cwd()});"
+                " set source= to the folder with its code")
     return None
 
 
-def function_problem(fn: Function) -> str | None:
+def function_problem(fn: Function, today: date | None = None) -> str | None:
     """What is wrong with ``fn`` as one line, or None."""
-    who = label(fn)
-    if not isinstance(fn.runtime, str) or not RUNTIME_RE.match(fn.runtime):
-        return (
-            f"{who}: runtime {fn.runtime!r} is not a Node.js runtime;"
-            " use e.g. runtime='nodejs20.x'"
-        )
-    if fn.architecture not in ARCHITECTURES:
-        return f"{who}: architecture {fn.architecture!r} is not supported; use 'x86_64' or 'arm64'"
-    if len(fn.layers) > MAX_LAYERS:
-        return (
-            f"{who}: {len(fn.layers)} layers given, Lambda allows at most {MAX_LAYERS};"
-            " merge some layers"
-        )
-    for layer in fn.layers:
-        if isinstance(layer, str):
-            if not LAYER_ARN_RE.match(layer):
-                return (
-                    f"{who}: layer {layer!r} is not a layer version ARN"
-                    " (arn:aws:lambda:REGION:ACCOUNT:layer:NAME:VERSION); pass a Layer or an ARN"
-                )
-        elif not isinstance(layer, Layer):
-            return f"{who}: layers must be Layer objects or layer version ARNs, not {layer!r}"
-    if fn.memory is not None and (not isinstance(fn.memory, int) or not 128 <= fn.memory <= 10240):
-        return f"{who}: memory={fn.memory!r} must be an integer number of MB from 128 to 10240"
-    if fn.timeout is not None and (not isinstance(fn.timeout, int) or not 1 <= fn.timeout <= 900):
-        return f"{who}: timeout={fn.timeout!r} must be an integer number of seconds from 1 to 900"
-    if fn.alias is not None and not fn.publish:
-        return f"{who}: alias={fn.alias!r} needs publish=True (an alias points at a version)"
-    common = _common_problem(fn)
-    if common:
-        return common
-    module, dot, export = str(fn.handler).rpartition(".")
-    if not dot or not module or not export:
-        return (
-            f"{who}: handler {fn.handler!r} must be 'file.export', e.g. 'index.handler'"
-            f" for {fn.source}/index.js exporting handler"
-        )
+    problem = _function_problem(fn, today)
+    return f"{label(fn)}: {problem}" if problem else None
+
+
+def _function_problem(fn: Function, today: date | None) -> str | None:
+    if fn._problems:
+        return fn._problems[0]
+    name = rules.function_name_problem(fn.name)
+    if name:
+        return name
+    allow = fn.allow_deprecated_runtime is True
+    runtime = rules.runtime_verdict(fn.runtime, today, allow_deprecated=allow).error
+    if runtime:
+        return runtime
+    arns = [x for x in fn.layers if not isinstance(x, Layer)]
+    for layer in arns:
+        if not isinstance(layer, str):
+            return f"layers must be Layer objects or layer version ARNs, not {layer!r}"
+    checks = [
+        rules.architecture_problem(fn.architecture),
+        rules.layers_problem(arns, [x.name for x in fn.layers if isinstance(x, Layer)]),
+        rules.int_setting_problem("memory", fn.memory, *rules.MEMORY_RANGE, "MB"),
+        rules.int_setting_problem("timeout", fn.timeout, *rules.TIMEOUT_RANGE, "seconds"),
+        rules.alias_problem(fn.alias),
+        None if isinstance(fn.publish, bool) else f"publish={fn.publish!r} must be True or False",
+        f"alias={fn.alias!r} needs publish=True (an alias points at a version)"
+        if fn.alias is not None and fn.publish is not True else None,
+        rules.role_problem(fn.role),
+        fn._bundle[1],
+        _common_problem(fn),
+        rules.handler_problem(fn.handler, fn.source),
+    ]
+    return next((p for p in checks if p), None) or _entry_problem(fn)
+
+
+def _entry_problem(fn: Function) -> str | None:
+    """A bundled function needs its entry file in the source; an unbundled one with
+    only a TypeScript entry is told to bundle (the rest is checked in the zip)."""
     src = Path(fn.source)
+    module = fn.handler.rpartition(".")[0]
+    if fn.bundle_options is not None:
+        if bundle_options.entry(src, module) is None:
+            others = "/".join(bundle_options.ENTRY_EXTS[1:])
+            return (f"handler file {src / module}.ts (or {others}) not found;"
+                    f" fix handler={fn.handler!r} or add the file to {fn.source}")
+        return None
     if not any((src / (module + ext)).is_file() for ext in HANDLER_EXTS):
-        return (
-            f"{who}: handler file {src / module}.js (or .mjs/.cjs) not found;"
-            f" fix handler={fn.handler!r} or add the file to {fn.source}"
-        )
+        typed = bundle_options.entry(src, module)
+        if typed is not None:
+            return (f"handler file {src / module}.js (or .mjs/.cjs) not found, but {typed} is"
+                    " there; TypeScript needs bundling: add bundle=True to the Function")
     return None
 
 
-def layer_problem(layer: Layer) -> str | None:
-    who = label(layer)
+def layer_problem(layer: Layer, today: date | None = None) -> str | None:
+    problem = _layer_problem(layer, today)
+    return f"{label(layer)}: {problem}" if problem else None
+
+
+def _layer_problem(layer: Layer, today: date | None) -> str | None:
+    if layer._problems:
+        return layer._problems[0]
+    name = rules.layer_name_problem(layer.name)
+    if name:
+        return name
+    allow = layer.allow_deprecated_runtime is True
     for rt in layer.runtimes:
-        if not RUNTIME_RE.match(str(rt)):
-            return f"{who}: runtime {rt!r} is not a Node.js runtime; use e.g. 'nodejs20.x'"
+        problem = rules.runtime_verdict(rt, today, allow_deprecated=allow).error
+        if problem:
+            return f"runtimes=: {problem}"
     for arch in layer.architectures:
-        if arch not in ARCHITECTURES:
-            return f"{who}: architecture {arch!r} is not supported; use 'x86_64' or 'arm64'"
+        problem = rules.architecture_problem(arch)
+        if problem:
+            return problem
     common = _common_problem(layer)
     if common:
         return common
+    from .npm import has_dependencies, lock_file  # npm imports config
+
     src = Path(layer.source)
     if not (src / "package.json").is_file():
-        return (
-            f"{who}: {src / 'package.json'} not found; a layer source is a folder with"
-            " package.json and package-lock.json (run `npm install` there)"
-        )
-    if not (src / "package-lock.json").is_file() and not (src / "npm-shrinkwrap.json").is_file():
-        return (
-            f"{who}: {src / 'package-lock.json'} not found; run"
-            f" `npm install --package-lock-only` in {layer.source} and commit the lock file"
-        )
+        return (f"{src / 'package.json'} not found; a layer source is a folder with"
+                " package.json (and package-lock.json once it has dependencies)")
+    if has_dependencies(layer) and lock_file(src) is None:
+        return (f"{src / 'package-lock.json'} not found; run"
+                f" `npm install --package-lock-only` in {layer.source} and commit the lock file")
     return None

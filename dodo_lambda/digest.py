@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .select import Entry
+from .selection import Entry
+
+if TYPE_CHECKING:
+    from .entrycache import CachedEntry
 
 CHUNK = 1 << 20
 
@@ -41,17 +44,16 @@ def content_digest(files: Iterable[tuple[str, int, str]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def entry_hashes(entries: Iterable[Entry], known: dict[str, list[Any]] | None = None
+def entry_hashes(entries: Iterable[Entry], known: Mapping[str, CachedEntry] | None = None
                  ) -> list[tuple[str, int, str]]:
-    """(zip path, mode, sha256) per entry. ``known`` maps zip paths to records
-    ``[size, mtime_ns, mode, sha256, ...]``: a file whose size and mtime match is
-    not read again."""
+    """(zip path, mode, sha256) per entry. ``known`` holds the entry cache's
+    records: a file whose size and mtime match its record is not read again."""
     known = known or {}
     out = []
     for e in entries:
         rec = known.get(e.arcname)
-        if rec and rec[0] == e.size and rec[1] == e.mtime_ns:
-            sha = rec[3]
+        if rec and rec.size == e.size and rec.mtime_ns == e.mtime_ns:
+            sha = rec.sha256
         else:
             sha = file_sha256(e.path)
         out.append((e.arcname, e.mode, sha))

@@ -28,10 +28,14 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DodoLambdaError
 from .files import locked, read_json
+from .layout import BuildDir
+
+if TYPE_CHECKING:
+    from .aws import Clients
 
 log = logging.getLogger("dodo_lambda")
 
@@ -45,23 +49,17 @@ IDLE_SECONDS = 30 * 60  # a server nobody asked anything for this long stops its
 START_TIMEOUT = 60.0
 STATUS_PATH = "/_dodo_lambda/status"
 STOP_PATH = "/_dodo_lambda/stop"
-# The server is on loopback: never through an HTTP proxy from the environment.
-_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-@dataclass(frozen=True)
-class Files:
-    """The emulator's files in the build dir."""
-
-    folder: Path
-    state: Path
-    lock: Path
-    log: Path
+def paths(build_dir: str | Path) -> BuildDir:
+    """The build dir's paths, absolute: the server runs in another folder."""
+    return BuildDir(Path(build_dir).resolve())
 
 
-def files(build_dir: str | Path) -> Files:
-    folder = Path(build_dir).resolve() / "emulator"
-    return Files(folder, folder / "state.json", folder / "start.lock", folder / "server.log")
+def _open(request: str | urllib.request.Request, timeout: float) -> Any:
+    # The server is on loopback: never through an HTTP proxy from the environment.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return opener.open(request, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ def _pid_alive(pid: int) -> bool:
 def status(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
     """The server's own answer about itself, or None when nothing answers there."""
     try:
-        with _direct.open(url + STATUS_PATH, timeout=timeout) as resp:
+        with _open(url + STATUS_PATH, timeout) as resp:
             value = json.loads(resp.read())
     except (OSError, ValueError, http.client.HTTPException):  # e.g. a server going away
         return None
@@ -102,7 +100,7 @@ def status(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
 
 def running(build_dir: str | Path) -> Emulator | None:
     """The project's live server, or None (a stale state file is ignored)."""
-    state = read_json(files(build_dir).state)
+    state = read_json(paths(build_dir).emulator_state)
     if not isinstance(state, dict) or not _pid_alive(int(state.get("pid", 0) or 0)):
         return None
     answer = status(str(state.get("url")))
@@ -114,7 +112,7 @@ def running(build_dir: str | Path) -> Emulator | None:
 def target_key(build_dir: str | Path) -> str:
     """Which server deploys go to, without a request: its id from the state file. A
     new server is a new target, so deploy tasks run again (and find it empty)."""
-    state = read_json(files(build_dir).state)
+    state = read_json(paths(build_dir).emulator_state)
     if isinstance(state, dict) and _pid_alive(int(state.get("pid", 0) or 0)):
         return f"emulator-{state.get('id')}"
     return "emulator-none"
@@ -132,25 +130,25 @@ def ensure_running(build_dir: str | Path, *, idle: float = IDLE_SECONDS) -> Emul
         raise DodoLambdaError(
             "the local AWS emulator needs moto's server; install it with"
             " `pip install 'dodo_lambda[local]'` (or drop emulator=True to deploy to AWS)")
-    f = files(build_dir)
-    with locked(f.lock):  # one starter at a time: parallel workers share one server
+    f = paths(build_dir)
+    with locked(f.emulator_lock):  # one starter at a time: parallel workers share one server
         found = running(build_dir)
         if found:
             return found
         return _start(f, idle)
 
 
-def _start(f: Files, idle: float) -> Emulator:
-    f.folder.mkdir(parents=True, exist_ok=True)
+def _start(f: BuildDir, idle: float) -> Emulator:
+    f.emulator.mkdir(parents=True, exist_ok=True)
     started_by = f"pid {os.getpid()}: {' '.join(sys.argv)}"[:300]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONUNBUFFERED"] = "1"
-    with open(f.log, "wb") as logfile:  # one log per server: it never grows past one life
+    with open(f.emulator_log, "wb") as logfile:  # one log per server: never past one life
         proc = subprocess.Popen(
-            [sys.executable, "-m", "dodo_lambda.emulator_server", "--state", str(f.state),
+            [sys.executable, "-m", "dodo_lambda.emulator_server", "--build-dir", str(f.path),
              "--idle", str(idle), "--started-by", started_by],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=logfile, env=env,
-            start_new_session=True, cwd=f.folder)
+            start_new_session=True, cwd=f.emulator)
     assert proc.stdout is not None
     line = b""
     try:
@@ -168,8 +166,8 @@ def _start(f: Files, idle: float) -> Emulator:
         parts = line.decode(errors="replace").split()
         if len(parts) != 4 or parts[0] != "ready":
             raise DodoLambdaError(
-                f"the local AWS emulator did not start ({_last_line(f.log) or 'no answer'});"
-                f" see {f.log}")
+                f"the local AWS emulator did not start"
+                f" ({_last_line(f.emulator_log) or 'no answer'}); see {f.emulator_log}")
         return Emulator(parts[1], int(parts[3]), parts[2], started=True)
     except BaseException:
         _kill_start(proc, line)  # no server left behind by a failed start
@@ -199,15 +197,15 @@ def _last_line(path: Path) -> str:
 
 def stop(build_dir: str | Path, *, timeout: float = 15.0) -> Emulator | None:
     """Stop the project's server, if one runs; returns the one stopped."""
-    f = files(build_dir)
-    with locked(f.lock):
+    f = paths(build_dir)
+    with locked(f.emulator_lock):
         found = running(build_dir)
         if found is None:
-            f.state.unlink(missing_ok=True)
+            f.emulator_state.unlink(missing_ok=True)
             return None
         with contextlib.suppress(OSError, http.client.HTTPException):
             request = urllib.request.Request(found.url + STOP_PATH, method="POST", data=b"")
-            with _direct.open(request, timeout=5) as resp:
+            with _open(request, 5) as resp:
                 resp.read()
         deadline = time.monotonic() + timeout
         while _pid_alive(found.pid) and time.monotonic() < deadline:
@@ -215,7 +213,7 @@ def stop(build_dir: str | Path, *, timeout: float = 15.0) -> Emulator | None:
         if _pid_alive(found.pid):
             with contextlib.suppress(OSError):
                 os.kill(found.pid, 9)
-        f.state.unlink(missing_ok=True)
+        f.emulator_state.unlink(missing_ok=True)
     return found
 
 
@@ -223,27 +221,30 @@ def banner(emu: Emulator) -> str:
     return f"LOCAL EMULATOR: deploying to moto at {emu.url}, NOT to AWS (emulator=True)"
 
 
-def clients(build_dir: str | Path, who: str) -> Any:
-    """S3 and Lambda clients for the project's server (started if needed), with its
-    endpoint and dummy credentials given to the session itself: AWS_PROFILE,
-    AWS_* variables and ~/.aws of this process play no part."""
+def clients(server: Emulator, who: str, *, loader: Any = None) -> Clients:
+    """S3 and Lambda clients for ``server`` (see ``ensure_running``), with its endpoint
+    and dummy credentials given to the session itself: AWS_PROFILE, AWS_* variables
+    and ~/.aws of this process play no part. ``loader``: botocore's service models,
+    shared with the run's other sessions (``aws.data_loader``). A run makes them once
+    per server (``deploy.clients``), and says then, loudly, that this is not AWS."""
     import botocore.session
 
     from . import aws
 
-    emu = ensure_running(build_dir)
-    log.warning("%s", banner(emu))
+    log.warning("%s", banner(server))
     # No profile, no config or credentials files: nothing of the developer's AWS setup.
     session = botocore.session.Session(session_vars={
         "profile": (None, None, None, None),
         "config_file": (None, None, os.devnull, None),
         "credentials_file": (None, None, os.devnull, None),
     })
+    if loader is not None:
+        session.register_component("data_loader", loader)
     session.set_credentials(CREDENTIALS["AWS_ACCESS_KEY_ID"], CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
                             CREDENTIALS["AWS_SESSION_TOKEN"])
-    target = aws.AwsTarget(region=REGION, endpoint=emu.url)
-    kwargs = aws._client_kwargs(emu.url, REGION)
+    target = aws.AwsTarget(region=REGION, endpoint=server.url)
+    kwargs = aws._client_kwargs(server.url, REGION)
     with aws.translating(who):
         return aws.Clients(session=session, s3=session.create_client("s3", **kwargs),
                            lam=session.create_client("lambda", **kwargs), region=REGION,
-                           endpoint=emu.url, profile=None, target=target)
+                           endpoint=server.url, profile=None, target=target)

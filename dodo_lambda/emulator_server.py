@@ -1,10 +1,11 @@
 """The emulator's server process: moto's WSGI app in our own small server.
 
-    python -m dodo_lambda.emulator_server --state FILE [--idle SECONDS] [--started-by TEXT]
+    python -m dodo_lambda.emulator_server --build-dir DIR [--idle SECONDS] [--started-by TEXT]
 
 It forks into the background, serves on 127.0.0.1 (a free port), writes the
-state file, prints ``ready URL ID PID`` on stdout for its starter, and from then
-on logs only to stderr (the starter points it at ``emulator/server.log``).
+state file (``emulator/state.json`` in the build dir), prints ``ready URL ID PID``
+on stdout for its starter, and from then on logs only to stderr (the starter
+points it at ``emulator/server.log``).
 Around moto it adds:
 
 - idleness: every request is noted; with none for ``--idle`` seconds and none
@@ -100,7 +101,7 @@ class App:
             if answer is not None:
                 return answer
             environ["wsgi.input"] = io.BytesIO(body)  # moto answers the rest
-        return self.moto(environ, start_response)  # type: ignore[no-any-return]
+        return self.moto(environ, start_response)
 
     def invoke(self, name: str, environ: dict[str, Any], body: bytes,
                start_response: StartResponse) -> Iterable[bytes] | None:
@@ -266,7 +267,7 @@ def _remove_state(path: Path, ident: str) -> None:
         path.unlink(missing_ok=True)
 
 
-def serve(state_path: Path, idle: float, started_by: str) -> int:
+def serve(build_dir: Path, idle: float, started_by: str) -> int:
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
         MotoRequestHandler,
@@ -275,14 +276,16 @@ def serve(state_path: Path, idle: float, started_by: str) -> int:
     from werkzeug.serving import make_server
 
     from .emulator import REGION
+    from .layout import BuildDir
 
+    state_path = BuildDir(build_dir).emulator_state
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     state: dict[str, Any] = {"pid": os.getpid(), "id": os.urandom(8).hex(), "region": REGION,
                              "started_by": started_by, "started_at": time.time(),
                              "idle_seconds": idle}
-    app = App(DomainDispatcherApplication(create_backend_app), state, state_path.parent.parent, stop)
+    app = App(DomainDispatcherApplication(create_backend_app), state, build_dir, stop)
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=MotoRequestHandler)
     state["url"] = f"http://127.0.0.1:{server.server_port}"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
@@ -307,7 +310,7 @@ def serve(state_path: Path, idle: float, started_by: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m dodo_lambda.emulator_server")
-    parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--build-dir", type=Path, required=True)
     parser.add_argument("--idle", type=float, default=30 * 60)
     parser.add_argument("--started-by", default="")
     args = parser.parse_args(argv)
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     try:
-        return serve(args.state.resolve(), args.idle, args.started_by)
+        return serve(args.build_dir.resolve(), args.idle, args.started_by)
     except BrokenPipeError:
         return 1  # the starter gave up waiting
 

@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
+
+class NextStep(NamedTuple):
+    """What to run to fix a problem, as data: the step (``npm``, ``package``, ...)
+    and the item's name. The doit adapter renders it as ``doit npm:NAME``."""
+
+    step: str
+    name: str
+
 
 class DodoLambdaError(Exception):
-    """Something the user can fix. ``str(err)`` is the whole message: one line
-    that names the function, the file and the fix. Never shown with a traceback."""
+    """Something the user can fix: one line that names the function, the file and
+    the fix, never shown with a traceback (unless DODO_LAMBDA_DEBUG=1). The cause,
+    when there is one, stays in ``__cause__``."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(message.split("\n")))
+    def __init__(self, message: str, *, next_step: NextStep | None = None) -> None:
+        self.message = " ".join(message.split("\n"))
+        self.next_step = next_step
+        super().__init__(self.render())
+
+    def render(self, command: Callable[[NextStep], str] | None = None) -> str:
+        """The whole line; ``command`` says how to run the next step (the adapter's
+        ``doit npm:NAME``), by default it is named in words."""
+        if self.next_step is None:
+            return self.message
+        how = command(self.next_step) if command else \
+            f"the {self.next_step.step} step of '{self.next_step.name}'"
+        return f"{self.message}; run {how}"

@@ -32,9 +32,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import DodoLambdaError
+from .layout import BuildDir
+
+if TYPE_CHECKING:
+    from .config import Function
+    from .context import RunContext
 
 log = logging.getLogger("dodo_lambda")
 
@@ -119,10 +124,6 @@ class InvokeResult:
 # -- the extraction cache ------------------------------------------------------------
 
 
-def cache_dir(build_dir: str | Path) -> Path:
-    return Path(build_dir) / "invoke"
-
-
 def _extract(source: ZipSource, dest: Path) -> None:
     """Unpack a zip into ``dest`` atomically (a reader never sees half of it)."""
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -146,8 +147,7 @@ def _extract(source: ZipSource, dest: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _cached(kind: str, key: str, build_dir: str | Path, fill: Callable[[Path], None]) -> Path:
-    folder = cache_dir(build_dir) / kind
+def _cached(folder: Path, key: str, fill: Callable[[Path], None]) -> Path:
     dest = folder / key[:32]
     if not dest.is_dir():
         folder.mkdir(parents=True, exist_ok=True)
@@ -172,7 +172,8 @@ def _evict(folder: Path, keep: Path) -> None:
 
 def task_root(code: Code, build_dir: str | Path) -> Path:
     """The function's code, extracted (Lambda's /var/task)."""
-    return _cached("task", code.sha256, build_dir, lambda dest: _extract(code.source, dest))
+    return _cached(BuildDir(Path(build_dir)).invoke_task, code.sha256,
+                   lambda dest: _extract(code.source, dest))
 
 
 def opt_root(layers: tuple[Code, ...], build_dir: str | Path) -> Path | None:
@@ -200,7 +201,7 @@ def opt_root(layers: tuple[Code, ...], build_dir: str | Path) -> Path | None:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    return _cached("opt", key, build_dir, fill)
+    return _cached(BuildDir(Path(build_dir)).invoke_opt, key, fill)
 
 
 # -- the environment -----------------------------------------------------------------
@@ -295,7 +296,7 @@ def run(inv: Invocation, event: str, build_dir: str | Path, *, capture_logs: boo
     task = task_root(inv.code, build_dir).resolve()
     opt = opt_root(inv.layers, build_dir)
     opt = opt.resolve() if opt else None
-    home = (cache_dir(build_dir) / "home").resolve()
+    home = BuildDir(Path(build_dir)).invoke_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     request_id = str(uuid.uuid4())
     invocation = json.dumps({
@@ -417,43 +418,47 @@ def _supervise(inv: Invocation, proc: subprocess.Popen[bytes], read_fd: int, inv
 # -- a Function of this project ----------------------------------------------------------
 
 
-def for_function(fn: Any, build_dir: str | Path, *, region: str | None = None,
-                 aws: dict[str, str] | None = None) -> Invocation:
+def for_function(fn: Function, ctx: RunContext, *, aws: dict[str, str] | None = None
+                 ) -> Invocation:
     """The invocation of a project's Function from its built zip and its layers' zips.
 
     The region and account come from the function's deploy record when there is
-    one, else from ``region``/the environment (AWS_REGION) and moto's account.
+    one, else from the project's region=, the environment (AWS_REGION) and moto's
+    account.
     """
     from .config import Layer, label
-    from .deploy import manifest, record_paths
+    from .deploy import manifest
     from .files import read_json
 
     who = label(fn)
-    build = manifest(fn, build_dir)
-    from .build import paths
-
+    built = manifest(fn, ctx)
     layers = []
     for layer in fn.layers:
         if isinstance(layer, Layer):
-            m = manifest(layer, build_dir)
-            layers.append(Code(paths(layer, build_dir).zip, m["sha256"]))
+            layers.append(Code(ctx.layout(layer).zip, manifest(layer, ctx)["sha256"]))
         else:
             log.warning("%s: layer %s is not built by this project and is left out locally;"
                         " modules from it will not be found", who, layer)
     account = "123456789012"
-    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") \
-        or "us-east-1"
-    deployed = read_json(record_paths(fn, build_dir)["deployed"]) or {}
+    region = ctx.target.region or os.environ.get("AWS_REGION") \
+        or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    deployed = read_json(ctx.layout(fn).deployed) or {}
     arn = str(deployed.get("arn") or "").split(":")
     if len(arn) >= 7 and arn[2] == "lambda":
         region, account = arn[3], arn[4]
     return Invocation(
         name=fn.name, handler=fn.handler, runtime=fn.runtime,
-        code=Code(paths(fn, build_dir).zip, build["sha256"]), layers=tuple(layers),
+        code=Code(ctx.layout(fn).zip, built["sha256"]), layers=tuple(layers),
         memory=fn.memory or DEFAULT_MEMORY, timeout=fn.timeout or DEFAULT_TIMEOUT,
-        environment={str(k): str(v) for k, v in (fn.environment or {}).items()},
+        # as deploy sets it (bundle's enable_source_maps adds NODE_OPTIONS)
+        environment={str(k): str(v) for k, v in _variables(fn).items()},
         architecture=fn.architecture, region=region, account=account, aws=aws or {}, who=who,
     )
+
+
+def _variables(fn: Function) -> dict[str, Any]:
+    env = fn.settings().get("Environment")
+    return dict(env.get("Variables") or {}) if isinstance(env, dict) else {}
 
 
 def read_event(spec: str, stdin: Any, who: str) -> str:

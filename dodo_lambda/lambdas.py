@@ -3,11 +3,14 @@ out Pending and InProgress states and update conflicts before it returns."""
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .aws import Clients, MiB, _error_code, aws_error, translating
 from .errors import DodoLambdaError
@@ -16,16 +19,33 @@ from .errors import DodoLambdaError
 # 50 MiB once base64-encoded. Bigger zips must go through S3.
 DIRECT_UPLOAD_LIMIT = 50 * MiB
 
-# Polling a function's state. Module-level so that tests can make it fast.
-POLL_DELAY = 1.0  # seconds between GetFunctionConfiguration calls
-POLL_TIMEOUT = 900.0  # give up waiting after this long (Lambda's own limit is minutes)
-
-# ResourceConflictException backoff: base * 2**attempt, capped.
-CONFLICT_BASE_DELAY = 1.0
+# Waits and back-offs, in seconds. DODO_LAMBDA_WAIT_SCALE multiplies every pause
+# (tests set it to 0; the number of attempts, and so the time bound, stays).
+WAIT_TIMEOUT = 900.0  # give up waiting for a function after this long
+CONFLICT_BASE_DELAY = 1.0  # ResourceConflictException: base * 2**attempt, capped
 CONFLICT_MAX_DELAY = 20.0
 
-# A freshly created IAM role takes seconds to become assumable by Lambda.
-ROLE_PROPAGATION_ATTEMPTS = 8
+# A freshly created IAM role takes a few seconds to become assumable by Lambda
+# (IAM is eventually consistent). Pauses between CreateFunction attempts, in
+# seconds: 35 s in all, and never past ROLE_WAIT_LIMIT seconds.
+ROLE_RETRY_STEPS = (1, 2, 3, 4, 5, 5, 5, 5, 5)
+ROLE_WAIT_LIMIT = 40.0
+
+log = logging.getLogger("dodo_lambda")
+
+T = TypeVar("T")
+
+
+def wait_scale() -> float:
+    """DODO_LAMBDA_WAIT_SCALE (default 1): 0 makes every wait and back-off instant."""
+    try:
+        return max(0.0, float(os.environ.get("DODO_LAMBDA_WAIT_SCALE") or 1.0))
+    except ValueError:
+        return 1.0
+
+
+def pause(seconds: float) -> None:
+    time.sleep(seconds * wait_scale())
 
 
 def _clean(response: dict) -> dict:
@@ -95,103 +115,118 @@ def invalidate(c: Clients, name: str | None = None) -> None:
             c._functions.pop(name, None)
 
 
-def _poll(c: Clients, name: str, who: str, *, updated: bool, what: str,
-          delay: float | None) -> dict:
-    # Mirrors botocore's function_active_v2 (State) and function_updated_v2
-    # (LastUpdateStatus) waiters, but returns the final configuration (saving a
-    # call) and says why a failure happened. A Pending function also refuses
-    # updates, so waiting for an update waits out Pending too.
-    delay = POLL_DELAY if delay is None else delay
-    deadline = time.monotonic() + POLL_TIMEOUT
-    while True:
+def _busy(config: dict) -> str | None:
+    """The waiter a function needs before it takes an update, or None when ready:
+    a Pending function and an update InProgress both refuse updates (409)."""
+    if (config.get("State") or "Active") == "Pending":
+        return "function_active_v2"
+    if config.get("LastUpdateStatus") == "InProgress":
+        return "function_updated_v2"
+    return None
+
+
+def _wait(c: Clients, waiter_name: str, *, who: str, what: str, **kwargs: Any) -> None:
+    """One of botocore's Lambda waiters, bounded by WAIT_TIMEOUT; a failure says why,
+    from the waiter's last answer."""
+    from botocore.exceptions import WaiterError
+
+    waiter = c.lam.get_waiter(waiter_name)
+    delay = float(waiter.config.delay)
+    config = {"Delay": delay * wait_scale(), "MaxAttempts": max(1, math.ceil(WAIT_TIMEOUT / delay))}
+    with translating(who, c=c):
+        try:
+            waiter.wait(**kwargs, WaiterConfig=config)
+        except WaiterError as exc:
+            raise _wait_failed(exc, c, who, what) from exc
+
+
+def _wait_failed(exc: Any, c: Clients, who: str, what: str) -> DodoLambdaError:
+    from botocore.exceptions import ClientError
+
+    last = exc.last_response or {}
+    if "Error" in last:
+        if last["Error"].get("Code") == "ResourceNotFoundException":
+            return _missing(c, who)
+        return aws_error(ClientError(last, "GetFunction"), who, c=c)
+    config = last.get("Configuration", last)
+    failed = _failure(config, who, what)
+    if failed is not None:
+        return failed
+    status = config.get("LastUpdateStatus") if config.get("State") == "Active" else \
+        config.get("State")
+    return DodoLambdaError(
+        f"{who}: still {status or 'not ready'} after {WAIT_TIMEOUT:.0f} s waiting for {what};"
+        " check the function in the AWS console and run again"
+    )
+
+
+def _failure(config: dict, who: str, what: str) -> DodoLambdaError | None:
+    """The error for a configuration that says an update or the function Failed."""
+    for field_name in ("LastUpdateStatus", "State"):
+        if config.get(field_name) == "Failed":
+            reason = config.get(f"{field_name}Reason") or "no reason given"
+            code = config.get(f"{field_name}ReasonCode")
+            detail = f"{reason} ({code})" if code else reason
+            return DodoLambdaError(f"{who}: {what} ended Failed: {detail}; fix the cause and"
+                                   " run again")
+    return None
+
+
+def _missing(c: Clients, who: str) -> DodoLambdaError:
+    return DodoLambdaError(f"{who}: the Lambda function does not exist in {c.region}; create it,"
+                           " or give role= so dodo_lambda creates it")
+
+
+def wait_ready(c: Clients, name: str, *, who: str, config: dict | None = None,
+               what: str = "the update") -> dict:
+    """Wait while the function is Pending or an update is InProgress; its configuration.
+    ``config``, when given, is what the caller last read (no request when it is ready)."""
+    if config is None:
         config = get_function(c, name, who=who)
         if config is None:
-            raise DodoLambdaError(
-                f"{who}: the Lambda function does not exist in {c.region}; create it, or give"
-                " role= so dodo_lambda creates it"
-            )
-        state = config.get("State") or "Active"
-        busy = state == "Pending"
-        _check_failed(config, "State", who, what)
-        if updated:
-            busy = busy or config.get("LastUpdateStatus") == "InProgress"
-            _check_failed(config, "LastUpdateStatus", who, what)
-        elif state != "Active":
-            busy = True  # Inactive after a create is not expected; keep asking until the limit
-        if not busy:
-            if ":" not in name:  # a version's configuration is not the function's
-                _remember(c, config)
-            return config
-        if time.monotonic() > deadline:
-            status = config.get("LastUpdateStatus") if updated else state
-            raise DodoLambdaError(
-                f"{who}: still {status} after {POLL_TIMEOUT:.0f} s waiting for {what}; check the"
-                " function in the AWS console and run again"
-            )
-        time.sleep(delay)
+            raise _missing(c, who)
+    while (waiter := _busy(config)) is not None:
+        _wait(c, waiter, who=who, what=what, FunctionName=name)
+        config = get_function(c, name, who=who)
+        if config is None:
+            raise _missing(c, who)
+    return _remember(c, config)
 
 
-def _check_failed(config: dict, field_name: str, who: str, what: str) -> None:
-    if config.get(field_name) != "Failed":
-        return
-    reason = config.get(f"{field_name}Reason") or "no reason given"
-    code = config.get(f"{field_name}ReasonCode")
-    detail = f"{reason} ({code})" if code else reason
-    raise DodoLambdaError(f"{who}: {what} ended Failed: {detail}; fix the cause and run again")
+def retry_conflicts(call: Callable[[], T], *, c: Clients, name: str, who: str,
+                    attempts: int = 6) -> T:
+    """``call()``, waiting out ResourceConflictException (409: another update of the
+    function is in progress; botocore does not retry it). Other errors propagate."""
+    from botocore.exceptions import ClientError
 
-
-def wait_updated(c: Clients, name: str, *, who: str, delay: float | None = None) -> dict:
-    """Wait while the function is Pending or its update InProgress; its configuration."""
-    return _poll(c, name, who, updated=True, what="the update", delay=delay)
-
-
-def wait_active(c: Clients, name: str, *, who: str, delay: float | None = None) -> dict:
-    """Wait until State is Active (after create); its configuration, or an error on Failed."""
-    return _poll(c, name, who, updated=False, what="activation", delay=delay)
-
-
-def call_with_conflict_retry(
-    fn: Callable[..., Any],
-    *args: Any,
-    who: str,
-    c: Clients,
-    name: str,
-    attempts: int = 6,
-    base_delay: float | None = None,
-    bucket: str | None = None,
-    missing_ok: bool = False,
-    **kwargs: Any,
-) -> Any:
-    """Call a Lambda API, waiting out ResourceConflictException (botocore does not retry 409).
-
-    With ``missing_ok``, ResourceNotFoundException returns None instead of raising.
-    ``base_delay`` (None: CONFLICT_BASE_DELAY and POLL_DELAY) also sets the polling
-    pace; the Lambda functions below pass their ``delay`` on as it.
-    """
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    base = CONFLICT_BASE_DELAY if base_delay is None else base_delay
     for attempt in range(attempts):
         try:
-            return fn(*args, **kwargs)
+            return call()
         except ClientError as exc:
-            code = _error_code(exc)
-            if missing_ok and code == "ResourceNotFoundException":
-                return None
-            if code != "ResourceConflictException":
-                raise aws_error(exc, who, bucket=bucket, c=c) from exc
+            if _error_code(exc) != "ResourceConflictException":
+                raise
             if attempt == attempts - 1:
                 raise DodoLambdaError(
                     f"{who}: Lambda still reports an update in progress (ResourceConflictException)"
                     f" after {attempts} attempts; another deploy may be running, run again"
                     " when it has finished"
                 ) from exc
-        except BotoCoreError as exc:
-            raise aws_error(exc, who, bucket=bucket, c=c) from exc
-        wait_updated(c, name, who=who, delay=base_delay)
+        wait_ready(c, name, who=who)
         # Someone else's update may start again right after ours ends: back off.
-        time.sleep(min(base * 2**attempt, CONFLICT_MAX_DELAY) * (0.5 + random.random() / 2))
+        pause(min(CONFLICT_BASE_DELAY * 2**attempt, CONFLICT_MAX_DELAY) * (0.5 + random.random() / 2))
     raise AssertionError("unreachable")
+
+
+def _settled(c: Clients, name: str, who: str, answer: dict, what: str) -> dict:
+    """The configuration after a write: the answer itself when Lambda says it is done,
+    else what it is once the waiters say so."""
+    config = _clean(answer)
+    failed = _failure(config, who, what)
+    if failed is not None:
+        raise failed
+    if _busy(config) is None:
+        return _remember(c, config)
+    return wait_ready(c, name, who=who, config=config, what=what)
 
 
 def _code(who: str, zip_path: Path | None, s3: tuple[str, str] | None) -> dict[str, Any]:
@@ -218,17 +253,19 @@ def update_code(
     architecture: str,
     zip_path: Path | None = None,
     s3: tuple[str, str] | None = None,
-    delay: float | None = None,
+    config: dict | None = None,
 ) -> dict:
-    """Replace the function's code (zip or S3 object) and wait until it is live; its config."""
+    """Replace the function's code (zip or S3 object) and wait until it is live; its
+    configuration. ``config``: the function as last read (waited on when busy)."""
     code = _code(who, zip_path, s3)
-    wait_updated(c, name, who=who, delay=delay)
-    call_with_conflict_retry(
-        c.lam.update_function_code, who=who, c=c, name=name, base_delay=delay,
-        bucket=s3[0] if s3 else None,
-        FunctionName=name, Architectures=[architecture], **code,
-    )
-    return wait_updated(c, name, who=who, delay=delay)
+    if config is not None:
+        wait_ready(c, name, who=who, config=config)
+    with translating(who, bucket=s3[0] if s3 else None, c=c):
+        answer = retry_conflicts(
+            lambda: c.lam.update_function_code(FunctionName=name, Architectures=[architecture],
+                                               **code),
+            c=c, name=name, who=who)
+    return _settled(c, name, who, answer, "the update")
 
 
 def role_arn(c: Clients, role: str) -> str:
@@ -252,7 +289,6 @@ def create_function(
     s3: tuple[str, str] | None = None,
     settings: dict[str, Any] | None = None,
     layers: list[str] | None = None,
-    delay: float | None = None,
 ) -> dict:
     """Create the function and wait until it is Active; its configuration."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -265,10 +301,10 @@ def create_function(
     code = _code(who, zip_path, s3)
     with translating(who, c=c):
         arn = role_arn(c, role)
-    wait = POLL_DELAY if delay is None else delay
-    for attempt in range(ROLE_PROPAGATION_ATTEMPTS):
+    waited = 0.0  # seconds of pauses at the real pace (DODO_LAMBDA_WAIT_SCALE aside)
+    for attempt in range(len(ROLE_RETRY_STEPS) + 1):
         try:
-            c.lam.create_function(
+            answer = c.lam.create_function(
                 FunctionName=name, Role=arn, Runtime=runtime, Handler=handler,
                 Architectures=[architecture], PackageType="Zip", Code=code,
                 Layers=list(layers or []), **(settings or {}),
@@ -282,57 +318,69 @@ def create_function(
                     f"{who}: the function was created meanwhile (by another deploy?); run again"
                 ) from exc
             if code_ == "InvalidParameterValueException" and "role" in message.lower():
-                # New roles take a few seconds to become assumable by Lambda.
-                if "cannot be assumed" in message and attempt < ROLE_PROPAGATION_ATTEMPTS - 1:
-                    time.sleep(min(wait * 2**attempt, CONFLICT_MAX_DELAY))
+                step = ROLE_RETRY_STEPS[attempt] if attempt < len(ROLE_RETRY_STEPS) else None
+                if "cannot be assumed" in message and step is not None \
+                        and waited + step <= ROLE_WAIT_LIMIT:
+                    log.info("%s: Lambda cannot assume role %s yet (a new role takes a few"
+                             " seconds to reach Lambda); trying again in %.0f s (%.0f s so far)",
+                             who, arn, step, waited)
+                    pause(step)
+                    waited += step
                     continue
+                after = f" after {waited:.0f} s of retries" if attempt else ""
                 raise DodoLambdaError(
-                    f"{who}: Lambda rejected role {arn} ({message}); fix role= (an IAM role"
-                    " that lambda.amazonaws.com may assume)"
+                    f"{who}: Lambda rejected role {arn}{after} ({message}); fix role= (an IAM"
+                    " role whose trust policy lets lambda.amazonaws.com assume it), or run"
+                    " again if the role was created moments ago"
                 ) from exc
             raise aws_error(exc, who, bucket=s3[0] if s3 else None, c=c) from exc
         except BotoCoreError as exc:
             raise aws_error(exc, who, c=c) from exc
-    return wait_active(c, name, who=who, delay=delay)
+    return _settled(c, name, who, answer, "activation")
 
 
 def update_configuration(
-    c: Clients, name: str, *, who: str, changes: dict[str, Any], delay: float | None = None
+    c: Clients, name: str, *, who: str, changes: dict[str, Any], config: dict | None = None
 ) -> dict:
     """Apply configuration changes (Lambda field names) and wait until live; its configuration."""
-    call_with_conflict_retry(
-        c.lam.update_function_configuration, who=who, c=c, name=name, base_delay=delay,
-        FunctionName=name, **changes,
-    )
-    return wait_updated(c, name, who=who, delay=delay)
+    if config is not None:
+        wait_ready(c, name, who=who, config=config)
+    with translating(who, c=c):
+        answer = retry_conflicts(
+            lambda: c.lam.update_function_configuration(FunctionName=name, **changes),
+            c=c, name=name, who=who)
+    return _settled(c, name, who, answer, "the update")
 
 
 def publish_version(
     c: Clients, name: str, *, who: str, code_sha256: str, description: str | None = None,
-    delay: float | None = None,
 ) -> dict:
     """Publish $LATEST as a version, refused by AWS unless its CodeSha256 is ``code_sha256``."""
     kwargs: dict[str, Any] = {"FunctionName": name, "CodeSha256": code_sha256}
     if description is not None:
         kwargs["Description"] = description
-    version = _clean(call_with_conflict_retry(
-        c.lam.publish_version, who=who, c=c, name=name, base_delay=delay, **kwargs
-    ))
+    with translating(who, c=c):
+        version = _clean(retry_conflicts(lambda: c.lam.publish_version(**kwargs),
+                                         c=c, name=name, who=who))
     if version.get("State", "Active") != "Active":
-        _poll(c, f"{name}:{version['Version']}", who, updated=False,
-              what=f"activation of version {version['Version']}", delay=delay)
+        _wait(c, "published_version_active", who=who,
+              what=f"activation of version {version['Version']}", FunctionName=name,
+              Qualifier=version["Version"])
     return version
 
 
-def point_alias(
-    c: Clients, name: str, alias: str, version: str, *, who: str, delay: float | None = None
-) -> dict:
+def point_alias(c: Clients, name: str, alias: str, version: str, *, who: str) -> dict:
     """Point ``alias`` at ``version``, creating the alias when it does not exist; the alias."""
-    common: dict[str, Any] = {"who": who, "c": c, "name": name, "base_delay": delay}
+    from botocore.exceptions import ClientError
+
     args = {"FunctionName": name, "Name": alias, "FunctionVersion": version}
-    found = call_with_conflict_retry(c.lam.update_alias, missing_ok=True, **common, **args)
-    if found is None:
-        found = call_with_conflict_retry(c.lam.create_alias, **common, **args)
+    with translating(who, c=c):
+        try:
+            found = retry_conflicts(lambda: c.lam.update_alias(**args), c=c, name=name, who=who)
+        except ClientError as exc:
+            if _error_code(exc) != "ResourceNotFoundException":
+                raise
+            found = retry_conflicts(lambda: c.lam.create_alias(**args), c=c, name=name, who=who)
     return _clean(found)
 
 

@@ -11,49 +11,62 @@ the installed tree, so "up to date" costs one stat walk.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import digest
+from . import digest, npmpolicy
 from .config import ARCHITECTURES, Function, Layer, label
+from .context import RunContext
 from .errors import DodoLambdaError
 from .files import locked, read_json, write_json
-from .select import Entry, Root, forget_walks, walk_roots
+from .layout import Layout
+from .selection import Entry, Root, walk_roots
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
 RECORD_FORMAT = 2
 
-
-@dataclass(frozen=True)
-class Staging:
-    """Where an item's dependencies are installed and recorded."""
-
-    folder: Path  # holds package.json, the lock and node_modules/
-    record: Path
-
-    @property
-    def node_modules(self) -> Path:
-        return self.folder / "node_modules"
+log = logging.getLogger("dodo_lambda")
 
 
-def staging(item: Function | Layer, build_dir: str | Path) -> Staging:
-    base = Path(build_dir) / "npm" / ("layers" if isinstance(item, Layer) else "functions")
-    return Staging(base / item.name, base / f"{item.name}.json")
-
-
-def staged_root(item: Function | Layer, build_dir: str | Path) -> Root:
+def staged_root(item: Function | Layer, layout: Layout) -> Root:
     """The installed tree as the zip sees it (npm's .bin and bookkeeping left out)."""
     prefix = "nodejs/node_modules/" if isinstance(item, Layer) else "node_modules/"
-    return Root(staging(item, build_dir).node_modules, prefix, staged=True)
+    return Root(layout.node_modules, prefix, staged=True)
 
 
 def has_dependencies(item: Function | Layer) -> bool:
-    """A function without package.json has no npm step (the plain index.js case)."""
-    return (Path(item.source) / "package.json").is_file()
+    """Whether package.json declares production dependencies, so that there is an npm
+    step. Without package.json (the plain index.js case), or with one that only sets
+    ``"type": "module"``, there is nothing to install and no lock file is needed.
+    A package.json that cannot be read counts as having them: the npm step says
+    what is wrong with it."""
+    path = Path(item.source) / "package.json"
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True
+    if not isinstance(data, dict):
+        return True
+    return any(data.get(k) for k in ("dependencies", "optionalDependencies",
+                                     "bundleDependencies", "bundledDependencies"))
+
+
+def dependency_names(item: Function | Layer) -> list[str]:
+    """The production dependencies package.json names (none when it cannot be read)."""
+    try:
+        data = json.loads((Path(item.source) / "package.json").read_bytes())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    return [name for key in ("dependencies", "optionalDependencies")
+            if isinstance(data.get(key), dict) for name in data[key]]
 
 
 def lock_file(source: Path) -> Path | None:
@@ -73,15 +86,14 @@ def input_files(item: Function | Layer) -> list[Path]:
 def flags(item: Function | Layer) -> list[str]:
     cpu = ARCHITECTURES[item.architecture]
     return ["--omit=dev", "--os=linux", f"--cpu={cpu}", "--libc=glibc", "--install-links",
-            "--no-audit", "--no-fund", "--no-update-notifier"]
+            "--no-audit", "--no-fund", "--no-update-notifier",
+            *npmpolicy.script_flags(item.scripts)]
 
 
-# -- tool versions, cached by the executables' identity (running them costs ~0.3 s)
-
-_TOOLS_CACHE: dict[str, dict[str, Any]] = {}
+# -- tool versions, known by the executables' identity (running them costs ~0.3 s)
 
 
-def _tools(record: dict[str, Any] | None) -> dict[str, Any]:
+def _tools(ctx: RunContext, record: dict[str, Any] | None) -> dict[str, Any]:
     """``{"stamp": ..., "versions": {"node": major, "npm": major}}``; the versions are
     asked only when the executables differ from those the record saw."""
     stamp = []
@@ -91,19 +103,22 @@ def _tools(record: dict[str, Any] | None) -> dict[str, Any]:
             raise DodoLambdaError(f"{tool} not found on PATH; install Node.js (with npm 10 or"
                                   " newer) to build functions that have package.json")
         real = os.path.realpath(exe)
-        st = os.stat(real)
-        stamp.append([real, st.st_size, st.st_mtime_ns])
+        stat = os.stat(real)
+        stamp.append([real, stat.st_size, stat.st_mtime_ns])
     cached = (record or {}).get("tools")
     if cached and cached.get("stamp") == stamp:
         return cached
-    key = json.dumps(stamp)
-    if key not in _TOOLS_CACHE:
-        versions = {}
-        for tool in ("node", "npm"):
-            out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False)
-            versions[tool] = out.stdout.strip().lstrip("v").split(".")[0] or "?"
-        _TOOLS_CACHE[key] = {"stamp": stamp, "versions": versions}
-    return _TOOLS_CACHE[key]
+    return ctx.once(("tools", json.dumps(stamp)),
+                    lambda: {"stamp": stamp, "versions": _versions()})
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for tool in ("node", "npm"):
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False,
+                             env=npmpolicy.child_env(os.environ))
+        versions[tool] = out.stdout.strip().lstrip("v").split(".")[0] or "?"
+    return versions
 
 
 def install_key(item: Function | Layer, versions: dict[str, str]) -> dict[str, Any]:
@@ -118,28 +133,29 @@ def install_key(item: Function | Layer, versions: dict[str, str]) -> dict[str, A
     }
 
 
-def _tree(item: Function | Layer, build_dir: str | Path, keep: bool = False) -> list[Entry]:
-    return walk_roots([staged_root(item, build_dir)], label(item), keep=keep)
+def _tree(item: Function | Layer, ctx: RunContext, keep: bool = False) -> list[Entry]:
+    return walk_roots([staged_root(item, ctx.layout(item))], label(item), ctx.caches.walks,
+                      keep=keep)
 
 
-def read_record(st: Staging) -> dict[str, Any] | None:
-    record = read_json(st.record)
+def read_record(layout: Layout) -> dict[str, Any] | None:
+    record = read_json(layout.install_record)
     return record if isinstance(record, dict) else None
 
 
-def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
+def is_installed(item: Function | Layer, ctx: RunContext) -> bool:
     """True when the staged tree is what the current inputs would install."""
-    st = staging(item, build_dir)
-    record = read_record(st)
-    if record is None or not st.node_modules.is_dir() and record.get("tree_files"):
+    layout = ctx.layout(item)
+    record = read_record(layout)
+    if record is None or not layout.node_modules.is_dir() and record.get("tree_files"):
         return False
     try:
-        key = install_key(item, _tools(record)["versions"])
+        key = install_key(item, _tools(ctx, record)["versions"])
     except (DodoLambdaError, OSError):
         return False
     if record.get("key") != key:
         return False
-    tree = _tree(item, build_dir, keep=True)  # the package check walks it next
+    tree = _tree(item, ctx, keep=True)  # the package check walks it next
     stat = digest.stat_digest(tree)
     if stat == record.get("tree_stat"):
         return True
@@ -147,7 +163,7 @@ def is_installed(item: Function | Layer, build_dir: str | Path) -> bool:
     if _content(tree) != record.get("tree_content"):
         return False
     record["tree_stat"] = stat
-    write_json(st.record, record)
+    write_json(layout.install_record, record)
     return True
 
 
@@ -159,9 +175,9 @@ def _read_package_json(item: Function | Layer) -> dict[str, Any]:
     path = Path(item.source) / "package.json"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DodoLambdaError(f"{label(item)}: {path} is not valid JSON ({exc}); fix the file"
-                              " (check it with `npm pkg get name`)") from None
+                              " (check it with `npm pkg get name`)") from exc
     if not isinstance(data, dict):
         raise DodoLambdaError(f"{label(item)}: {path} must hold a JSON object; fix the file")
     return data
@@ -177,9 +193,15 @@ def _read_lock(item: Function | Layer) -> tuple[Path, dict[str, Any]]:
         )
     try:
         data = json.loads(lock.read_text(encoding="utf-8"))
-    except ValueError as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise DodoLambdaError(f"{label(item)}: {lock} is not valid JSON ({exc}); recreate it"
-                              f" with `npm install --package-lock-only` in {src}") from None
+                              f" with `npm install --package-lock-only` in {src}") from exc
+    shape = [k for k in ("packages", "dependencies") if k in data and
+             not isinstance(data[k], dict)] if isinstance(data, dict) else ["the top level"]
+    if shape:
+        raise DodoLambdaError(
+            f"{label(item)}: {lock} is not an npm lock file ({shape[0]} should be an object);"
+            f" recreate it with `npm install --package-lock-only` in {src}")
     return lock, data
 
 
@@ -239,47 +261,58 @@ def relocate_manifests(pkg: dict[str, Any], lock: dict[str, Any], source: Path,
     return pkg, lock
 
 
-def install(item: Function | Layer, build_dir: str | Path) -> None:
+def install(item: Function | Layer, ctx: RunContext) -> None:
     """Install production dependencies into the staging folder, atomically:
     on failure nothing is left that a later run would take as installed."""
     who = label(item)
-    st = staging(item, build_dir)
+    layout = ctx.layout(item)
     src = Path(item.source)
     pkg = _read_package_json(item)
     lock_path, lock = _read_lock(item)
-    tools = _tools(read_record(st))
+    tools = _tools(ctx, read_record(layout))
     versions = tools["versions"]
     if versions["npm"].isdigit() and int(versions["npm"]) < 10:
         raise DodoLambdaError(f"{who}: npm {versions['npm']} cannot pick platform binaries"
                               " (--os/--cpu); install npm 10 or newer (`npm i -g npm@10`)")
     key = install_key(item, versions)
     # two doit processes must not install into the same staging folder at once
-    with locked(st.folder.with_name(f".{st.folder.name}.lock")):
-        if is_installed(item, build_dir):
+    with locked(layout.install_lock):
+        if is_installed(item, ctx):
             return  # another run installed the same thing while we waited
-        st.record.unlink(missing_ok=True)  # from here on, nothing counts as installed
-        work = st.folder.with_name(f".{st.folder.name}.tmp")
+        layout.install_record.unlink(missing_ok=True)  # from here on, nothing counts as installed
+        work = layout.install_work
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
             pkg, lock = relocate_manifests(pkg, lock, src, work)
+            pkg = npmpolicy.staged_package_json(pkg)
             (work / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
             (work / lock_path.name).write_text(json.dumps(lock, indent=2) + "\n")
-            if (src / ".npmrc").is_file():
-                shutil.copyfile(src / ".npmrc", work / ".npmrc")
-            _run_npm(["npm", "ci", *flags(item)], work, who, lock_path)
-            old = st.folder.with_name(f".{st.folder.name}.old")
+            env = npm_env(src)
+            try:  # the .npmrc may hold a token: it lives only as long as npm runs
+                if (src / ".npmrc").is_file():
+                    npmpolicy.stage_npmrc(src / ".npmrc", work / ".npmrc")
+                _run_npm(["npm", "ci", *flags(item)], work, who, lock_path, env)
+            finally:
+                (work / ".npmrc").unlink(missing_ok=True)
+            old = layout.install_old
             shutil.rmtree(old, ignore_errors=True)
-            if st.folder.exists():
-                os.replace(st.folder, old)
-            os.replace(work, st.folder)
+            if layout.staging.exists():
+                os.replace(layout.staging, old)
+            os.replace(work, layout.staging)
             shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        forget_walks()
-        tree = _tree(item, build_dir)
-        write_json(st.record, {
+        ctx.caches.walks.pop(staged_root(item, layout), None)  # a walk of the old tree
+        skipped = [] if item.scripts else sorted(
+            {npmpolicy.package_name(f) for f in npmpolicy.skipped_scripts(layout.node_modules)})
+        if skipped:
+            log.info("%s: install scripts not run (scripts=False): %s", who,
+                     ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more"
+                                               if len(skipped) > 8 else ""))
+        tree = _tree(item, ctx)
+        write_json(layout.install_record, {
             "key": key,
             "tools": tools,
             "tree_stat": digest.stat_digest(tree),
@@ -288,9 +321,15 @@ def install(item: Function | Layer, build_dir: str | Path) -> None:
         })
 
 
-def _run_npm(cmd: list[str], cwd: Path, who: str, lock_path: Path) -> None:
-    env = dict(os.environ, npm_config_update_notifier="false", npm_config_fund="false",
-               npm_config_audit="false")
+def npm_env(source: Path) -> dict[str, str]:
+    """The scrubbed environment npm runs in for ``source`` (see npmpolicy): the
+    allow-list, and the variables its npmrc files reference."""
+    files = npmpolicy.npmrc_files(source, os.environ)
+    return npmpolicy.child_env(os.environ, npmpolicy.npmrc_variables(files))
+
+
+def _run_npm(cmd: list[str], cwd: Path, who: str, lock_path: Path,
+             env: dict[str, str]) -> None:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if proc.returncode == 0:
         return

@@ -4,20 +4,19 @@ checked by SHA-256, in parallel parts when big, with progress lines."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
+import logging
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .aws import Clients, MiB, _no_bucket, _prefix, translating
 from .errors import DodoLambdaError
+
+log = logging.getLogger("dodo_lambda")
 
 PROGRESS_MIN_SIZE = 8 * MiB  # smaller uploads are quick: no progress lines
 PROGRESS_INTERVAL = 10.0  # seconds; also a line at each 25% step
@@ -45,22 +44,67 @@ def upload_zip(
     part_size: int = 16 * MiB,
     progress: Callable[[str], None] | None = None,
 ) -> bool:
-    """Put ``zip_path`` at s3://bucket/key unless identical bytes are there; True when sent."""
+    """Put ``zip_path`` at s3://bucket/key unless identical bytes are there; True when sent.
+
+    The bytes sent are known to be those whose SHA-256 is ``sha256_hex``: a single
+    put carries the checksum (S3 refuses other bytes); a multipart upload reads the
+    file it hashed through the same open handle (zips are replaced by rename, never
+    rewritten in place). boto3's transfer manager (s3transfer) does the sending.
+    """
     zip_path = Path(zip_path)
     size = zip_path.stat().st_size
     with translating(who, bucket=bucket, c=c):
         if _object_matches(c, bucket, key, sha256_hex, size):
             return False
         _require_bucket(c, who, bucket)
-        report = _Progress(progress or _to_stderr, f"{zip_path.name} to s3://{bucket}/{key}",
+        report = _Progress(progress or _log_progress, f"{zip_path.name} to s3://{bucket}/{key}",
                            size)
-        up = _Upload(c, who, bucket, key, zip_path, sha256_hex, size, report)
-        if size > multipart_threshold:
-            _multipart_upload(up, part_size)
-        else:
-            _single_put(up)
+        extra: dict[str, Any] = {
+            "ServerSideEncryption": "AES256",
+            "Metadata": {"sha256": sha256_hex},
+            "ContentType": "application/zip",
+        }
+        with zip_path.open("rb") as fh:
+            if size > multipart_threshold:
+                if _sha256_of(fh) != sha256_hex:
+                    raise DodoLambdaError(
+                        f"{_prefix(who)}{zip_path} changed since it was packaged (its SHA-256 is"
+                        " not the manifest's); build it again"
+                    )
+                fh.seek(0)
+            else:
+                extra["ChecksumSHA256"] = b64_sha256(sha256_hex)
+            extra["ChecksumAlgorithm"] = "SHA256"  # multipart: per part, S3 checks each
+            _transfer(c, fh, bucket, key, extra, report,
+                      multipart_threshold=multipart_threshold, part_size=part_size, size=size)
         report.done()
     return True
+
+
+def _sha256_of(fh: Any) -> str:
+    h = hashlib.sha256()
+    while chunk := fh.read(1 << 20):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _transfer(c: Clients, fh: Any, bucket: str, key: str, extra: dict[str, Any],
+              report: _Progress, *, multipart_threshold: int, part_size: int, size: int) -> None:
+    from s3transfer.manager import TransferConfig, TransferManager
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Subscriber(BaseSubscriber):
+        def on_progress(self, bytes_transferred: int, **_: Any) -> None:
+            report.add(bytes_transferred)  # negative when a part is retried
+
+    config = TransferConfig(
+        multipart_threshold=multipart_threshold + 1,  # up to the threshold: one put
+        # S3 allows 10,000 parts; each but the last must be at least 5 MiB.
+        multipart_chunksize=max(part_size, -(-size // 10_000)),
+        max_request_concurrency=4,
+    )
+    with TransferManager(c.s3, config) as manager:
+        manager.upload(fh, bucket, key, extra_args=extra, subscribers=[Subscriber()]).result()
 
 
 def _http_status(exc: Any) -> Any:
@@ -110,7 +154,7 @@ def s3_object_exists(c: Clients, bucket: str, key: str, *, who: str) -> bool:
                     f"{_prefix(who)}access denied reading s3://{bucket}/{key}; the credentials"
                     " need s3:GetObject on it (and s3:ListBucket, or S3 answers 403 for a"
                     " missing key)"
-                ) from None
+                ) from exc
             if status != 404:
                 raise
         _require_bucket(c, who, bucket)
@@ -125,113 +169,14 @@ def _require_bucket(c: Clients, who: str, bucket: str) -> None:
     except ClientError as exc:
         status = _http_status(exc)
         if status == 404:
-            raise _no_bucket(_prefix(who), bucket) from None
+            raise _no_bucket(_prefix(who), bucket) from exc
         if status == 403:
             return  # may lack s3:ListBucket yet be allowed to put; the put will tell
         raise
 
 
-@dataclass(frozen=True)
-class _Upload:
-    """One zip on its way to s3://bucket/key: what each step of sending it needs."""
-
-    c: Clients
-    who: str
-    bucket: str
-    key: str
-    zip_path: Path
-    sha256_hex: str
-    size: int
-    report: _Progress
-
-    @property
-    def extra(self) -> dict[str, Any]:
-        """The object's settings, alike for a single put and a multipart upload."""
-        return {
-            "ServerSideEncryption": "AES256",
-            "Metadata": {"sha256": self.sha256_hex},
-            "ContentType": "application/zip",
-        }
-
-
-def _single_put(up: _Upload) -> None:
-    with up.zip_path.open("rb") as fh:
-        up.c.s3.put_object(
-            Bucket=up.bucket,
-            Key=up.key,
-            Body=_ProgressReader(fh, up.report),
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=b64_sha256(up.sha256_hex),  # S3 refuses other bytes
-            **up.extra,
-        )
-
-
-def _multipart_upload(up: _Upload, part_size: int) -> None:
-    c, bucket, key = up.c, up.bucket, up.key
-    # S3 allows 10,000 parts; each but the last must be at least 5 MiB.
-    part_size = max(part_size, -(-up.size // 10_000))
-    upload_id = c.s3.create_multipart_upload(
-        Bucket=bucket, Key=key, ChecksumAlgorithm="SHA256", **up.extra
-    )["UploadId"]
-    try:
-        parts = _send_parts(up, upload_id, part_size)
-        c.s3.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-        )
-    except BaseException:
-        with contextlib.suppress(Exception):  # the original error is the one to report
-            c.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-        raise
-
-
-def _send_parts(up: _Upload, upload_id: str, part_size: int) -> list[dict[str, Any]]:
-    # One reader hashes the whole file in order while a few threads send parts:
-    # the object is then known to hold exactly the bytes whose hash we were given,
-    # even if the file changed since it was digested. At most workers+2 parts
-    # are in memory.
-    workers = 4
-    whole = hashlib.sha256()
-    slots = threading.Semaphore(workers + 2)
-    failed = threading.Event()
-
-    def send(number: int, data: bytes) -> dict[str, Any]:
-        try:
-            digest = b64_sha256(hashlib.sha256(data).hexdigest())
-            etag = up.c.s3.upload_part(
-                Bucket=up.bucket, Key=up.key, UploadId=upload_id, PartNumber=number, Body=data,
-                ChecksumAlgorithm="SHA256", ChecksumSHA256=digest,
-            )["ETag"]
-            up.report.add(len(data))
-            return {"PartNumber": number, "ETag": etag, "ChecksumSHA256": digest}
-        except BaseException:
-            failed.set()  # stop reading; the error is raised from the future
-            raise
-        finally:
-            slots.release()
-
-    with ThreadPoolExecutor(workers) as pool, up.zip_path.open("rb") as fh:
-        futures = []
-        number = 0
-        while True:
-            slots.acquire()
-            data = b"" if failed.is_set() else fh.read(part_size)
-            if not data:
-                slots.release()
-                break
-            whole.update(data)
-            number += 1
-            futures.append(pool.submit(send, number, data))
-        parts = [f.result() for f in futures]
-    if whole.hexdigest() != up.sha256_hex:
-        raise DodoLambdaError(
-            f"{_prefix(up.who)}{up.zip_path} changed while it was being uploaded; run again"
-        )
-    return parts
-
-
-def _to_stderr(line: str) -> None:
-    # doit keeps a task's stdout to itself at its default verbosity; stderr shows
-    print(line, file=sys.stderr, flush=True)
+def _log_progress(line: str) -> None:
+    log.info("%s", line)
 
 
 class _Progress:
@@ -246,13 +191,8 @@ class _Progress:
         self.last = time.monotonic()
         self.lock = threading.Lock()
 
-    def reached(self, position: int) -> None:
-        """The upload has got this far (a single put's read position)."""
-        with self.lock:
-            self._move(max(self.sent, position))
-
     def add(self, n: int) -> None:
-        """Another ``n`` bytes were sent (a multipart part)."""
+        """Another ``n`` bytes were sent (negative: a retry starts a part again)."""
         with self.lock:
             self._move(self.sent + n)
 
@@ -262,7 +202,7 @@ class _Progress:
             self._line()
 
     def _move(self, sent: int) -> None:
-        self.sent = min(sent, self.size)
+        self.sent = max(0, min(sent, self.size))
         if self.sent == self.size:
             return  # done() reports the end, once
         step = self.sent * 4 // max(self.size, 1)
@@ -278,26 +218,3 @@ class _Progress:
         self.sink(
             f"uploading {self.what}: {pct}% ({self.sent / MiB:.1f}/{self.size / MiB:.1f} MiB)"
         )
-
-
-class _ProgressReader:
-    """A seekable file wrapper reporting how far into the file a single put has read."""
-
-    def __init__(self, fh: Any, report: _Progress) -> None:
-        self._fh = fh
-        self._report = report
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._fh.read(n)
-        # The furthest position reached: signing may read the body once before
-        # sending it, and a retry rereads from the start.
-        self._report.reached(self._fh.tell())
-        return bytes(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return int(self._fh.seek(offset, whence))
-
-    def tell(self) -> int:
-        return int(self._fh.tell())
-
-

@@ -7,39 +7,55 @@ doit's ``TaskFailed`` (one line, no traceback).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import shutil
 import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, deploy, npm
+from . import build, bundle, deploy, npm, rules
 from .aws import AwsTarget
 from .config import Function, Layer, label
-from .errors import DodoLambdaError
-from .files import read_json
+from .context import RunContext
+from .errors import DodoLambdaError, NextStep
+from .lambdas import DIRECT_UPLOAD_LIMIT
 
 Item = Function | Layer
 TaskDict = dict[str, Any]
 
 GROUP_DOCS = {
     "npm": "install production dependencies (npm ci --omit=dev) for the target platform",
+    "bundle": "bundle TypeScript/JavaScript handlers with esbuild (functions with bundle=)",
     "package": "build the deterministic deployment zips",
     "upload": "put zips in S3 under content-addressed keys (skipped when already there)",
     "layer": "publish layer versions whose content differs from the latest published one",
     "deploy": "update (or create) the Lambda functions whose deployed code or settings differ",
     "invoke": "run a function's built zip locally in node, as Lambda would (no Docker)",
 }
+# What each step was doing, for a machine's error (disk full, permissions).
+_DOING = {"npm": "installing dependencies", "bundle": "bundling", "package": "writing the package",
+          "upload": "uploading", "deploy": "deploying", "layer": "publishing the layer",
+          "plan": "planning", "invoke": "invoking", "watch": "watching",
+          "emulator-stop": "stopping the emulator"}
 
 
-def _package(item: Item, build_dir: str) -> None:
-    result = build.package(item, build_dir)
-    print(f"{label(item)}: {build.paths(item, build_dir).zip} {result.zip_size:,} bytes,"
-          f" {result.files} files, {result.unzipped_size:,} bytes unzipped")
+# -- output: the core reports (results, logging), the adapter prints -----------------
+
+
+def _bundle(fn: Function, ctx: RunContext) -> None:
+    result = bundle.bundle(fn, ctx)
+    out = ctx.layout(fn).bundle_out
+    files = ", ".join(f"{out / rel} {size:,} bytes" for rel, size in result.outputs.items())
+    shipped = ", ".join(f.removeprefix("node_modules/") for f in result.externals) or "none"
+    print(f"{label(fn)}: bundled {result.entry} with esbuild {result.esbuild.version}"
+          f" ({result.esbuild.origin}): {files}; shipped in node_modules: {shipped}")
 
 
 def say(message: str) -> None:
@@ -47,297 +63,109 @@ def say(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _upload(fn: Function, build_dir: str, opts: deploy.Options) -> None:
-    sent = deploy.upload(fn, build_dir, opts)
-    record = read_json(deploy.record_paths(fn, build_dir)["uploaded"]) or {}
-    where = f"s3://{record.get('bucket')}/{record.get('key')}"
-    say(f"{label(fn)}: {'uploaded to' if sent else 'already in'} {where}")
+class _Stderr(logging.Handler):
+    """The core's warnings and progress, on the stderr doit gives the running action
+    (looked up per line: doit swaps it to capture a task's output)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+            if record.levelno >= logging.WARNING:
+                text = f"warning: {text}"
+            print(text, file=sys.stderr, flush=True)
+        except Exception:  # a broken stream must not fail the task
+            self.handleError(record)
 
 
-def _deploy(fn: Function, build_dir: str, opts: deploy.Options) -> None:
-    plan = deploy.deploy_function(fn, build_dir, opts)
-    record = read_json(deploy.record_paths(fn, build_dir)["deployed"]) or {}
-    if plan.create:
-        say(f"{label(fn)}: created")
-    else:
-        say(f"{label(fn)}: " + ("; ".join(plan.reasons) or "already up to date, nothing changed"))
-    say(f"{label(fn)}: deployed {record.get('arn')} version {record.get('version')}"
-        f" CodeSha256 {record.get('code_sha256')}")
-
-
-def _layer(layer: Layer, build_dir: str, opts: deploy.Options, users: tuple[Function, ...]
-           ) -> None:
-    plan = deploy.publish_layer(layer, build_dir, opts, users)
-    record = read_json(deploy.record_paths(layer, build_dir)["published"]) or {}
-    verb = "published" if plan.publish else "unchanged, using"
-    say(f"{label(layer)}: {verb} {record.get('arn')}")
-
-
-def _plan(items: list[Item], build_dir: str, opts: deploy.Options) -> None:
-    for line in deploy.plan_lines(items, build_dir, opts):
-        print(line)
-
-
-_STEPS: dict[str, Callable[..., Any]] = {
-    "npm": npm.install, "package": _package, "upload": _upload, "deploy": _deploy,
-    "layer": _layer, "plan": _plan,
-    "emulator-stop": lambda build_dir: _emulator_stop(build_dir),
-}
-
-
-def record_matches(path: str, expected: dict[str, Any]) -> bool:
-    """uptodate: the JSON record at ``path`` holds these values."""
-    record = read_json(Path(path))
-    return isinstance(record, dict) and all(record.get(k) == v for k, v in expected.items())
-
-
-def deploy_uptodate(fn: Function, build_dir: str, target: str) -> bool:
-    path = deploy.record_paths(fn, build_dir)["deployed"]
-    return record_matches(str(path), {"target": target,
-                                      "settings_digest": deploy.settings_digest(fn, build_dir)})
-
-
-def run_step(step: str, *args: Any) -> TaskFailed | None:
-    """The one doit action: run a step, turning a user's mistake into TaskFailed."""
-    try:
-        _STEPS[step](*args)
-    except DodoLambdaError as exc:
-        return TaskFailed(str(exc))
-    except OSError as exc:  # disk full, permissions: the machine's problem, said plainly
-        who = label(args[0]) if isinstance(args[0], (Function, Layer)) else step
-        where = f" ({exc.filename})" if exc.filename else ""
-        return TaskFailed(f"{who}: {exc.strerror or exc}{where}; fix that and run again")
-    return None
-
-
-def fail(message: str) -> TaskFailed:
-    return TaskFailed(message)
-
-
-def _remove_staging(item: Item, build_dir: str) -> None:
-    st = npm.staging(item, build_dir)
-    shutil.rmtree(st.folder, ignore_errors=True)
-    st.record.unlink(missing_ok=True)
-
-
-def _npm_task(item: Item, build_dir: str) -> TaskDict:
-    st = npm.staging(item, build_dir)
-    return {
-        "basename": "npm",
-        "name": item.name,
-        "doc": f"{label(item)}: npm ci --omit=dev {' '.join(npm.flags(item)[1:4])}"
-               f" into {st.folder}",
-        "actions": [(run_step, ["npm", item, build_dir])],
-        "file_dep": [str(p) for p in npm.input_files(item)],
-        "targets": [str(st.record)],
-        "uptodate": [(npm.is_installed, [item, build_dir])],
-        "clean": [(_remove_staging, [item, build_dir])],
-    }
-
-
-def _package_task(item: Item, build_dir: str) -> TaskDict:
-    p = build.paths(item, build_dir)
-    file_dep = []
-    if isinstance(item, Layer) or npm.has_dependencies(item):
-        file_dep.append(str(npm.staging(item, build_dir).record))
-    return {
-        "basename": "package",
-        "name": item.name,
-        "doc": f"{label(item)}: zip {item.source} into {p.zip}",
-        "actions": [(run_step, ["package", item, build_dir])],
-        "file_dep": file_dep,
-        "targets": [str(p.zip), str(p.manifest)],
-        "uptodate": [(build.is_packaged, [item, build_dir])],
-        "clean": True,
-    }
-
-
-def _upload_task(fn: Function, build_dir: str, opts: deploy.Options, target: str) -> TaskDict:
-    p = build.paths(fn, build_dir)
-    record = deploy.record_paths(fn, build_dir)["uploaded"]
-    return {
-        "basename": "upload",
-        "name": fn.name,
-        "doc": f"{label(fn)}: put {p.zip} in s3://{fn.bucket}/{fn.bucket_prefix}{fn.name}/",
-        "actions": [(run_step, ["upload", fn, build_dir, opts])],
-        "file_dep": [str(p.zip), str(p.manifest)],
-        "targets": [str(record)],
-        "uptodate": [(record_matches, [str(record), {"target": target, "bucket": fn.bucket,
-                                                   "prefix": fn.bucket_prefix}])],
-    }
-
-
-def _layer_task(layer: Layer, build_dir: str, opts: deploy.Options, target: str,
-                users: tuple[Function, ...]) -> TaskDict:
-    p = build.paths(layer, build_dir)
-    record = deploy.record_paths(layer, build_dir)["published"]
-    return {
-        "basename": "layer",
-        "name": layer.name,
-        "doc": f"{label(layer)}: publish {p.zip} when it differs from the latest version",
-        "actions": [(run_step, ["layer", layer, build_dir, opts, users])],
-        "file_dep": [str(p.zip), str(p.manifest)] + [
-            str(build.paths(fn, build_dir).manifest) for fn in users],
-        "targets": [str(record)],
-        "uptodate": [(record_matches, [str(record), {"target": target}])],
-    }
-
-
-def _deploy_task(fn: Function, build_dir: str, opts: deploy.Options, target: str) -> TaskDict:
-    p = build.paths(fn, build_dir)
-    records = deploy.record_paths(fn, build_dir)
-    file_dep = [str(p.zip), str(p.manifest)]
-    if fn.bucket:
-        file_dep.append(str(records["uploaded"]))
-    for layer in fn.layers:
-        if isinstance(layer, Layer):
-            file_dep.append(str(deploy.record_paths(layer, build_dir)["published"]))
-    return {
-        "basename": "deploy",
-        "name": fn.name,
-        "doc": f"{label(fn)}: update the function when its code or settings differ",
-        "actions": [(run_step, ["deploy", fn, build_dir, opts])],
-        "file_dep": file_dep,
-        "targets": [str(records["deployed"])],
-        "uptodate": [(deploy_uptodate, [fn, build_dir, target])],
-    }
-
-
-def _steps(item: Any) -> tuple[str, str]:
-    return ("package", "layer" if isinstance(item, Layer) else "deploy")
-
-
-def _problem(item: Any, items: tuple[Any, ...], valid: list[Item]) -> str | None:
-    """Why the item cannot be built, as one line (or None)."""
-    if not isinstance(item, (Function, Layer)):
-        return f"lambda_tasks() takes Function and Layer objects, not {item!r}"
-    twin = next((v for v in valid if v.name == item.name), None)
-    if twin is not None and twin.kind == item.kind:
-        return f"{label(item)} is defined twice with different settings; rename one"
-    if twin is not None:
-        return (f"{label(item)} and {label(twin)} share a name (task names must be unique);"
-                " rename one")
-    if isinstance(item, Function):
-        missing = [x.name for x in item.layers if isinstance(x, Layer) and x not in items]
-        if missing:
-            return (f"{label(item)} uses layer '{missing[0]}', which is not passed to"
-                    " lambda_tasks; pass the Layer too")
-    return item.problem
-
-
-def _failing(basename: str, item: Any, message: str) -> TaskDict:
-    return {
-        "basename": basename,
-        "name": getattr(item, "name", "invalid"),
-        "doc": f"cannot be built: {message}",
-        "actions": [(fail, [message])],
-        "uptodate": [False],
-    }
-
-
-def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
-                 region: str | None = None, endpoint: str | None = None, emulator: bool = False,
-                 direct_upload_limit: int = deploy.DIRECT_UPLOAD_LIMIT) -> Iterator[TaskDict]:
-    """doit tasks for the given Functions and Layers::
-
-        def task_lambda():
-            yield from lambda_tasks(orders, shared)
-
-    gives ``npm:<name>``, ``package:<name>``, ``upload:<name>`` (functions with a
-    bucket), ``layer:<name>``, ``deploy:<name>``, their groups, and ``plan``.
-    Paths are relative to the directory doit runs in. AWS access follows boto3's
-    standard chain; ``profile``, ``region`` and ``endpoint`` override it for
-    this project. ``emulator=True`` deploys to a local moto server started for
-    the run instead of AWS (needs the ``local`` extra).
-    """
-    build_dir = str(build_dir)
-    show_logs()
-    opts = deploy.Options(AwsTarget(profile, region, endpoint), direct_upload_limit,
-                          many=sum(isinstance(i, Function) for i in items) > 2,
-                          emulator=emulator, build_dir=build_dir)
-    target = deploy.target_key(opts)
-    valid: list[Item] = []
-    tasks: list[TaskDict] = []
-    for item in items:
-        if any(item is v or item == v for v in valid):
-            continue  # the same item passed twice
-        problem = _problem(item, items, valid)
-        if problem:
-            for step in _steps(item):
-                failing = _failing(step, item, problem)
-                while any((t["basename"], t["name"]) == (step, failing["name"]) for t in tasks):
-                    failing["name"] += "-again"  # a name clash must not become doit's error
-                tasks.append(failing)
-            continue
-        valid.append(item)
-        if isinstance(item, Layer) or npm.has_dependencies(item):
-            tasks.append(_npm_task(item, build_dir))
-        tasks.append(_package_task(item, build_dir))
-        if isinstance(item, Layer):
-            users = tuple(f for f in items if isinstance(f, Function) and item in f.layers)
-            tasks.append(_layer_task(item, build_dir, opts, target, users))
-        else:
-            if item.bucket:
-                tasks.append(_upload_task(item, build_dir, opts, target))
-            tasks.append(_deploy_task(item, build_dir, opts, target))
-            tasks.append(_invoke_task(item, build_dir, opts))
-    if emulator:
-        tasks.append(_emulator_stop_task(build_dir))
-    if valid:
-        tasks.extend(_watch_tasks(valid, build_dir, opts))
-    used = {t["basename"] for t in tasks}
-    for basename, doc in GROUP_DOCS.items():
-        if basename in used:
-            yield {"basename": basename, "name": None, "doc": doc}
-    yield from tasks
-    yield {
-        "basename": "plan",
-        "doc": "show what deploy would change for each function and layer, and why (read-only)",
-        "actions": [(run_step, ["plan", valid, build_dir, opts])],
-        "task_dep": [f"package:{i.name}" for i in valid],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
-
-
-# -- the local loop: invoke, the emulator, watch ------------------------------------------
-
-
-class _WarningFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = record.getMessage()
-        return f"warning: {text}" if record.levelno >= logging.WARNING else text
-
-
-def show_logs() -> None:
-    """The core's warnings and notes (logger "dodo_lambda") on stderr, once per process."""
+def show_core_messages() -> None:
     logger = logging.getLogger("dodo_lambda")
-    if not any(getattr(h, "_dodo_lambda", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_WarningFormatter())
-        handler._dodo_lambda = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    if not any(isinstance(h, _Stderr) for h in logger.handlers):
+        logger.addHandler(_Stderr())
         logger.setLevel(logging.INFO)
         logger.propagate = False
 
 
-def run_invoke(fn: Function, build_dir: str, opts: deploy.Options, event: str = "",
-               aws_credentials: bool = False) -> TaskFailed | None:
+def _doit_command(step: NextStep) -> str:
+    return f"`doit {step.step}:{step.name}`"
+
+
+def _package(item: Item, ctx: RunContext) -> None:
+    result = build.package(item, ctx)
+    print(f"{label(item)}: {ctx.layout(item).zip} {result.zip_size:,} bytes,"
+          f" {result.files} files, {result.unzipped_size:,} bytes unzipped")
+
+
+def _upload(fn: Function, ctx: RunContext) -> None:
+    result = deploy.upload(fn, ctx)
+    if result is not None:
+        where = f"s3://{result.bucket}/{result.key}"
+        say(f"{label(fn)}: {'uploaded to' if result.sent else 'already in'} {where}")
+
+
+def _deploy(fn: Function, ctx: RunContext) -> None:
+    result = deploy.deploy_function(fn, ctx)
+    plan = result.plan
+    if plan.create:
+        say(f"{label(fn)}: created")
+    else:
+        say(f"{label(fn)}: " + ("; ".join(plan.reasons) or "already up to date, nothing changed"))
+    say(f"{label(fn)}: deployed {result.arn} version {result.version}"
+        f" CodeSha256 {result.code_sha256}")
+
+
+def _layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> None:
+    result = deploy.publish_layer(layer, ctx, users)
+    verb = "published" if result.plan.publish else "unchanged, using"
+    say(f"{label(layer)}: {verb} {result.arn}")
+
+
+def _plan(items: list[Item], ctx: RunContext, problems: tuple[str, ...] = ()) -> None:
+    for line in build.left_out_lines(items, ctx):
+        print(line)
+    report = deploy.plan_report(items, ctx)
+    for line in [*(f"{p} (deploy would refuse)" for p in problems), *report.lines]:
+        print(line)
+    refused = [*problems, *report.refused]
+    if refused:
+        raise DodoLambdaError(f"plan: deploy would refuse {len(refused)} item(s): "
+                              + " | ".join(refused))
+
+
+def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
+    """The one doit action: run a step, turning a user's mistake into TaskFailed (one
+    line; DODO_LAMBDA_DEBUG=1 adds the traceback). ``task`` is doit's: the values of
+    its command-line params (``task.options``) go to the step as keyword arguments."""
+    show_core_messages()
+    options = getattr(task, "options", None) or {}
+    try:
+        outcome = _STEPS[step](*args, **options)
+    except DodoLambdaError as exc:
+        _debug(exc)
+        return TaskFailed(exc.render(_doit_command))
+    except OSError as exc:  # disk full, permissions: the machine's problem, said plainly
+        _debug(exc)
+        who = label(args[0]) if isinstance(args[0], (Function, Layer)) else step
+        where = f" ({exc.filename})" if exc.filename else ""
+        return TaskFailed(f"{who}: {_DOING[step]} failed: {exc.strerror or exc}{where};"
+                          " fix that and run again")
+    return outcome if isinstance(outcome, TaskFailed) else None
+
+
+# -- the local loop: invoke, the emulator, watch ----------------------------------------
+
+
+def _invoke(fn: Function, ctx: RunContext, event: str = "", aws_credentials: bool = False
+            ) -> TaskFailed | None:
     """``doit invoke:<name>``: the result (or error shape) as the last line on stdout, the
     handler's logs and Lambda's REPORT line on stderr."""
     from . import invoke
 
-    show_logs()
-    who = label(fn)
-    try:
-        text = invoke.read_event(event, sys.stdin, who)
-        aws = invoke.caller_credentials() if aws_credentials else None
-        inv = invoke.for_function(fn, build_dir, region=opts.target.region, aws=aws)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        result = invoke.run(inv, text, build_dir)
-    except DodoLambdaError as exc:
-        return TaskFailed(str(exc))
+    text = invoke.read_event(event, sys.stdin, label(fn))
+    credentials = invoke.caller_credentials() if aws_credentials else None
+    inv = invoke.for_function(fn, ctx, aws=credentials)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    result = invoke.run(inv, text, ctx.build_dir)
     say(result.report_line())
     if result.ok:
         print(result.payload, flush=True)
@@ -347,43 +175,12 @@ def run_invoke(fn: Function, build_dir: str, opts: deploy.Options, event: str = 
     return TaskFailed(result.payload)
 
 
-def _invoke_task(fn: Function, build_dir: str, opts: deploy.Options) -> TaskDict:
-    deps = [f"package:{fn.name}"] + [f"package:{x.name}" for x in fn.layers if isinstance(x, Layer)]
-    return {
-        "basename": "invoke",
-        "name": fn.name,
-        "doc": f"{label(fn)}: run the built zip locally in node, as Lambda would"
-               " (--event FILE, --event - for stdin; --aws-credentials)",
-        "actions": [(run_invoke, [fn, build_dir, opts])],
-        "task_dep": deps,
-        "uptodate": [False],
-        "verbosity": 2,
-        "params": [
-            {"name": "event", "long": "event", "type": str, "default": "",
-             "help": "the event: a JSON file, or - to read it from stdin (default {})"},
-            {"name": "aws_credentials", "long": "aws-credentials", "type": bool,
-             "default": False,
-             "help": "let the handler use this shell's AWS credentials (off: it gets none)"},
-        ],
-    }
-
-
-def _emulator_stop(build_dir: str) -> None:
+def _emulator_stop(ctx: RunContext) -> None:
     from . import emulator
 
-    stopped = emulator.stop(build_dir)
+    stopped = emulator.stop(ctx.build_dir)
     say(f"emulator: stopped the server at {stopped.url} (pid {stopped.pid})" if stopped
         else "emulator: no server running for this project")
-
-
-def _emulator_stop_task(build_dir: str) -> TaskDict:
-    return {
-        "basename": "emulator-stop",
-        "doc": "stop this project's local AWS emulator (it forgets everything deployed to it)",
-        "actions": [(run_step, ["emulator-stop", build_dir])],
-        "uptodate": [False],
-        "verbosity": 2,
-    }
 
 
 def _change_line(change: Any) -> str:
@@ -398,21 +195,21 @@ def _change_line(change: Any) -> str:
     elif change.build_ms:
         parts.append(f"rebuilt in {change.build_ms:.0f} ms")
     if change.deploy_ms is not None:
-        parts.append(f"{' and '.join(change.notes) or 'deployed'} in {change.deploy_ms / 1000:.2f} s")
+        parts.append(f"{' and '.join(change.notes) or 'deployed'} in"
+                     f" {change.deploy_ms / 1000:.2f} s")
     return f"{when} {change.item}: {shown}: {', '.join(parts)}"
 
 
-def run_watch(items: tuple[Item, ...], build_dir: str, opts: deploy.Options,
-              deploy: bool = True, poll: bool = False) -> TaskFailed | None:
+def _watch(items: tuple[Item, ...], ctx: RunContext, deploy: bool = True,
+           poll: bool = False) -> None:
     """``doit watch`` / ``watch:<name>``: rebuild (and redeploy) on every save, until Ctrl-C."""
     import threading
 
     from . import watch
 
-    show_logs()
     stop = threading.Event()
     try:
-        w = watch.Watch(items, build_dir, opts, deploy_changes=deploy)
+        w = watch.Watch(items, ctx, deploy_changes=deploy)
         w.prepare()
         if deploy:  # start from what is deployed: layers first, then the functions
             for change in w.deploy_all():
@@ -422,16 +219,173 @@ def run_watch(items: tuple[Item, ...], build_dir: str, opts: deploy.Options,
         def ready(how: str) -> None:
             say(f"watch: watching {names} through {how}; Ctrl-C to stop")
 
-        for batch in watch.batches(w.folders, stop, ready, poll=poll, skip=[build_dir]):
+        for batch in watch.batches(w.folders, stop, ready, poll=poll, skip=[ctx.build_dir]):
             for change in w.handle(batch):
                 say(_change_line(change))
     except KeyboardInterrupt:
         say("watch: stopped")
-    except DodoLambdaError as exc:
-        return TaskFailed(str(exc))
     finally:
         stop.set()
-    return None
+
+
+_STEPS: dict[str, Callable[..., Any]] = {
+    "npm": npm.install, "bundle": _bundle, "package": _package, "upload": _upload,
+    "deploy": _deploy, "layer": _layer, "plan": _plan, "invoke": _invoke, "watch": _watch,
+    "emulator-stop": _emulator_stop,
+}
+
+
+def _debug(exc: BaseException) -> None:
+    if os.environ.get("DODO_LAMBDA_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(exc, file=sys.stderr)
+
+
+def fail(message: str) -> TaskFailed:
+    return TaskFailed(message)
+
+
+def _remove_staging(item: Item, ctx: RunContext) -> None:
+    layout = ctx.layout(item)
+    # a killed install's folders too: they may hold the project's .npmrc
+    for folder in (layout.staging, layout.install_work, layout.install_old):
+        shutil.rmtree(folder, ignore_errors=True)
+    layout.install_record.unlink(missing_ok=True)
+
+
+def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(item)
+    return {
+        "basename": "npm",
+        "name": item.name,
+        "doc": f"{label(item)}: npm ci --omit=dev {' '.join(npm.flags(item)[1:4])}"
+               f" into {layout.staging}",
+        "actions": [(run_step, ["npm", (item, ctx)])],
+        "file_dep": [str(p) for p in npm.input_files(item)],
+        "targets": [str(layout.install_record)],
+        "uptodate": [(npm.is_installed, [item, ctx])],
+        "clean": [(_remove_staging, [item, ctx])],
+    }
+
+
+def _remove_bundle(fn: Function, ctx: RunContext) -> None:
+    layout = ctx.layout(fn)
+    shutil.rmtree(layout.bundle_folder, ignore_errors=True)
+    layout.bundle_record.unlink(missing_ok=True)
+
+
+def _bundle_task(fn: Function, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(fn)
+    return {
+        "basename": "bundle",
+        "name": fn.name,
+        "doc": f"{label(fn)}: esbuild {fn.handler} from {fn.source} into {layout.bundle_out}",
+        "actions": [(run_step, ["bundle", (fn, ctx)])],
+        # the npm step first; whether its result changed is the bundle's own check
+        "task_dep": [f"npm:{fn.name}"] if npm.has_dependencies(fn) else [],
+        "targets": [str(layout.bundle_record)],
+        "uptodate": [(bundle.is_bundled, [fn, ctx])],
+        "clean": [(_remove_bundle, [fn, ctx])],
+    }
+
+
+def _bundled(item: Any) -> bool:
+    return isinstance(item, Function) and item.bundle_options is not None
+
+
+def _package_task(item: Item, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(item)
+    file_dep = []
+    if npm.has_dependencies(item):
+        file_dep.append(str(layout.install_record))
+    return {
+        "basename": "package",
+        "name": item.name,
+        "doc": f"{label(item)}: zip {'the bundle of ' if _bundled(item) else ''}{item.source}"
+               f" into {layout.zip}",
+        "actions": [(run_step, ["package", (item, ctx)])],
+        "file_dep": file_dep,
+        "targets": [str(layout.zip), str(layout.manifest)],
+        "uptodate": [(build.is_packaged, [item, ctx])],
+        "clean": [(build.clean_package, [item, ctx])],
+        "task_dep": [f"bundle:{item.name}"] if _bundled(item) else [],
+    }
+
+
+def _upload_task(fn: Function, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(fn)
+    return {
+        "basename": "upload",
+        "name": fn.name,
+        "doc": f"{label(fn)}: put {layout.zip} in s3://{fn.bucket}/{fn.bucket_prefix}{fn.name}/",
+        "actions": [(run_step, ["upload", (fn, ctx)])],
+        "file_dep": [str(layout.zip), str(layout.manifest)],
+        "targets": [str(layout.uploaded)],
+        "uptodate": [(deploy.upload_is_recorded, [fn, ctx])],
+    }
+
+
+def _layer_task(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> TaskDict:
+    layout = ctx.layout(layer)
+    return {
+        "basename": "layer",
+        "name": layer.name,
+        "doc": f"{label(layer)}: publish {layout.zip} when it differs from the latest version",
+        "actions": [(run_step, ["layer", (layer, ctx, users)])],
+        "file_dep": [str(layout.zip), str(layout.manifest)] + [
+            str(ctx.layout(fn).manifest) for fn in users],
+        "targets": [str(layout.published)],
+        "uptodate": [(deploy.layer_is_recorded, [layer, ctx])],
+    }
+
+
+def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
+    layout = ctx.layout(fn)
+    file_dep = [str(layout.zip), str(layout.manifest)]
+    if fn.bucket:
+        file_dep.append(str(layout.uploaded))
+    for layer in fn.layers:
+        if isinstance(layer, Layer):
+            file_dep.append(str(ctx.layout(layer).published))
+    return {
+        "basename": "deploy",
+        "name": fn.name,
+        "doc": f"{label(fn)}: update the function when its code or settings differ",
+        "actions": [(run_step, ["deploy", (fn, ctx)])],
+        "file_dep": file_dep,
+        "targets": [str(layout.deployed)],
+        "uptodate": [(deploy.deploy_is_recorded, [fn, ctx])],
+    }
+
+
+def _invoke_task(fn: Function, ctx: RunContext) -> TaskDict:
+    deps = [f"package:{fn.name}"] + [f"package:{x.name}" for x in fn.layers if isinstance(x, Layer)]
+    return {
+        "basename": "invoke",
+        "name": fn.name,
+        "doc": f"{label(fn)}: run the built zip locally in node, as Lambda would"
+               " (--event FILE, --event - for stdin; --aws-credentials)",
+        "actions": [(run_step, ["invoke", (fn, ctx)])],
+        "task_dep": deps,
+        "uptodate": [False],
+        "verbosity": 2,
+        "params": [
+            {"name": "event", "long": "event", "type": str, "default": "",
+             "help": "the event: a JSON file, or - to read it from stdin (default {})"},
+            {"name": "aws_credentials", "long": "aws-credentials", "type": bool,
+             "default": False,
+             "help": "let the handler use this shell's AWS credentials (off: it gets none)"},
+        ],
+    }
+
+
+def _emulator_stop_task(ctx: RunContext) -> TaskDict:
+    return {
+        "basename": "emulator-stop",
+        "doc": "stop this project's local AWS emulator (it forgets everything deployed to it)",
+        "actions": [(run_step, ["emulator-stop", (ctx,)])],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
 
 
 _WATCH_PARAMS = [
@@ -442,24 +396,178 @@ _WATCH_PARAMS = [
 ]
 
 
-def _watch_tasks(valid: list[Item], build_dir: str, opts: deploy.Options) -> list[TaskDict]:
+def _watch_tasks(valid: list[Item], ctx: RunContext) -> list[TaskDict]:
     """``watch`` (everything) and ``watch:<name>`` (a function and its layers): plain tasks,
     not a doit group, so that ``doit watch`` is one watcher, not each in turn."""
     out = [{
         "basename": "watch",
         "doc": "rebuild and redeploy functions and layers on every save (Ctrl-C to stop)",
-        "actions": [(run_watch, [tuple(valid), build_dir, opts])],
+        "actions": [(run_step, ["watch", (tuple(valid), ctx)])],
         "task_dep": [f"package:{i.name}" for i in valid],
         "uptodate": [False], "verbosity": 2, "params": _WATCH_PARAMS,
     }]
+    # the layers as built (lambda_tasks gives a layer its users' architecture)
+    layers = {i.name: i for i in valid if isinstance(i, Layer)}
     for fn in valid:
         if isinstance(fn, Function):
-            mine: tuple[Item, ...] = (fn, *[x for x in fn.layers if isinstance(x, Layer)])
+            mine: tuple[Item, ...] = (fn, *[layers[x.name] for x in fn.layers
+                                            if isinstance(x, Layer)])
             out.append({
                 "basename": f"watch:{fn.name}",
                 "doc": f"{label(fn)}: rebuild and redeploy on every save (Ctrl-C to stop)",
-                "actions": [(run_watch, [mine, build_dir, opts])],
+                "actions": [(run_step, ["watch", (mine, ctx)])],
                 "task_dep": [f"package:{i.name}" for i in mine],
                 "uptodate": [False], "verbosity": 2, "params": _WATCH_PARAMS,
             })
     return out
+
+
+def _steps(item: Any) -> tuple[str, ...]:
+    if isinstance(item, Function) and item.bundle is not None and item.bundle is not False:
+        return ("bundle", "package", "deploy")
+    return ("package", "layer" if isinstance(item, Layer) else "deploy")
+
+
+def _users(layer: Layer, items: tuple[Any, ...]) -> tuple[Function, ...]:
+    return tuple(f for f in items if isinstance(f, Function) and layer in f.layers)
+
+
+def _fit(layer: Layer, items: tuple[Any, ...]) -> rules.LayerFit:
+    # a user with an invalid architecture reports that itself
+    users = [(f.name, f.runtime, f.architecture) for f in _users(layer, items)
+             if rules.architecture_problem(f.architecture) is None]
+    return rules.layer_fit(layer.name, layer.runtimes, layer.architectures, users)
+
+
+def _built_for_users(layer: Layer, items: tuple[Any, ...]) -> Layer:
+    """The layer as it is built: without architectures= it takes its users' one."""
+    if layer.architectures:
+        return layer
+    built = dataclasses.replace(layer)
+    object.__setattr__(built, "_users_architecture", _fit(layer, items).architecture)
+    return built
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _problem(item: Any, items: tuple[Any, ...], valid: list[Item],
+             build_dir: str = ".dodo_lambda") -> str | None:
+    """Why the item cannot be built, as one line (or None)."""
+    if not isinstance(item, (Function, Layer)):
+        return f"lambda_tasks() takes Function and Layer objects, not {item!r}"
+    own = item.problem
+    if own:
+        return own
+    if _same_folder(build_dir, item.source):
+        return (f"{label(item)}: build_dir={build_dir!r} is its source folder, so the zip"
+                " would pack its own build output; use a folder inside it (the default"
+                " '.dodo_lambda') or outside it")
+    if isinstance(item, Layer):
+        fit = _fit(item, items)
+        if fit.problem:
+            return fit.problem
+    else:
+        for layer in item.layers:
+            if isinstance(layer, Layer) and not layer.problem:
+                fit = _fit(layer, items)
+                if fit.problem:
+                    return f"{label(item)}: {fit.problem}"
+                if item.name in fit.misfits:
+                    return f"{label(item)} {fit.misfits[item.name]}"
+    twin = next((v for v in valid if v.name == item.name), None)
+    if twin is not None and twin.kind == item.kind:
+        return f"{label(item)} is defined twice with different settings; rename one"
+    if twin is not None:
+        return (f"{label(item)} and {label(twin)} share a name (task names must be unique);"
+                " rename one")
+    if isinstance(item, Function):
+        missing = [x.name for x in item.layers if isinstance(x, Layer) and x not in items]
+        if missing:
+            return (f"{label(item)} uses layer '{missing[0]}', which is not passed to"
+                    " lambda_tasks; pass the Layer too")
+    return None
+
+
+def _failing(basename: str, item: Any, message: str) -> TaskDict:
+    name = getattr(item, "name", None)
+    return {
+        "basename": basename,
+        # a name that is not a string (None) would make doit take this for a group
+        "name": name if isinstance(name, str) and name else "invalid",
+        "doc": f"cannot be built: {message}",
+        "actions": [(fail, [message])],
+        "uptodate": [False],
+    }
+
+
+def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
+                 region: str | None = None, endpoint: str | None = None, emulator: bool = False,
+                 direct_upload_limit: int = DIRECT_UPLOAD_LIMIT) -> Iterator[TaskDict]:
+    """doit tasks for the given Functions and Layers::
+
+        def task_lambda():
+            yield from lambda_tasks(orders, shared)
+
+    gives ``npm:<name>``, ``bundle:<name>`` (functions with ``bundle=``),
+    ``package:<name>``, ``upload:<name>`` (functions with a bucket), ``layer:<name>``,
+    ``deploy:<name>``, ``invoke:<name>`` (functions), their groups, ``plan``, ``watch``
+    and ``watch:<name>`` (functions), and ``emulator-stop`` (with ``emulator=True``).
+    Paths are relative to the directory doit runs in. AWS access follows boto3's
+    standard chain; ``profile``, ``region`` and ``endpoint`` override it for
+    this project. ``emulator=True`` deploys to the project's local moto server
+    instead of AWS (started when needed and kept running between runs; needs the
+    ``local`` extra).
+    """
+    show_core_messages()
+    ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
+                     direct_limit=direct_upload_limit,
+                     list_functions=sum(isinstance(i, Function) for i in items) > 2)
+    valid: list[Item] = []
+    tasks: list[TaskDict] = []
+    problems: list[str] = []
+    for item in items:
+        if any(item is v or item == v for v in valid):
+            continue  # the same item passed twice
+        problem = _problem(item, items, valid, build_dir)
+        if problem:
+            problems.append(problem)
+            for step in _steps(item):
+                failing = _failing(step, item, problem)
+                while any((t["basename"], t["name"]) == (step, failing["name"]) for t in tasks):
+                    failing["name"] += "-again"  # a name clash must not become doit's error
+                tasks.append(failing)
+            continue
+        if isinstance(item, Layer):
+            item = _built_for_users(item, items)
+        valid.append(item)
+        if npm.has_dependencies(item):
+            tasks.append(_npm_task(item, ctx))
+        if isinstance(item, Function) and item.bundle_options is not None:
+            tasks.append(_bundle_task(item, ctx))
+        tasks.append(_package_task(item, ctx))
+        if isinstance(item, Layer):
+            tasks.append(_layer_task(item, ctx, _users(item, items)))
+        else:
+            if item.bucket:
+                tasks.append(_upload_task(item, ctx))
+            tasks.append(_deploy_task(item, ctx))
+            tasks.append(_invoke_task(item, ctx))
+    if emulator:
+        tasks.append(_emulator_stop_task(ctx))
+    if valid:
+        tasks.extend(_watch_tasks(valid, ctx))
+    used = {t["basename"] for t in tasks}
+    for basename, doc in GROUP_DOCS.items():
+        if basename in used:
+            yield {"basename": basename, "name": None, "doc": doc}
+    yield from tasks
+    yield {
+        "basename": "plan",
+        "doc": "show what deploy would change for each function and layer, and why (read-only)",
+        "actions": [(run_step, ["plan", (valid, ctx, tuple(problems))])],
+        "task_dep": [f"package:{i.name}" for i in valid],
+        "uptodate": [False],
+        "verbosity": 2,
+    }

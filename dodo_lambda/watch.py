@@ -1,22 +1,32 @@
 """Watch: rebuild and redeploy a package on each saved change, in one process.
 
 On every batch of changes the watcher reports, each affected function or layer
-is rebuilt and (unless told not to) deployed again: a source file changed ->
-the zip is spliced (``zipsplice``: only what changed is read and compressed);
-package.json, the lock file or .npmrc changed -> npm and a full build; a layer
-changed -> the layer is published and the watched functions using it move to
-the new version. Bursts (an editor's temporary files, a ``git checkout``) come
-as one batch: the watcher waits until the files stop changing.
+is rebuilt and (unless told not to) deployed again:
 
-File events come from ``watchfiles`` (inotify, FSEvents, ...: the ``watch``
-extra) or, without it or with ``poll=True``, from a stat walk of the watched
-folders every half second. The core reports each change as a ``Change``; the
-adapter prints it.
+- a source file changed -> the zip is spliced (``zipsplice``: only what changed is
+  read and compressed), after the same checks the package step makes (the handler
+  check on the new selection, its warnings); the result equals a cold build;
+- a change the splice cannot stand for (the selection rules, a folder, a link, a
+  file the default excludes leave out coming or going, a native addon, a large
+  file) -> the package step itself (``build.package``, incremental);
+- package.json, the lock file or .npmrc changed -> npm, then the package step;
+- a function with ``bundle=``: any change in its folder -> the bundle step when
+  its up-to-date check says so (esbuild read that file), then the package step;
+- a layer changed -> the layer is published and the watched functions using it
+  move to the new version.
+
+Bursts (an editor's temporary files, a ``git checkout``) come as one batch: the
+watcher waits until the files stop changing. File events come from
+``watchfiles`` (inotify, FSEvents, ...: the ``watch`` extra) or, without it or
+with ``poll=True``, from a stat walk of the watched folders every half second.
+The core reports each change as a ``Change``; the adapter prints it.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import logging
 import os
 import stat
 import threading
@@ -24,13 +34,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from . import archive, build, deploy, npm, zipsplice
+from . import archive, build, bundle, deploy, entrycache, npm, zipsplice
 from .config import Function, Layer, label
+from .context import RunContext
 from .errors import DodoLambdaError
 from .files import locked, read_json
-from .select import IGNORE_FILE, Entry, Root, select, walk_roots
+from .selection import IGNORE_FILE, Entry, Matcher, Root, Selection, choose, walk_roots
+
+log = logging.getLogger("dodo_lambda")
 
 STEP_MS = 5  # a batch ends when the files have not changed for this long
 DEBOUNCE_MS = 1600  # ... or after this long, whatever keeps changing
@@ -57,10 +69,15 @@ class _Watched:
     source: Path  # resolved
     roots: list[Root]  # the item's own files (not the staged dependencies)
     npm_inputs: set[Path]
-    state: zipsplice.ZipState | None = None
-    matcher: Any = None
+    bundled: bool = False  # bundle=: the zip holds esbuild's output, not the sources
+    state: zipsplice.ZipState | None = None  # None: the next change builds in full
+    matcher: Matcher | None = None
     options: str = ""  # the options digest the zip was built with
-    pending: Any = None  # a change whose entry cache is not written yet
+    selection: Selection | None = None  # of the zip as it is (dropped, restored)
+    warnings: list[str] = field(default_factory=list)  # the package step's, for it
+    packages: dict[str, int] | None = None  # the manifest's package sizes
+    linked: frozenset[str] = frozenset()  # real paths packed through a symlink
+    pending: bool = False  # a splice whose entry cache is not written yet
 
 
 def _resolved(path: str | Path) -> Path:
@@ -70,19 +87,20 @@ def _resolved(path: str | Path) -> Path:
 class Watch:
     """The watched items of a project and what to do when their files change."""
 
-    def __init__(self, items: Iterable[Item], build_dir: str | Path, opts: deploy.Options, *,
+    def __init__(self, items: Iterable[Item], ctx: RunContext, *,
                  deploy_changes: bool = True) -> None:
         self.items = list(items)
-        self.build_dir = str(build_dir)
-        self.opts = opts
+        self.ctx = ctx
         self.deploy_changes = deploy_changes
         self.watched = [self._watched(i) for i in self.items]
 
     def _watched(self, item: Item) -> _Watched:
-        roots = [Root(_resolved(r.path), r.prefix, r.prune, r.staged)
-                 for r in build.roots(item, self.build_dir) if not r.staged]
+        bundled = isinstance(item, Function) and item.bundle_options is not None
+        roots = [] if bundled else [
+            Root(_resolved(r.path), r.prefix, r.prune, r.staged)
+            for r in build.roots(item, self.ctx.build_dir) if not r.staged]
         return _Watched(item, _resolved(item.source), roots,
-                        {_resolved(p) for p in npm.input_files(item)})
+                        {_resolved(p) for p in npm.input_files(item)}, bundled=bundled)
 
     @property
     def folders(self) -> list[Path]:
@@ -90,25 +108,39 @@ class Watch:
 
     def prepare(self) -> None:
         """Bring every watched package up to date and remember its zip."""
+        ctx = self.ctx
         for w in self.watched:
-            if not build.is_packaged(w.item, self.build_dir):
-                build.package(w.item, self.build_dir)
+            if w.bundled and isinstance(w.item, Function) and not bundle.is_bundled(w.item, ctx):
+                bundle.bundle(w.item, ctx)
+            if not build.is_packaged(w.item, ctx):
+                build.package(w.item, ctx)
             self._load(w)
 
     def _load(self, w: _Watched) -> None:
-        p = build.paths(w.item, self.build_dir)
-        cache = build._read_cache(p.cache) or {}
-        everything = walk_roots(build.roots(w.item, self.build_dir), label(w.item))
-        patterns = build.patterns(w.item, self.build_dir)
-        entries = select(everything, patterns, label(w.item))
-        w.matcher = patterns.matcher()
-        w.options = build.options_digest(w.item, self.build_dir)
-        w.pending = None
-        try:
-            w.state = zipsplice.load(p.zip, entries, cache.get("entries") or {},
+        """Remember the item's zip as the package step left it: its entries, its
+        selection and the package step's warnings about them."""
+        w.state, w.pending = None, False
+        if w.bundled:
+            return  # rebuilt by the bundle and package steps, never spliced
+        item, ctx = w.item, self.ctx
+        who = label(item)
+        layout = ctx.layout(item)
+        roots = build.roots(item, ctx.build_dir)
+        patterns = build.patterns(item, ctx.build_dir)
+        w.matcher = patterns.matcher(who)
+        w.options = build.options_digest(item, ctx.build_dir)
+        w.selection = chosen = choose(walk_roots(roots, who), patterns, who, roots)
+        w.warnings = build.selection_warnings(item, layout, chosen)
+        w.linked = _linked(chosen.entries, w.roots)
+        manifest = read_json(layout.manifest)
+        w.packages = manifest.get("packages") if isinstance(manifest, dict) else None
+        cache = entrycache.read(layout.entries)
+        if cache is None or cache.options != w.options or \
+                cache.zip != entrycache.zip_stat(layout.zip):
+            return
+        with contextlib.suppress(zipsplice.Fallback):  # else the next change builds in full
+            w.state = zipsplice.load(layout.zip, chosen.entries, cache.records,
                                      archive.dos_timestamp())
-        except zipsplice.Fallback:
-            w.state = None  # the next change builds in full
 
     def deploy_all(self) -> list[Change]:
         """Deploy every watched item as it is now (layers first): where watching starts."""
@@ -131,6 +163,7 @@ class Watch:
 
     def handle(self, paths: Iterable[str]) -> list[Change]:
         """Rebuild (and deploy) what ``paths`` affect; one Change per affected item."""
+        self.ctx.next_round()  # what the last round learnt about files is stale now
         plan: dict[int, tuple[str, dict[str, Entry | None], list[str]]] = {}
         saved: list[int] = []
         for raw in paths:
@@ -143,6 +176,8 @@ class Watch:
                 shown.append(os.path.relpath(path, w.source))
                 if kind == "npm":
                     how = "npm"
+                elif kind == "bundle" and how != "npm":
+                    how = "bundle"
                 elif kind == "full" and how == "splice":
                     how = "full"
                 elif kind == "file":
@@ -150,12 +185,12 @@ class Watch:
                 plan[n] = (how, changes, shown)
                 saved.extend(_mtime_ns(path))
         since = min(saved) / 1e9 if saved else time.time()
-        if plan and self.deploy_changes and not self.opts.emulator:
+        if plan and self.deploy_changes:
             # a long-lived process: what was listed before may have changed since
             from . import lambdas
 
             with contextlib.suppress(DodoLambdaError):  # the deploy below reports it
-                lambdas.invalidate(deploy.clients(self.opts, "watch"))
+                lambdas.invalidate(deploy.clients(self.ctx, "watch"))
         results = []
         republished: list[Layer] = []
         # layers first: a function changed in the same batch then deploys with the new version
@@ -196,7 +231,7 @@ class Watch:
         return results
 
     def _classify(self, w: _Watched, path: Path) -> tuple[str, str]:
-        """("ignore" | "npm" | "full" | "file", zip path) for a changed path."""
+        """("ignore" | "npm" | "bundle" | "full" | "file", zip path) for a changed path."""
         real = _resolved(path)
         if real in w.npm_inputs:
             return "npm", ""
@@ -204,15 +239,16 @@ class Watch:
             rel_source = real.relative_to(w.source).as_posix()
         except ValueError:
             return "ignore", ""
-        if rel_source == IGNORE_FILE:
-            return "full", ""  # the selection rules changed
-        if not any(r.path == w.source or w.source in r.path.parents for r in w.roots):
-            # packed from elsewhere (a bundler's output, say): any source edit means a build
+        if w.bundled or not any(r.path == w.source or w.source in r.path.parents
+                                for r in w.roots):
+            # packed from elsewhere (a bundler's output): the bundle's own check decides
             top = rel_source.split("/")[0]
-            inner = build._inside(Path(self.build_dir), w.source)
+            inner = build._inside(Path(self.ctx.build_dir), w.source)
             skipped = top in ("node_modules", ".git") or (inner and (rel_source + "/").startswith(
                 inner + "/"))
-            return ("ignore", "") if skipped else ("full", "")
+            return ("ignore", "") if skipped else ("bundle" if w.bundled else "full", "")
+        if rel_source == IGNORE_FILE or str(real) in w.linked:
+            return "full", ""  # the selection rules changed, or a link's target
         for root in w.roots:
             try:
                 rel = real.relative_to(root.path).as_posix()
@@ -222,98 +258,166 @@ class Watch:
             if any("/".join(parts[:k]) in root.prune for k in range(1, len(parts))) or \
                     rel in root.prune:
                 return "ignore", ""
-            arcname = root.prefix + rel
-            if os.path.islink(path) or os.path.isdir(real):
-                return "full", ""  # a folder or a link: the walk's rules decide
-            if w.state is not None and not os.path.exists(real) and any(
-                    n.startswith(arcname + "/") for n in w.state.names):
-                return "full", ""  # a folder went away
-            if not os.path.exists(real) and (w.state is None or arcname not in w.state.records):
-                return "ignore", ""  # a temporary file that came and went
-            if os.path.exists(real) and not w.matcher.selected(arcname) and (
-                    w.state is None or arcname not in w.state.records):
-                return "ignore", ""  # not packed (excluded), and was not
-            return "file", arcname
+            return self._classify_file(w, path, real, root.prefix + rel)
         return "ignore", ""
+
+    def _classify_file(self, w: _Watched, path: Path, real: Path, arcname: str
+                       ) -> tuple[str, str]:
+        """How a changed file under one of the item's roots is packed, in the order
+        ``selection.choose`` decides it."""
+        exists = os.path.exists(real)
+        known = w.state is not None and arcname in w.state.records
+        if os.path.islink(path) or os.path.isdir(real):
+            return "full", ""  # a folder or a link: the walk's rules decide
+        if w.state is not None and not exists and any(
+                n.startswith(arcname + "/") for n in w.state.names):
+            return "full", ""  # a folder went away
+        matcher, chosen = w.matcher, w.selection
+        if matcher is None or chosen is None:
+            return "full", ""
+        kept = matcher.keep is not None and matcher.keep(arcname)
+        if not kept and matcher.ignore(arcname):
+            return "ignore", ""  # excluded: neither packed nor listed
+        if matcher.by_default(arcname):
+            if kept:
+                return "full", ""  # include= brings it back: the package step warns
+            # the manifest lists what the default excludes leave out: the package step
+            # lists it when one comes or goes (and warns when it looks like code)
+            if any(arcname.startswith(d) for d in chosen.dropped if d.endswith("/")):
+                return ("ignore", "") if exists else ("full", "")  # maybe its folder's last
+            return ("full", "") if exists != (arcname in chosen.dropped) else ("ignore", "")
+        if not exists and not known:
+            return "ignore", ""  # a temporary file that came and went
+        if arcname.endswith(".node"):
+            return "full", ""  # a native addon: the package step checks its architecture
+        return "file", arcname
 
     def _entry(self, w: _Watched, path: Path, arcname: str) -> Entry | None:
         try:
             st = os.stat(path)
         except FileNotFoundError:
             return None
-        if not stat.S_ISREG(st.st_mode) or not w.matcher.selected(arcname):
+        if not stat.S_ISREG(st.st_mode) or w.matcher is None or not w.matcher.selected(arcname):
             return None
         return Entry(arcname, str(path), st.st_size, st.st_mtime_ns,
                      0o755 if st.st_mode & 0o111 else 0o644)
 
     def _rebuild(self, w: _Watched, how: str, changes: dict[str, Entry | None]) -> bool:
         """The new package; False when its bytes did not change."""
-        item = w.item
+        try:
+            return self._build(w, how, changes)
+        except BaseException:
+            # this batch's changes are not all in the zip: the next one builds in full
+            w.state = None
+            raise
+
+    def _build(self, w: _Watched, how: str, changes: dict[str, Entry | None]) -> bool:
+        item, ctx = w.item, self.ctx
         if how == "npm":
-            if npm.has_dependencies(item) and not npm.is_installed(item, self.build_dir):
-                npm.install(item, self.build_dir)
+            if npm.has_dependencies(item) and not npm.is_installed(item, ctx):
+                npm.install(item, ctx)
+            how = "bundle" if w.bundled else "full"
+        if how == "bundle":
+            if isinstance(item, Function) and not bundle.is_bundled(item, ctx):
+                bundle.bundle(item, ctx)
             how = "full"
         if how == "splice" and w.state is not None:
-            p = build.paths(item, self.build_dir)
-            with locked(p.cache.with_suffix(".lock")):
-                try:
-                    result = zipsplice.splice(w.state, changes, label(item))
-                except zipsplice.Fallback:
-                    result = None
-                    how = "full"
-                except BaseException:
-                    w.state = None  # half-updated: the next change builds in full
-                    raise
-                else:
-                    self._record(item, w, result, changes)
-                    if result is None:
-                        return False
-            if how == "splice":
-                return True
-        before = read_json(build.paths(item, self.build_dir).manifest) or {}
-        result = build.package(item, self.build_dir)
+            spliced = self._splice(w, w.state, changes)
+            if spliced is not None:
+                return spliced
+        layout = ctx.layout(item)
+        before = read_json(layout.manifest) or {}
+        result = build.package(item, ctx)
         self._load(w)
         return bool(result.sha256 != before.get("sha256"))
 
-    def _record(self, item: Item, w: _Watched, result: archive.ZipResult | None,
-                changes: dict[str, Entry | None]) -> None:
-        """The manifest now; the entry cache once the change is reported (``flush``).
-        The stat digest is left out: the next ``doit package`` walks once and fills it in."""
-        p = build.paths(item, self.build_dir)
-        assert w.state is not None
-        if result is not None:
-            packages = None  # the npm packages' sizes change only with node_modules
-            if not any("node_modules/" in a for a in changes):
-                packages = (read_json(p.manifest) or {}).get("packages")
-            build._record(item, p, w.options, "", w.state.entries, result, packages=packages,
-                          cache=False)
-        w.pending = result or True
+    def _splice(self, w: _Watched, state: zipsplice.ZipState,
+                changes: dict[str, Entry | None]) -> bool | None:
+        """The package step for a few changed files, through a splice of the zip: True
+        when the zip changed, False when not, None when a full build must do it."""
+        item, ctx = w.item, self.ctx
+        assert w.selection is not None
+        layout = ctx.layout(item)
+        entries = _updated(state, changes)
+        # the package step's checks, on the selection as it will be
+        build.check_entries(item, ctx.build_dir, entries)
+        for warning in w.warnings:
+            log.warning("%s", warning)
+        with locked(layout.package_lock):  # one writer of this zip at a time
+            try:
+                result = zipsplice.splice(state, changes, label(item),
+                                          before_write=layout.entries.unlink)
+            except zipsplice.Fallback:
+                return None
+            w.pending = True
+            if result is None:
+                return False
+            if any("node_modules/" in a for a in changes):
+                w.packages = build.package_sizes(entries)
+            chosen = w.selection._replace(entries=entries)
+            build.write_manifest(item, layout, chosen, result, packages=w.packages)
+            w.selection = chosen
+        return True
 
     def flush(self) -> None:
-        """Write the entry caches the last changes left pending."""
+        """Write the entry caches the last splices left pending. Their stat digest is
+        left empty: the next ``doit package`` walks once and fills it in."""
         for w in self.watched:
             if w.state is not None:
                 zipsplice.discard(w.state)
-            if w.pending is None or w.state is None:
+            if not w.pending or w.state is None:
                 continue
-            p = build.paths(w.item, self.build_dir)
-            with locked(p.cache.with_suffix(".lock")):
-                if zipsplice._stat(p.zip) == w.state.stat:  # still the zip we wrote
-                    build._write_cache(p.cache, {"options": w.options, "zip": list(w.state.stat),
-                                                 "stat": "", "entries": w.state.records})
-            w.pending = None
+            layout = self.ctx.layout(w.item)
+            with locked(layout.package_lock):
+                if entrycache.zip_stat(layout.zip) == w.state.stat:  # still the zip we wrote
+                    entrycache.write(layout.entries, entrycache.EntryCache(
+                        w.options, w.state.stat, "", w.state.records))
+            w.pending = False
 
     def _deploy(self, fn: Function, change: Change) -> None:
-        deploy.upload(fn, self.build_dir, self.opts)  # only with a bucket (or too big: says so)
-        plan = deploy.deploy_function(fn, self.build_dir, self.opts)
+        deploy.upload(fn, self.ctx)  # only with a bucket (or too big: says so)
+        plan = deploy.deploy_function(fn, self.ctx).plan
         change.notes.append("created" if plan.create else
                             ("deployed" if plan.changes else "already deployed"))
 
     def _publish(self, layer: Layer, change: Change) -> None:
         users = tuple(w.item for w in self.watched if isinstance(w.item, Function)
                       and layer in w.item.layers)
-        plan = deploy.publish_layer(layer, self.build_dir, self.opts, users)
+        plan = deploy.publish_layer(layer, self.ctx, users).plan
         change.notes.append("published" if plan.publish else "already published")
+
+
+def _updated(state: zipsplice.ZipState, changes: dict[str, Entry | None]) -> list[Entry]:
+    """The zip's entries (sorted by zip path) once ``changes`` are applied."""
+    names, entries = list(state.names), list(state.entries)
+    for arcname, entry in sorted(changes.items()):
+        i = bisect.bisect_left(names, arcname)
+        there = i < len(names) and names[i] == arcname
+        if entry is None:
+            if there:
+                del names[i], entries[i]
+        elif there:
+            entries[i] = entry
+        else:
+            names.insert(i, arcname)
+            entries.insert(i, entry)
+    return entries
+
+
+def _linked(entries: list[Entry], roots: list[Root]) -> frozenset[str]:
+    """The real paths of the files packed through a symlink (their zip path is not
+    where they are): a change to one of them is a change to another entry."""
+    out = set()
+    for root in roots:
+        top, prefix = os.path.realpath(root.path) + os.sep, root.prefix
+        pruned = tuple(p + "/" for p in root.prune)  # another root's files (node_modules/)
+        for e in entries:
+            if not e.arcname.startswith(prefix):
+                continue
+            rel = e.arcname[len(prefix):]
+            if e.path != top + rel and not rel.startswith(pruned):
+                out.add(os.path.realpath(e.path))
+    return frozenset(out)
 
 
 def _mtime_ns(path: Path) -> list[int]:

@@ -17,13 +17,15 @@ import hashlib
 import os
 import struct
 from base64 import b64encode
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import archive
+from .entrycache import CachedEntry
 from .errors import DodoLambdaError
-from .select import Entry
+from .selection import Entry
 
 MARK = 1 << 20  # a SHA-256 checkpoint of the zip every MiB
 _OFFSET = struct.Struct("<I")
@@ -41,7 +43,7 @@ class ZipState:
     path: Path
     entries: list[Entry]  # sorted by zip path
     names: list[str]
-    records: dict[str, list[Any]]  # archive records: size mtime mode sha crc method csize offset
+    records: dict[str, CachedEntry]  # the zip's entry records (``ZipResult.records``)
     central: list[bytes]  # the central directory entry of each entry
     lines: list[str]  # content-digest line of each entry
     cd_offset: int  # where the central directory starts (the end of the entries)
@@ -63,12 +65,23 @@ def _line(arcname: str, mode: int, sha: str) -> str:
     return f"{arcname}\0{mode:o}\0{sha}\n"  # as digest.content_digest builds it
 
 
-def _central(arcname: str, rec: list[Any], dostime: tuple[int, int]) -> bytes:
+def _central(arcname: str, rec: CachedEntry, dostime: tuple[int, int]) -> bytes:
     name, flags = archive._name_bytes(arcname)
-    size, _, mode, _, crc, method, csize, offset = rec[:8]
     return archive._CENTRAL.pack(
-        0x02014B50, (3 << 8) | 20, 20, flags, method, dostime[0], dostime[1], crc, csize, size,
-        len(name), 0, 0, 0, 0, (0o100000 | mode) << 16, offset) + name
+        0x02014B50, (3 << 8) | 20, 20, flags, rec.method, dostime[0], dostime[1], rec.crc,
+        rec.csize, rec.size, len(name), 0, 0, 0, 0, (0o100000 | rec.mode) << 16,
+        rec.offset) + name
+
+
+def _safe(arcname: str) -> bool:
+    """A zip path ``archive.write_zip`` accepts: relative, no '..' or '\\', UTF-8."""
+    if arcname.startswith("/") or "\\" in arcname or ".." in arcname.split("/"):
+        return False
+    try:
+        arcname.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in a file name, as surrogates
+        return False
+    return True
 
 
 def _stat(path: Path) -> tuple[int, int]:
@@ -76,18 +89,20 @@ def _stat(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def load(path: Path, entries: list[Entry], records: dict[str, list[Any]],
+def load(path: Path, entries: list[Entry], records: dict[str, CachedEntry],
          dostime: tuple[int, int]) -> ZipState:
     """The state of the zip at ``path``, written by ``archive.write_zip`` for ``entries``
-    with ``records``. Raises Fallback when they do not describe it."""
+    with ``records`` (the state keeps and updates that dict). Raises Fallback when they
+    do not describe it."""
     names = [e.arcname for e in entries]
     if names != sorted(records) or any(
-            records[e.arcname][:3] != [e.size, e.mtime_ns, e.mode] for e in entries):
+            (r.size, r.mtime_ns, r.mode) != (e.size, e.mtime_ns, e.mode)
+            for e, r in ((e, records[e.arcname]) for e in entries)):
         raise Fallback("the records do not describe these files")
     central = [_central(n, records[n], dostime) for n in names]
-    lines = [_line(n, records[n][2], records[n][3]) for n in names]
+    lines = [_line(n, records[n].mode, records[n].sha256) for n in names]
     state = ZipState(path, list(entries), names, records, central, lines, 0, dostime,
-                     unzipped=sum(r[0] for r in records.values()))
+                     unzipped=sum(r.size for r in records.values()))
     try:
         size = _stat(path)[0]
     except OSError as exc:
@@ -133,10 +148,12 @@ def _copy(src: int, dst: int, start: int, length: int, at: int) -> None:
         start, at, length = start + n, at + n, length - n
 
 
-def splice(state: ZipState, changes: dict[str, Entry | None], who: str
-           ) -> archive.ZipResult | None:
+def splice(state: ZipState, changes: dict[str, Entry | None], who: str, *,
+           before_write: Callable[[], None] | None = None) -> archive.ZipResult | None:
     """Rewrite the zip for ``changes`` (zip path -> its new entry, or None when it is
-    gone). Returns None when no byte of the zip changes (a save of the same content)."""
+    gone). Returns None when no byte of the zip changes (a save of the same content).
+    ``before_write`` runs once the zip is certain to change (the caller drops what
+    describes the old zip)."""
     if _stat(state.path) != state.stat:
         raise Fallback("the zip was rewritten by someone else")
     packed: dict[str, archive.Packed | None] = {}
@@ -149,23 +166,29 @@ def splice(state: ZipState, changes: dict[str, Entry | None], who: str
             continue
         if entry.size > archive.STREAM_THRESHOLD:
             raise Fallback("a large file: streamed by the full build")
-        same_mode = rec is not None and rec[2] == entry.mode
+        if not _safe(arcname):
+            raise Fallback("a zip path the full build refuses, saying why")
+        same_mode = rec is not None and rec.mode == entry.mode
         # The watcher says it changed: read it, even when size and mtime look the same
         # (two saves within one tick of the file system's clock); equal bytes are reused.
-        p = archive._pack(entry, [rec[0], -1, *rec[2:]] if rec is not None and same_mode else None)
+        p = archive._pack(entry, rec._replace(mtime_ns=-1) if rec is not None and same_mode
+                          else None)
         if p.old_offset is not None and rec is not None:  # same bytes: only its stats moved
-            rec[0], rec[1] = entry.size, entry.mtime_ns
+            state.records[arcname] = rec._replace(size=entry.size, mtime_ns=entry.mtime_ns)
             state.entries[bisect.bisect_left(state.names, arcname)] = entry
             continue
         packed[arcname] = p
     if not packed:
         return None
-    total = state.unzipped + sum((p.size if p else 0) - (state.records[a][0] if a in state.records
-                                                         else 0) for a, p in packed.items())
+    total = state.unzipped + sum((p.size if p else 0) - (state.records[a].size
+                                                         if a in state.records else 0)
+                                 for a, p in packed.items())
     if total > archive.UNZIPPED_LIMIT:
         raise Fallback("over Lambda's size limit: the full build says how")
     if len(state.names) + sum(a not in state.records for a in packed) > archive.MAX_ENTRIES:
         raise Fallback("too many entries")
+    if before_write is not None:
+        before_write()
     return _write(state, packed, who)
 
 
@@ -193,7 +216,7 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
                     first_change = pos
                 i = j + 1 if j < len(names) and names[j] == arcname else j
                 gone = recs.pop(arcname, None) if j < len(names) and names[j] == arcname else None
-                state.unzipped -= gone[0] if gone else 0
+                state.unzipped -= gone.size if gone else 0
                 if p is None:
                     continue
                 name, flags = archive._name_bytes(arcname)
@@ -202,8 +225,8 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
                 os.pwrite(fd, header + (p.data or b""), pos)
                 e = p.entry
                 state.unzipped += p.size
-                recs[arcname] = [e.size, e.mtime_ns, e.mode, p.sha256, p.crc, p.method, p.csize,
-                                 pos]
+                recs[arcname] = CachedEntry(e.size, e.mtime_ns, e.mode, p.sha256, p.crc,
+                                            p.method, p.csize, pos)
                 new_names.append(arcname)
                 new_entries.append(e)
                 new_central.append(_central(arcname, recs[arcname], state.dostime))
@@ -223,8 +246,9 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
     start = max((m for m in state.marks if m[0] <= (first_change or 0)), key=lambda m: m[0])
     h, marks = _hash_from(tmp, start[1].copy(), start[0], state.marks)
     # Freeing the old zip's blocks costs milliseconds: keep a link to it, so that the
-    # new zip is in place first and the old one is dropped later (``discard``).
-    state.old = state.path.with_name(f".{state.path.name}.{os.getpid()}.old")
+    # new zip is in place first and the old one is dropped later (``discard``). Named
+    # like a temporary zip: the next build removes it if this process is killed first.
+    state.old = state.path.with_name(f".{state.path.name}.{os.getpid()}.old.tmp")
     try:
         state.old.unlink(missing_ok=True)
         os.link(state.path, state.old)
@@ -249,8 +273,8 @@ def _run(state: ZipState, src: int, dst: int, i: int, j: int, pos: int, names: l
     if j <= i:
         return pos
     old = state.names
-    start = state.records[old[i]][7]
-    stop = state.records[old[j]][7] if j < len(old) else (
+    start = state.records[old[i]].offset
+    stop = state.records[old[j]].offset if j < len(old) else (
         end if end is not None else state.cd_offset)
     _copy(src, dst, start, stop - start, pos)
     delta = pos - start
@@ -263,8 +287,8 @@ def _run(state: ZipState, src: int, dst: int, i: int, j: int, pos: int, names: l
     else:
         recs = state.records
         for k, name in enumerate(run_names, start=i):
-            rec = recs[name]
-            rec[7] += delta
+            offset = recs[name].offset + delta
+            recs[name] = recs[name]._replace(offset=offset)
             cd = state.central[k]
-            central.append(cd[:_CD_OFFSET_AT] + _OFFSET.pack(rec[7]) + cd[_CD_OFFSET_AT + 4:])
+            central.append(cd[:_CD_OFFSET_AT] + _OFFSET.pack(offset) + cd[_CD_OFFSET_AT + 4:])
     return pos + (stop - start)

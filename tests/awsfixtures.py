@@ -12,15 +12,17 @@ Fixtures
 
 Helpers (import from awsfixtures)
   sha(path) -> (hex, base64) SHA-256 of a file; random_file(path, size) -> path
-  create_function(aws_env, zip_path, name="orders", **kw)
-                                             create a function as dodo_lambda does
+  create_function(aws_env, zip_path, name="orders", architecture="x86_64", **settings)
+                                             create a function with plain boto3
   MakeZip, WHO, CODE_PATH, CONFIG_PATH       make_zip's type; function 'orders' in
                                              messages and in Lambda's API paths
   inject_fault(client, "UpdateFunctionCode", status=409, code="ResourceConflictException",
                times=2)                      in-process error answers, counts calls
+  fake_answer(client, "UpdateFunctionCode", times=1, LastUpdateStatus="InProgress")
+                                             an operation's answer reports fields moto never
+                                             reports, for the first N calls
   fake_function_state(client, times=2, LastUpdateStatus="InProgress")
-                                             GetFunction[Configuration] report a state
-                                             moto never reports, for the first N calls
+                                             the same for GetFunction[Configuration]
 
 Nothing here can reach a real AWS account: every botocore request made in the
 test process is checked to go to a loopback address, and the environment the
@@ -295,8 +297,6 @@ class AwsEnv:
 @pytest.fixture
 def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[AwsEnv]:
     """An empty moto, and an environment in which boto3 reaches only it."""
-    from dodo_lambda import aws as aws_module
-
     assert urlsplit(moto_server.url).hostname == "127.0.0.1"
     moto_server.reset()
     for key in list(os.environ):
@@ -312,27 +312,24 @@ def aws_env(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Iterato
         "AWS_CONFIG_FILE": os.devnull,
         "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
         "AWS_EC2_METADATA_DISABLED": "true",
+        # dodo_lambda's documented knob: no pauses between polls and retries
+        "DODO_LAMBDA_WAIT_SCALE": "0",
     }
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     no_proxy = ",".join(sorted(LOOPBACK))
     monkeypatch.setenv("NO_PROXY", no_proxy)
     monkeypatch.setenv("no_proxy", no_proxy)
-    aws_module.reset_clients()
     env = AwsEnv(moto_server)
     env._start = env.mark()
     yield env
-    aws_module.reset_clients()
 
 
 @pytest.fixture
 def fault_proxy(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> Iterator[FaultProxy]:
     """A FaultProxy in front of moto; AWS_ENDPOINT_URL (and aws_env.env()) point at it."""
-    from dodo_lambda import aws as aws_module
-
     with FaultProxy(aws_env.url) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        aws_module.reset_clients()
         yield proxy
 
 
@@ -361,11 +358,8 @@ def fast_aws(monkeypatch: pytest.MonkeyPatch) -> None:
     """No pauses between polls and retries: moto answers at once anyway."""
     from botocore.retries.standard import ExponentialBackoff
 
-    from dodo_lambda import lambdas
-
-    monkeypatch.setattr(lambdas, "POLL_DELAY", 0.0)
-    monkeypatch.setattr(lambdas, "CONFLICT_BASE_DELAY", 0.0)
-    # botocore's own retry backoff (up to a second or more per retry).
+    monkeypatch.setenv("DODO_LAMBDA_WAIT_SCALE", "0")  # dodo_lambda's documented knob
+    # botocore's own retry backoff (up to a second or more per retry), in this process.
     monkeypatch.setattr(ExponentialBackoff, "delay_amount", lambda self, context: 0)
 
 
@@ -388,15 +382,16 @@ def random_file(path: Path, size: int) -> Path:
     return path
 
 
-def create_function(env: AwsEnv, zip_path: Path, name: str = "orders", **kw: object) -> dict:
-    from dodo_lambda import aws, lambdas
-
-    return lambdas.create_function(
-        aws.clients(), name, who=f"function '{name}'", role=env.role_arn(),
-        runtime="nodejs20.x", handler="index.handler",
-        architecture=kw.pop("architecture", "x86_64"),  # type: ignore[arg-type]
-        zip_path=zip_path, **kw,  # type: ignore[arg-type]
+def create_function(env: AwsEnv, zip_path: Path, name: str = "orders",
+                    architecture: str = "x86_64", **settings: Any) -> dict:
+    """Set-up: a function made with plain boto3 (not the code under test)."""
+    config = env.boto("lambda").create_function(
+        FunctionName=name, Role=env.role_arn(), Runtime="nodejs24.x", Handler="index.handler",
+        Architectures=[architecture], PackageType="Zip", Code={"ZipFile": zip_path.read_bytes()},
+        **settings,
     )
+    config.pop("ResponseMetadata", None)
+    return dict(config)
 
 
 # ------------------------------------------------------------------ in-process faults
@@ -470,15 +465,16 @@ def inject_fault(
 
 
 @contextlib.contextmanager
-def fake_function_state(client: Any, times: int = 1, **fields: Any) -> Iterator[FaultCounter]:
-    """Make the first ``times`` GetFunction/GetFunctionConfiguration answers carry ``fields``.
+def fake_answer(client: Any, *operations: str, times: int = 1, **fields: Any
+                ) -> Iterator[FaultCounter]:
+    """Make the first ``times`` answers of ``operations`` carry ``fields``.
 
     moto never reports LastUpdateStatus InProgress or State Pending; this rewrites
     the parsed answer (after-call hook) so the code under test sees them.
     """
     counter = FaultCounter()
     service = client.meta.service_model.service_id.hyphenize()
-    events = [f"after-call.{service}.{op}" for op in ("GetFunction", "GetFunctionConfiguration")]
+    events = [f"after-call.{service}.{op}" for op in operations]
 
     def handler(parsed: dict, **_: Any) -> None:
         counter.calls += 1
@@ -494,3 +490,9 @@ def fake_function_state(client: Any, times: int = 1, **fields: Any) -> Iterator[
     finally:
         for event in events:
             client.meta.events.unregister(event, handler)
+
+
+def fake_function_state(client: Any, times: int = 1, **fields: Any
+                        ) -> contextlib.AbstractContextManager[FaultCounter]:
+    """fake_answer for GetFunction and GetFunctionConfiguration (the waiters' reads)."""
+    return fake_answer(client, "GetFunction", "GetFunctionConfiguration", times=times, **fields)

@@ -1,1 +1,1 @@
-pytest_plugins = ["awsfixtures", "projects"]
+pytest_plugins = ["awsfixtures", "projects", "bundlefixtures"]

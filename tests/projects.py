@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from dodo_lambda.layout import BuildDir, Layout
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
 NO_REGISTRY = "http://127.0.0.1:9/"  # nothing listens there: any registry use fails fast
 
 DODO = '''
@@ -67,8 +70,9 @@ def make_package(root: Path, name: str, files: dict[str, str], version: str = "1
 
 
 def lock(folder: Path) -> None:
-    subprocess.run(["npm", "install", "--package-lock-only", "--offline"], cwd=folder,
-                   check=True, capture_output=True, env=npm_env())
+    # --ignore-scripts: even --package-lock-only runs the root's own install scripts
+    subprocess.run(["npm", "install", "--package-lock-only", "--offline", "--ignore-scripts"],
+                   cwd=folder, check=True, capture_output=True, env=npm_env())
 
 
 @dataclass
@@ -89,8 +93,21 @@ class Project:
                               capture_output=True, text=True, env=env or npm_env(), timeout=300)
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
+    @property
+    def build_dir(self) -> Path:
+        return self.root / ".dodo_lambda"
+
+    @property
+    def paths(self) -> BuildDir:
+        """The build dir's project-wide paths (the invoker's cache, the emulator's files)."""
+        return BuildDir(self.build_dir)
+
+    def layout(self, name: str = "demo", kind: str = "function") -> Layout:
+        """Where dodo_lambda keeps the item's files (the code's own Layout)."""
+        return Layout(self.build_dir, kind, name)
+
     def zip_path(self, name: str = "demo") -> Path:
-        return self.root / ".dodo_lambda" / "dist" / f"{name}.zip"
+        return self.layout(name).zip
 
     def names(self, name: str = "demo") -> list[str]:
         with zipfile.ZipFile(self.zip_path(name)) as z:
@@ -98,10 +115,11 @@ class Project:
 
     def record(self, kind: str, name: str = "demo") -> dict:
         """A JSON record beside the zip: deployed, uploaded, published."""
-        return json.loads((self.root / ".dodo_lambda" / "dist" / f"{name}.{kind}.json").read_text())
+        item = "layer" if kind == "published" else "function"
+        return json.loads(getattr(self.layout(name, item), kind).read_text())
 
-    def manifest(self, name: str = "demo") -> dict:
-        return json.loads((self.root / ".dodo_lambda" / "dist" / f"{name}.manifest.json").read_text())
+    def manifest(self, name: str = "demo", kind: str = "function") -> dict:
+        return json.loads(self.layout(name, kind).manifest.read_text())
 
 
 @dataclass
@@ -124,7 +142,7 @@ class Run:
 
 
 FUNCTION = {"name": "demo", "source": "fn", "handler": "index.handler"}
-LAYER = {"name": "shared", "source": "layers/shared", "runtimes": ["nodejs20.x"]}
+LAYER = {"name": "shared", "source": "layers/shared", "runtimes": ["nodejs24.x"]}
 
 
 @pytest.fixture(scope="session")
@@ -141,6 +159,9 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "index.js": "const { excl } = require('greet-util');\n"
                     "exports.greet = (n) => excl(`Hello, ${n}`);\n",
         "bin/greet.js": "#!/usr/bin/env node\nconsole.log(require('..').greet('cli'));\n",
+        # files a package reads at run time that the default excludes would drop in
+        # the function's own folder: they must ship from node_modules
+        "certs/ca.pem": "-----BEGIN CERTIFICATE-----\n", ".env.defaults": "GREETING=Hello\n",
     }, deps={"greet-util": "file:../pkgs/greet-util-1.0.0.tgz"})
     manifest = json.loads((greet / "package.json").read_text())
     manifest["bin"] = {"greet": "bin/greet.js"}

@@ -35,22 +35,31 @@ def test_importing_aws_does_not_import_boto3(module: str) -> None:
     subprocess.run([sys.executable, "-c", code], cwd=root, check=True)
 
 
-def test_clients_memoised_and_target_key(
-    aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch
+def test_clients_kept_per_run_and_target_key(
+    aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from dodo_lambda.deploy import Options, target_key
+    import pickle
 
-    c = aws.clients()
-    assert c is aws.clients(AwsTarget())
+    from dodo_lambda.context import RunContext
+    from dodo_lambda.deploy import target_key
+
+    ctx = RunContext(tmp_path)
+    c = ctx.clients()
+    assert c is ctx.clients()  # made once per run
     assert (c.region, c.endpoint) == ("us-east-1", aws_env.url)
-    first = target_key(Options())
-    assert first == target_key(Options(AwsTarget()))
-    assert target_key(Options(AwsTarget(region="eu-west-1"))) != first
-    assert target_key(Options(AwsTarget(endpoint="http://127.0.0.1:1"))) != first
-    assert target_key(Options(emulator=True)) != first
+    assert RunContext(tmp_path).clients() is not c  # another run, other clients
+    first = target_key(ctx)
+    assert first == target_key(RunContext(tmp_path, AwsTarget()))
+    assert target_key(RunContext(tmp_path, AwsTarget(region="eu-west-1"))) != first
+    assert target_key(RunContext(tmp_path, AwsTarget(endpoint="http://127.0.0.1:1"))) != first
+    assert target_key(RunContext(tmp_path, emulator=True)) != first
+    # doit -P process pickles the context: settings travel, caches start empty
+    copy = pickle.loads(pickle.dumps(ctx))
+    assert (copy.build_dir, copy.target) == (ctx.build_dir, ctx.target)
+    assert copy.caches.made == {} and copy.clients() is not c
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
-    assert target_key(Options()) != first  # a changed environment, a new target
-    assert aws.clients() is not c
+    assert target_key(ctx) != first  # a changed environment, a new target
+    assert ctx.clients() is not c
 
 
 def test_no_credentials(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -58,37 +67,37 @@ def test_no_credentials(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> Non
                 "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(key)
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: no AWS credentials found; set AWS_PRO"):
-        aws.clients(who=WHO)
+        aws.connect(who=WHO)
 
 
 def test_missing_profile(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_PROFILE", "nope")
     with pytest.raises(DodoLambdaError, match="AWS profile 'nope' not found"):
-        aws.clients()
+        aws.connect()
     with pytest.raises(DodoLambdaError, match="AWS profile 'other' not found"):
-        aws.clients(AwsTarget(profile="other"))
+        aws.connect(AwsTarget(profile="other"))
 
 
 def test_missing_region(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_REGION")
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     with pytest.raises(DodoLambdaError, match="no AWS region configured; set AWS_REGION"):
-        aws.clients()
-    assert aws.clients(AwsTarget(region="eu-west-1")).region == "eu-west-1"
+        aws.connect()
+    assert aws.connect(AwsTarget(region="eu-west-1")).region == "eu-west-1"
 
 
 def test_unknown_or_invalid_region(aws_env: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     with pytest.raises(DodoLambdaError, match="region 'us-east1' is unknown"):
-        aws.clients(AwsTarget(region="us-east1"))
+        aws.connect(AwsTarget(region="us-east1"))
     with pytest.raises(DodoLambdaError, match="region 'us east!' is not a valid region name"):
-        aws.clients(AwsTarget(region="us east!", endpoint=aws_env.url))
+        aws.connect(AwsTarget(region="us east!", endpoint=aws_env.url))
     # With an endpoint of one's own (moto, LocalStack) any region name goes.
-    assert aws.clients(AwsTarget(region="xx-test-1", endpoint=aws_env.url)).region == "xx-test-1"
+    assert aws.connect(AwsTarget(region="xx-test-1", endpoint=aws_env.url)).region == "xx-test-1"
 
 
 def test_unreachable_endpoint(aws_env: AwsEnv) -> None:
-    c = aws.clients(AwsTarget(endpoint="http://127.0.0.1:1"))
+    c = aws.connect(AwsTarget(endpoint="http://127.0.0.1:1"))
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: cannot reach AWS at http://127.0.0.1:1"):
         lambdas.get_function(c, "orders", who=WHO)
 
@@ -143,7 +152,7 @@ def test_translating_leaves_other_exceptions_alone() -> None:
 
 def test_proxy_forwards_s3_and_lambda(fault_proxy: FaultProxy, aws_env: AwsEnv,
                                       make_zip: MakeZip, tmp_path: Path) -> None:
-    c = aws.clients()
+    c = aws.connect()
     assert c.endpoint == fault_proxy.url
     bucket = aws_env.bucket("artifacts")
     zip_path = make_zip("v1")
@@ -171,7 +180,7 @@ def test_proxy_forwards_s3_and_lambda(fault_proxy: FaultProxy, aws_env: AwsEnv,
 def test_proxy_injects_conflicts_and_in_progress(fault_proxy: FaultProxy, aws_env: AwsEnv,
                                                  make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
-    c = aws.clients()
+    c = aws.connect()
     conflict = fault_proxy.add("PUT", CODE_PATH, times=2,
                                **lambda_error(409, "ResourceConflictException"))
     busy = fault_proxy.add("GET", CONFIG_PATH, times=3,
@@ -205,7 +214,7 @@ def test_proxy_forwards_chunked_bodies(fault_proxy: FaultProxy, aws_env: AwsEnv)
 def test_requests_off_loopback_are_refused(aws_env: AwsEnv) -> None:
     import awsfixtures
 
-    c = aws.clients(AwsTarget(endpoint="https://lambda.us-east-1.amazonaws.com"))
+    c = aws.connect(AwsTarget(endpoint="https://lambda.us-east-1.amazonaws.com"))
     try:
         with pytest.raises(AssertionError, match="only loopback is allowed"):
             lambdas.get_function(c, "orders")

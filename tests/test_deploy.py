@@ -8,10 +8,11 @@ import hashlib
 import shutil
 
 import pytest
-from projects import FUNCTION, Project
+from projects import EXAMPLE, FUNCTION, Project
 
 CODE = r"/2015-03-31/functions/{}/code$"
 CONFIG = r"/2015-03-31/functions/{}/configuration$"
+READ = r"/2015-03-31/functions/{}(/configuration)?$"  # GetFunction[Configuration]
 
 
 def _reset_state(project: Project) -> None:
@@ -73,9 +74,9 @@ def test_edited_source_is_deployed(project: Project, aws_env, fn: dict) -> None:
 
 
 def test_edited_memory_updates_only_settings(project: Project, aws_env, fn: dict) -> None:
-    project.configure([{**fn, "memory": 128, "environment": {"A": "1"}}])
+    project.configure([{**fn, "memory": 128, "environment": {"STAGE": "1"}}])
     assert project.doit("deploy").rc == 0
-    project.configure([{**fn, "memory": 256, "environment": {"A": "1"}}])
+    project.configure([{**fn, "memory": 256, "environment": {"STAGE": "1"}}])
     mark = aws_env.mark()
     run = project.doit("deploy")
     assert run.rc == 0, run.text
@@ -84,7 +85,7 @@ def test_edited_memory_updates_only_settings(project: Project, aws_env, fn: dict
     assert aws_env.count("PUT", CODE.format("demo"), mark) == 0
     assert aws_env.count("PUT", CONFIG.format("demo"), mark) == 1
     config = _deployed(aws_env)
-    assert config["MemorySize"] == 256 and config["Environment"]["Variables"] == {"A": "1"}
+    assert config["MemorySize"] == 256 and config["Environment"]["Variables"] == {"STAGE": "1"}
 
 
 def test_s3_path_content_addressed_and_skipped(project: Project, aws_env, fn: dict) -> None:
@@ -255,7 +256,7 @@ def test_conflicts_throttling_and_in_progress_recover(project: Project, aws_env,
                                **lambda_error(409, "ResourceConflictException", "in progress"))
     throttle = fault_proxy.add("PUT", CODE.format("demo"), times=1,
                                **lambda_error(429, "TooManyRequestsException", "slow down"))
-    busy = fault_proxy.add("GET", CONFIG.format("demo"), times=2,
+    busy = fault_proxy.add("GET", READ.format("demo"), times=2,
                            transform=function_state(LastUpdateStatus="InProgress"))
     run = project.doit("deploy")
     assert run.rc == 0, run.text
@@ -270,7 +271,10 @@ def test_failed_update_reports_the_reason(project: Project, aws_env, fn: dict,
     project.configure([fn])
     assert project.doit("deploy").rc == 0
     project.configure([{**fn, "memory": 1024}])
-    fault_proxy.add("GET", CONFIG.format("demo"), times=100, transform=function_state(
+    # as Lambda does it: the update is accepted InProgress, and fails a moment later
+    fault_proxy.add("PUT", CONFIG.format("demo"), transform=function_state(
+        LastUpdateStatus="InProgress"))
+    fault_proxy.add("GET", READ.format("demo"), times=100, transform=function_state(
         LastUpdateStatus="Failed", LastUpdateStatusReason="the role cannot be assumed"))
     run = project.doit("deploy")
     assert run.rc != 0 and "Traceback" not in run.text
@@ -278,8 +282,6 @@ def test_failed_update_reports_the_reason(project: Project, aws_env, fn: dict,
 
 
 def test_example_deploys_to_the_embedded_emulator(tmp_path, monkeypatch) -> None:
-    from test_package import EXAMPLE
-
     root = tmp_path / "quickstart"
     shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".dodo_lambda", ".doit.db*",
                                                                   "node_modules"))

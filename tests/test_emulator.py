@@ -37,8 +37,9 @@ exports.handler = async () => excl("layer");
 
 
 def _server_pids(build_dir: Path) -> list[int]:
-    """Live server processes started for this build dir (found by their --state argument)."""
-    state = str(emulator.files(build_dir).state)
+    """Live server processes started for this build dir (found by their --build-dir
+    argument)."""
+    wanted = str(emulator.paths(build_dir).path)
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -48,7 +49,7 @@ def _server_pids(build_dir: Path) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if b"dodo_lambda.emulator_server" in argv and state.encode() in argv \
+        if b"dodo_lambda.emulator_server" in argv and wanted.encode() in argv \
                 and stat.split(")")[-1].split()[0] != "Z":
             found.append(int(entry.name))
     return found
@@ -78,7 +79,7 @@ def emu(template: Path, tmp_path: Path) -> Iterator[Project]:
         (root / "fns" / rel).write_text(text)
     project = Project(root)
     project.configure([_fn("hello")], options={"emulator": True})
-    build_dir = root / ".dodo_lambda"
+    build_dir = project.build_dir
     try:
         yield project
     finally:
@@ -102,7 +103,7 @@ def _client(url: str, service: str = "lambda"):
 
 
 def test_state_kept_across_runs_until_emulator_stop(emu: Project) -> None:
-    build_dir = emu.root / ".dodo_lambda"
+    build_dir = emu.build_dir
     first = emu.doit("deploy")
     assert first.rc == 0, first.text
     assert "LOCAL EMULATOR" in first.err and "NOT to AWS" in first.err
@@ -115,14 +116,14 @@ def test_state_kept_across_runs_until_emulator_stop(emu: Project) -> None:
     plan = emu.doit("plan")
     assert "function 'hello': up to date" in plan.out, plan.text
     # not the records: the server itself remembers the function
-    (build_dir / "dist" / "hello.deployed.json").unlink()
+    emu.layout("hello").deployed.unlink()
     third = emu.doit("deploy")
     assert "function 'hello': already up to date, nothing changed" in third.err, third.text
     assert emulator.running(build_dir) == server  # the same server throughout
 
     stop = emu.doit("emulator-stop")
     assert stop.rc == 0 and f"stopped the server at {server.url}" in stop.err, stop.text
-    assert _wait_gone([server.pid]) and not emulator.files(build_dir).state.exists()
+    assert _wait_gone([server.pid]) and not emu.paths.emulator_state.exists()
     assert "no server running" in emu.doit("emulator-stop").err
     again = emu.doit("deploy")  # a new server is a new target: deploy runs and creates
     assert "function 'hello': created" in again.err, again.text
@@ -133,7 +134,7 @@ def test_parallel_workers_share_one_server(emu: Project) -> None:
                   options={"emulator": True})
     run = emu.doit("-n", "2", "-P", "process", "deploy")
     assert run.rc == 0, run.text
-    build_dir = emu.root / ".dodo_lambda"
+    build_dir = emu.build_dir
     server = emulator.running(build_dir)
     assert server is not None and _server_pids(build_dir) == [server.pid]
     targets = {emu.record("deployed", n)["target"] for n in ("layered", "hello", "boom")}
@@ -141,7 +142,7 @@ def test_parallel_workers_share_one_server(emu: Project) -> None:
     lam = _client(server.url)
     layers = lam.get_function_configuration(FunctionName="layered")["Layers"]
     assert [x["Arn"] for x in layers] == [
-        json.loads((build_dir / "dist" / "layers" / "shared.published.json").read_text())["arn"]]
+        emu.record("published", "shared")["arn"]]
     answer = lam.invoke(FunctionName="layered")
     assert json.loads(answer["Payload"].read()) == "layer!"  # the layer's module, in the emulator
 
@@ -149,7 +150,7 @@ def test_parallel_workers_share_one_server(emu: Project) -> None:
 def test_boto3_invoke_runs_the_deployed_code(emu: Project) -> None:
     emu.configure([_fn("hello"), _fn("boom")], options={"emulator": True})
     assert emu.doit("deploy").rc == 0
-    server = emulator.running(emu.root / ".dodo_lambda")
+    server = emulator.running(emu.build_dir)
     assert server is not None
     lam = _client(server.url)
     answer = lam.invoke(FunctionName="hello", Payload=b'{"name": "Ann"}', LogType="Tail")
@@ -179,18 +180,18 @@ def test_boto3_invoke_runs_the_deployed_code(emu: Project) -> None:
 
 
 def test_failed_start_leaves_no_server(emu: Project, monkeypatch) -> None:
-    build_dir = emu.root / ".dodo_lambda"
+    build_dir = emu.build_dir
     monkeypatch.setattr(emulator, "START_TIMEOUT", 0.3)  # gives up while moto still loads
     with pytest.raises(emulator.DodoLambdaError, match="the local AWS emulator did not start"):
         emulator.ensure_running(build_dir)
     assert _wait_until(lambda: _server_pids(build_dir) == [], timeout=10)
-    assert not emulator.files(build_dir).state.exists()
+    assert not emu.paths.emulator_state.exists()
 
 
 def test_idle_server_stops_itself(emu: Project) -> None:
-    build_dir = emu.root / ".dodo_lambda"
+    build_dir = emu.build_dir
     server = emulator.ensure_running(build_dir, idle=0.5)
     assert server.started and emulator.status(server.url) is not None
     assert _wait_gone([server.pid]), "the idle server did not stop"
-    assert not emulator.files(build_dir).state.exists()
+    assert not emu.paths.emulator_state.exists()
     assert emulator.target_key(build_dir) == "emulator-none"

@@ -55,6 +55,22 @@ def test_missing_lock(project: Project) -> None:
     _fails(project, "package-lock.json", "npm install --package-lock-only")
 
 
+def test_debug_shows_the_traceback_and_its_cause(project: Project) -> None:
+    (project.fn / "package.json").write_text('{"name": "demo",')
+    env = dict(os.environ, DODO_LAMBDA_DEBUG="1")
+    run = project.doit("package", env=env)
+    assert run.rc != 0
+    assert "Traceback" in run.err and "JSONDecodeError" in run.err  # the cause, kept
+    assert "function 'demo': " in run.text and "not valid JSON" in run.text
+
+
+def test_next_step_is_a_doit_command(project: Project) -> None:
+    # the core names the step as data; the adapter renders the command to run
+    run = project.doit("-s", "package:demo")  # alone (-s): nothing is installed
+    assert run.rc != 0 and "Traceback" not in run.text
+    assert "dependencies are not installed; run `doit npm:demo`" in run.text
+
+
 def test_npm_failure_leaves_nothing_trusted(project: Project, tmp_path: Path) -> None:
     assert project.doit("package").rc == 0
     project.zip_path().unlink()
@@ -68,9 +84,10 @@ def test_npm_failure_leaves_nothing_trusted(project: Project, tmp_path: Path) ->
     manifest["dependencies"]["breaks"] = "file:../pkgs/breaks-1.0.0.tgz"
     (project.fn / "package.json").write_text(json.dumps(manifest))
     lock(project.fn)
+    project.configure([{**FUNCTION, "scripts": True}])  # scripts are off by default
     line = _fails(project, "npm ci", "package-lock.json")
     assert "exit code 3" in line or "code 3" in line, line
-    record = project.root / ".dodo_lambda" / "npm" / "functions" / "demo.json"
+    record = project.layout().install_record
     assert not record.exists()
     again = project.doit("package")
     assert again.rc != 0 and "npm:demo" in again.text
@@ -136,11 +153,11 @@ def test_unwritable_build_dir_is_one_line(project: Project) -> None:
     import shutil
 
     assert project.doit("package").rc == 0
-    dist = project.root / ".dodo_lambda" / "dist"
+    dist = project.layout().zip.parent
     shutil.rmtree(dist)
     dist.write_text("a file where the build dir's dist/ folder belongs")
     (project.fn / "lib" / "util.js").write_text("exports.wrap = (s) => s;\n")
     run = project.doit("package")
     assert run.rc != 0 and "Traceback" not in run.text, run.text
     line = next(ln for ln in run.text.splitlines() if ln.startswith("function 'demo': "))
-    assert "dist" in line and "run again" in line
+    assert "writing the package failed" in line and "dist" in line and "run again" in line

@@ -14,8 +14,9 @@ from projects import Project
 
 def _cold_bytes(project: Project) -> bytes:
     """Build again with no previous zip and no entry cache."""
-    for sub in ("dist", "cache"):
-        shutil.rmtree(project.root / ".dodo_lambda" / sub)
+    layout = project.layout()
+    for folder in (layout.zip.parent, layout.entries.parent):
+        shutil.rmtree(folder)
     run = project.doit("package")
     assert run.executed == {"package:demo"}, run.text
     return project.zip_path().read_bytes()
@@ -89,6 +90,7 @@ def test_all_changes_at_once_then_unchanged_rebuild(project: Project) -> None:
 
 def test_rebuild_recompresses_only_what_changed(project: Project, monkeypatch) -> None:
     from dodo_lambda import Function, archive, build
+    from dodo_lambda.context import RunContext
 
     assert project.doit("package").rc == 0
     monkeypatch.chdir(project.root)
@@ -98,7 +100,7 @@ def test_rebuild_recompresses_only_what_changed(project: Project, monkeypatch) -
                         or real(data))
     fn = Function("demo", source="fn", handler="index.handler")
     _edit(project.fn)
-    result = build.package(fn, ".dodo_lambda")
+    result = build.package(fn, RunContext(Path(".dodo_lambda")))
     assert compressed == [len((project.fn / "lib" / "util.js").read_bytes())]
     assert result.files > 5
     assert project.zip_path().read_bytes() == _cold_bytes(project)

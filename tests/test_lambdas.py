@@ -9,6 +9,7 @@ from awsfixtures import (
     WHO,
     AwsEnv,
     MakeZip,
+    fake_answer,
     fake_function_state,
     inject_fault,
     sha,
@@ -28,10 +29,12 @@ pytestmark = pytest.mark.usefixtures("fast_aws")
 def test_create_function_and_get(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     zip_path = make_zip("orders")
     _, b64 = sha(zip_path)
-    c = aws.clients()
+    c = aws.connect()
     assert lambdas.get_function(c, "orders") is None
-    config = create(aws_env, zip_path, architecture="arm64",
-                    settings={"MemorySize": 256, "Timeout": 10})
+    config = lambdas.create_function(
+        c, "orders", who=WHO, role=aws_env.role_arn(), runtime="nodejs24.x",
+        handler="index.handler", architecture="arm64", zip_path=zip_path,
+        settings={"MemorySize": 256, "Timeout": 10})
     assert config["State"] == "Active"
     got = lambdas.get_function(c, "orders")
     assert got is not None
@@ -45,7 +48,7 @@ def test_create_function_and_get(aws_env: AwsEnv, make_zip: MakeZip) -> None:
 def test_create_function_with_a_role_name(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     aws_env.role_arn("runner")
     config = lambdas.create_function(
-        aws.clients(), "orders", who=WHO, role="runner", runtime="nodejs20.x",
+        aws.connect(), "orders", who=WHO, role="runner", runtime="nodejs24.x",
         handler="index.handler", architecture="x86_64", zip_path=make_zip("orders"),
     )
     assert config["Role"] == f"arn:aws:iam::{aws_env.account}:role/runner"
@@ -54,7 +57,7 @@ def test_create_function_with_a_role_name(aws_env: AwsEnv, make_zip: MakeZip) ->
 def test_create_function_without_role(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     mark = aws_env.mark()
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: the function does not exist; give role="):
-        lambdas.create_function(aws.clients(), "orders", who=WHO, role="", runtime="nodejs20.x",
+        lambdas.create_function(aws.connect(), "orders", who=WHO, role="", runtime="nodejs24.x",
                             handler="index.handler", architecture="x86_64",
                             zip_path=make_zip("orders"))
     assert aws_env.requests(mark) == []
@@ -63,15 +66,15 @@ def test_create_function_without_role(aws_env: AwsEnv, make_zip: MakeZip) -> Non
 def test_create_function_with_unknown_role(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: .*role.* fix role="):
         lambdas.create_function(
-            aws.clients(), "orders", who=WHO,
-            role=f"arn:aws:iam::{aws_env.account}:role/missing", runtime="nodejs20.x",
+            aws.connect(), "orders", who=WHO,
+            role=f"arn:aws:iam::{aws_env.account}:role/missing", runtime="nodejs24.x",
             handler="index.handler", architecture="x86_64", zip_path=make_zip("orders"),
         )
 
 
 def test_update_code_from_zip_and_from_s3(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
-    c = aws.clients()
+    c = aws.connect()
     v2 = make_zip("v2")
     mark = aws_env.mark()
     config = lambdas.update_code(c, "orders", who=WHO, architecture="x86_64", zip_path=v2)
@@ -101,23 +104,23 @@ def test_update_code_from_zip_and_from_s3(aws_env: AwsEnv, make_zip: MakeZip) ->
 def test_update_code_of_missing_function(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     mark = aws_env.mark()
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: the Lambda function does not exist .*role="):
-        lambdas.update_code(aws.clients(), "orders", who=WHO, architecture="x86_64",
+        lambdas.update_code(aws.connect(), "orders", who=WHO, architecture="x86_64",
                         zip_path=make_zip("v1"))
-    assert aws_env.count("PUT", CODE_PATH, since=mark) == 0
+    assert [r.status for r in aws_env.requests(mark) if r.method == "PUT"] == [404]
 
 
 def test_direct_upload_limit(aws_env: AwsEnv, make_zip: MakeZip,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lambdas, "DIRECT_UPLOAD_LIMIT", 10)
     with pytest.raises(DodoLambdaError, match="over Lambda's 50 MiB limit .* set bucket="):
-        lambdas.update_code(aws.clients(), "orders", who=WHO, architecture="x86_64",
+        lambdas.update_code(aws.connect(), "orders", who=WHO, architecture="x86_64",
                         zip_path=make_zip("v1"))
 
 
 def test_update_configuration(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
     config = lambdas.update_configuration(
-        aws.clients(), "orders", who=WHO,
+        aws.connect(), "orders", who=WHO,
         changes={"MemorySize": 512, "Environment": {"Variables": {"A": "1"}}},
     )
     assert config["MemorySize"] == 512
@@ -128,7 +131,7 @@ def test_list_functions_costs_one_request(aws_env: AwsEnv, make_zip: MakeZip) ->
     zip_path = make_zip("v1")
     for i in range(5):
         create(aws_env, zip_path, name=f"fn{i}")
-    c = aws.clients()
+    c = aws.connect()
     mark = aws_env.mark()
     listed = lambdas.list_functions(c)
     assert sorted(listed) == [f"fn{i}" for i in range(5)]
@@ -153,7 +156,7 @@ def test_list_functions_costs_one_request(aws_env: AwsEnv, make_zip: MakeZip) ->
 
 def test_conflict_is_retried_after_waiting(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
-    c = aws.clients()
+    c = aws.connect()
     v2 = make_zip("v2")
     with inject_fault(c.lam, "UpdateFunctionCode", status=409,
                       code="ResourceConflictException", times=2) as fault:
@@ -164,20 +167,19 @@ def test_conflict_is_retried_after_waiting(aws_env: AwsEnv, make_zip: MakeZip) -
 
 def test_conflict_gives_up(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
-    c = aws.clients()
+    c = aws.connect()
     with inject_fault(c.lam, "UpdateFunctionConfiguration", status=409,
                       code="ResourceConflictException", times=99) as fault, \
             pytest.raises(DodoLambdaError, match=f"^{WHO}: .*update in progress.* 4 attempts"):
-        lambdas.call_with_conflict_retry(
-            c.lam.update_function_configuration, who=WHO, c=c, name="orders", attempts=4,
-            FunctionName="orders", MemorySize=256,
-        )
+        lambdas.retry_conflicts(
+            lambda: c.lam.update_function_configuration(FunctionName="orders", MemorySize=256),
+            c=c, name="orders", who=WHO, attempts=4)
     assert fault.calls == 4
 
 
 def test_throttling_is_retried_by_botocore(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
-    c = aws.clients()
+    c = aws.connect()
     with inject_fault(c.lam, "GetFunctionConfiguration", status=429,
                       code="TooManyRequestsException", times=2) as fault:
         assert lambdas.get_function(c, "orders") is not None
@@ -188,7 +190,7 @@ def test_throttling_is_retried_by_botocore(aws_env: AwsEnv, make_zip: MakeZip) -
 
 
 def test_throttling_without_end(aws_env: AwsEnv) -> None:
-    c = aws.clients()
+    c = aws.connect()
     with inject_fault(c.lam, "GetFunctionConfiguration", status=429,
                       code="TooManyRequestsException", times=99) as fault, \
             pytest.raises(DodoLambdaError, match=f"^{WHO}: AWS kept throttling"):
@@ -198,74 +200,91 @@ def test_throttling_without_end(aws_env: AwsEnv) -> None:
 
 def test_in_progress_is_waited_out(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
-    c = aws.clients()
+    c = aws.connect()
     v2 = make_zip("v2")
+    before = lambdas.get_function(c, "orders")
+    assert before is not None
     mark = aws_env.mark()
-    with fake_function_state(c.lam, times=3, LastUpdateStatus="InProgress") as state:
-        config = lambdas.update_code(c, "orders", who=WHO, architecture="x86_64", zip_path=v2)
+    # busy before (as last read) and after the update (as Lambda answers it): both waited out
+    with fake_answer(c.lam, "UpdateFunctionCode", LastUpdateStatus="InProgress"), \
+            fake_function_state(c.lam, times=3, LastUpdateStatus="InProgress") as state:
+        config = lambdas.update_code(c, "orders", who=WHO, architecture="x86_64", zip_path=v2,
+                                     config={**before, "LastUpdateStatus": "InProgress"})
     assert state.injected == 3
     assert config["LastUpdateStatus"] == "Successful"
     assert config["CodeSha256"] == sha(v2)[1]
-    # 3 InProgress polls before and/or after the update, plus one Successful each.
-    assert aws_env.count("GET", CONFIG_PATH, since=mark) == 5
     assert aws_env.count("PUT", CODE_PATH, since=mark) == 1
+    # botocore's waiter asks GetFunction until it says Successful (4 times before the
+    # update, once after), then one read of the result each time
+    assert aws_env.count("GET", r"^/2015-03-31/functions/orders$", since=mark) == 5
+    assert aws_env.count("GET", CONFIG_PATH, since=mark) == 2
 
 
 def test_failed_update_reports_the_reason(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
-    c = aws.clients()
-    with fake_function_state(c.lam, times=99, LastUpdateStatus="Failed",
-                             LastUpdateStatusReason="Lambda was unable to unzip the file",
-                             LastUpdateStatusReasonCode="InvalidZipFileException"), \
+    c = aws.connect()
+    with fake_answer(c.lam, "UpdateFunctionConfiguration", LastUpdateStatus="InProgress"), \
+            fake_function_state(c.lam, times=99, LastUpdateStatus="Failed",
+                                LastUpdateStatusReason="Lambda was unable to unzip the file",
+                                LastUpdateStatusReasonCode="InvalidZipFileException"), \
             pytest.raises(DodoLambdaError) as caught:
-        lambdas.wait_updated(c, "orders", who=WHO)
+        lambdas.update_configuration(c, "orders", who=WHO, changes={"MemorySize": 256})
     assert str(caught.value) == (
         f"{WHO}: the update ended Failed: Lambda was unable to unzip the file"
         " (InvalidZipFileException); fix the cause and run again"
     )
+    assert caught.value.__cause__ is not None  # the waiter's error is kept
+
+
+def _create(c: object, aws_env: AwsEnv, zip_path: object) -> dict:
+    return lambdas.create_function(
+        c, "orders", who=WHO, role=aws_env.role_arn(), runtime="nodejs24.x",  # type: ignore
+        handler="index.handler", architecture="x86_64", zip_path=zip_path)  # type: ignore
 
 
 def test_pending_is_waited_out_after_create(aws_env: AwsEnv, make_zip: MakeZip) -> None:
-    c = aws.clients()
-    with fake_function_state(c.lam, times=2, State="Pending") as state:
-        config = create(aws_env, make_zip("v1"))
+    c = aws.connect()
+    with fake_answer(c.lam, "CreateFunction", State="Pending"), \
+            fake_function_state(c.lam, times=2, State="Pending") as state:
+        config = _create(c, aws_env, make_zip("v1"))
     assert state.injected == 2
     assert config["State"] == "Active"
 
 
 def test_update_waits_out_a_pending_function(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     create(aws_env, make_zip("v1"))
-    c = aws.clients()
-    with fake_function_state(c.lam, times=2, State="Pending") as state:
-        config = lambdas.wait_updated(c, "orders", who=WHO)
-    assert state.injected == 2
+    c = aws.connect()
+    with fake_function_state(c.lam, times=3, State="Pending") as state:
+        config = lambdas.wait_ready(c, "orders", who=WHO)
+    assert state.injected == 3
     assert config["State"] == "Active"
 
 
 def test_failed_state_reports_the_reason(aws_env: AwsEnv, make_zip: MakeZip) -> None:
-    create(aws_env, make_zip("v1"))
-    c = aws.clients()
-    with fake_function_state(c.lam, times=99, State="Failed",
-                             StateReason="The role is invalid"), \
+    c = aws.connect()
+    with fake_answer(c.lam, "CreateFunction", State="Pending"), \
+            fake_function_state(c.lam, times=99, State="Failed",
+                                StateReason="The role is invalid"), \
             pytest.raises(DodoLambdaError, match=f"^{WHO}: activation ended Failed: The role"):
-        lambdas.wait_active(c, "orders", who=WHO)
+        _create(c, aws_env, make_zip("v1"))
 
 
 def test_waiting_gives_up(aws_env: AwsEnv, make_zip: MakeZip,
                           monkeypatch: pytest.MonkeyPatch) -> None:
     create(aws_env, make_zip("v1"))
-    monkeypatch.setattr(lambdas, "POLL_TIMEOUT", 0.0)
-    c = aws.clients()
-    with fake_function_state(c.lam, times=99, LastUpdateStatus="InProgress"), \
-            pytest.raises(DodoLambdaError, match="still InProgress after 0 s"):
-        lambdas.wait_updated(c, "orders", who=WHO)
+    monkeypatch.setattr(lambdas, "WAIT_TIMEOUT", 3.0)
+    c = aws.connect()
+    with fake_function_state(c.lam, times=99, LastUpdateStatus="InProgress") as state, \
+            pytest.raises(DodoLambdaError, match="still InProgress after 3 s waiting for the up"):
+        lambdas.wait_ready(c, "orders", who=WHO)
+    assert state.calls == 4  # one read, then the waiter's 3 attempts 1 s apart (scaled to 0)
 
 
 # ------------------------------------------------------------------ versions, aliases, layers
 
 
 def test_publish_version_and_alias(aws_env: AwsEnv, make_zip: MakeZip) -> None:
-    c = aws.clients()
+    c = aws.connect()
     first = create(aws_env, make_zip("v1"))
     v1 = lambdas.publish_version(c, "orders", who=WHO, code_sha256=first["CodeSha256"])
     mark = aws_env.mark()
@@ -287,7 +306,7 @@ def test_publish_version_and_alias(aws_env: AwsEnv, make_zip: MakeZip) -> None:
 
 
 def test_latest_version_with_the_same_code(aws_env: AwsEnv, make_zip: MakeZip) -> None:
-    c = aws.clients()
+    c = aws.connect()
     first = create(aws_env, make_zip("v1"))
     assert lambdas.latest_version(c, "orders", who=WHO) is None  # nothing published yet
     v1 = lambdas.publish_version(c, "orders", who=WHO, code_sha256=first["CodeSha256"])
@@ -307,16 +326,16 @@ def test_latest_version_with_the_same_code(aws_env: AwsEnv, make_zip: MakeZip) -
 
 def test_alias_of_missing_function(aws_env: AwsEnv) -> None:
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: the Lambda function does not exist"):
-        lambdas.point_alias(aws.clients(), "orders", "live", "1", who=WHO)
+        lambdas.point_alias(aws.connect(), "orders", "live", "1", who=WHO)
 
 
 def test_publish_layer_and_latest(aws_env: AwsEnv, make_zip: MakeZip) -> None:
-    c = aws.clients()
+    c = aws.connect()
     who = "layer 'shared'"
     assert lambdas.latest_layer_version(c, "shared") is None
     one = make_zip("one", {"nodejs/node_modules/a/index.js": "module.exports = 1;\n"})
     two = make_zip("two", {"nodejs/node_modules/a/index.js": "module.exports = 2;\n"})
-    first = lambdas.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs20.x"],
+    first = lambdas.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs24.x"],
                               architectures=["x86_64"], description="shared libs")
     assert first["Version"] == 1
     bucket = aws_env.bucket("artifacts")

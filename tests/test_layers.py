@@ -13,7 +13,7 @@ from test_deploy import _reset_state
 
 
 def _layer_zip(project: Project) -> bytes:
-    return (project.root / ".dodo_lambda" / "dist" / "layers" / "shared.zip").read_bytes()
+    return project.layout("shared", "layer").zip.read_bytes()
 
 
 def _versions(aws_env) -> list[int]:
@@ -31,7 +31,7 @@ def test_layer_zip_layout_and_determinism(project: Project, tmp_path) -> None:
     run = project.doit("package")
     assert run.rc == 0, run.text
     assert run.executed == {"npm:shared", "package:shared"}
-    path = project.root / ".dodo_lambda" / "dist" / "layers" / "shared.zip"
+    path = project.layout("shared", "layer").zip
     with zipfile.ZipFile(path) as z:
         names = z.namelist()
     assert names == ["nodejs/lib/helper.js", "nodejs/node_modules/greet-util/index.js",
@@ -52,7 +52,7 @@ def test_publish_once_attach_and_move(project: Project, aws_env) -> None:
     assert run.rc == 0, run.text
     assert "layer:shared" in run.executed
     assert _versions(aws_env) == [1]
-    record = project.record("published", "layers/shared")
+    record = project.record("published", "shared")
     assert _attached(aws_env) == [record["arn"]] and record["arn"].endswith(":shared:1")
     assert "greet-util" in run.err and "ships twice" in run.err  # the shared package
 
@@ -151,7 +151,6 @@ def test_big_layer_goes_through_s3(project: Project, aws_env) -> None:
                       options={"direct_upload_limit": 100})
     run = project.doit("layer")
     assert run.rc == 0, run.text
-    sha = json.loads((project.root / ".dodo_lambda" / "dist" / "layers" /
-                      "shared.manifest.json").read_text())["sha256"]
+    sha = project.manifest("shared", "layer")["sha256"]
     assert aws_env.count("PUT", rf"/{bucket}/shared/{sha}\.zip") == 1
     assert _versions(aws_env) == [1]

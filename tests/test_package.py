@@ -9,9 +9,9 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from projects import FUNCTION, Project
+from projects import EXAMPLE, FUNCTION, Project
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
+from dodo_lambda.layout import Layout
 
 
 def test_example_zip_runs_its_handler(tmp_path: Path) -> None:
@@ -20,7 +20,7 @@ def test_example_zip_runs_its_handler(tmp_path: Path) -> None:
                                                                   "node_modules"))
     run = Project(root).doit("package")
     assert run.rc == 0, run.text
-    zpath = root / ".dodo_lambda" / "dist" / "dodo-lambda-hello.zip"
+    zpath = Layout(root / ".dodo_lambda", "function", "dodo-lambda-hello").zip
     out = tmp_path / "unzipped"
     subprocess.run(["unzip", "-q", str(zpath), "-d", str(out)], check=True)
     script = ("require('./index.js').handler({name: 'Lambda'})"
@@ -37,7 +37,9 @@ def test_zip_holds_production_code_only(project: Project) -> None:
     names = project.names()
     assert names == sorted(names)
     assert {"index.js", "lib/util.js", "package.json", "README.md", "run.sh",
-            "node_modules/greet/index.js", "node_modules/greet-util/index.js"} <= set(names)
+            "node_modules/greet/index.js", "node_modules/greet-util/index.js",
+            # the default excludes are for the function's own files, not its packages'
+            "node_modules/greet/certs/ca.pem", "node_modules/greet/.env.defaults"} <= set(names)
     for banned in (".env", ".env.local", "server.pem", ".npmrc", ".git/config", ".DS_Store"):
         assert banned not in names
     assert not [n for n in names if "devtool" in n or "/.bin/" in n or n.endswith(".package-lock.json")]
@@ -125,7 +127,7 @@ def test_incremental_reruns(project: Project) -> None:
     assert project.doit("package").executed == {"package:demo"}
     assert "lib/util.js" not in project.names()
 
-    shutil.rmtree(project.root / ".dodo_lambda" / "npm" / "functions" / "demo")
+    shutil.rmtree(project.layout().staging)
     rebuilt = project.doit("package")
     assert rebuilt.executed == {"npm:demo", "package:demo"}
     assert "node_modules/greet/index.js" in project.names()
@@ -137,7 +139,7 @@ def test_incremental_reruns(project: Project) -> None:
 
 def test_altered_staged_tree_reinstalls(project: Project) -> None:
     assert project.doit("package").rc == 0
-    staged = project.root / ".dodo_lambda" / "npm" / "functions" / "demo" / "node_modules"
+    staged = project.layout().node_modules
     (staged / "greet" / "index.js").write_text("tampered\n")
     run = project.doit("package")
     assert run.executed == {"npm:demo", "package:demo"}
@@ -245,7 +247,7 @@ def test_native_addon_for_the_wrong_cpu_is_reported(project: Project) -> None:
 def test_noop_package_does_not_import_boto(project: Project) -> None:
     import sys
 
-    project.configure([{**FUNCTION, "bucket": "b", "role": "arn:aws:iam::123456789012:role/r"}])
+    project.configure([{**FUNCTION, "bucket": "my-artifacts", "role": "arn:aws:iam::123456789012:role/r"}])
     assert project.doit("package").rc == 0
     script = ("import sys\nfrom doit.doit_cmd import DoitMain\n"
               "rc = DoitMain().run(['package'])\n"

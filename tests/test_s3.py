@@ -23,7 +23,7 @@ def test_upload_once_then_skip(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     zip_path = make_zip("orders")
     hex_, b64 = sha(zip_path)
     key = s3mod.s3_key("p/", "orders", hex_)
-    c = aws.clients()
+    c = aws.connect()
     lines: list[str] = []
     mark = aws_env.mark()
     assert s3mod.upload_zip(c, who=WHO, bucket=bucket, key=key, zip_path=zip_path,
@@ -48,7 +48,7 @@ def test_upload_replaces_other_bytes_at_the_key(aws_env: AwsEnv, make_zip: MakeZ
     key = s3mod.s3_key("", "orders", hex_)
     aws_env.boto("s3").put_object(Bucket=bucket, Key=key, Body=b"x" * zip_path.stat().st_size,
                                   ChecksumAlgorithm="SHA256")
-    assert s3mod.upload_zip(aws.clients(), who=WHO, bucket=bucket, key=key, zip_path=zip_path,
+    assert s3mod.upload_zip(aws.connect(), who=WHO, bucket=bucket, key=key, zip_path=zip_path,
                           sha256_hex=hex_)
     got = aws_env.boto("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     assert got == zip_path.read_bytes()
@@ -57,7 +57,7 @@ def test_upload_replaces_other_bytes_at_the_key(aws_env: AwsEnv, make_zip: MakeZ
 def test_s3_object_exists(aws_env: AwsEnv) -> None:
     bucket = aws_env.bucket("artifacts")
     aws_env.boto("s3").put_object(Bucket=bucket, Key="a.zip", Body=b"zip")
-    c = aws.clients()
+    c = aws.connect()
     assert s3mod.s3_object_exists(c, bucket, "a.zip", who=WHO)
     assert not s3mod.s3_object_exists(c, bucket, "b.zip", who=WHO)
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: S3 bucket 'nowhere' does not exist"):
@@ -70,7 +70,7 @@ def test_upload_to_missing_bucket(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     mark = aws_env.mark()
     with pytest.raises(DodoLambdaError,
                        match=f"^{WHO}: S3 bucket 'nowhere' does not exist; .* fix bucket="):
-        s3mod.upload_zip(aws.clients(), who=WHO, bucket="nowhere", key="k.zip",
+        s3mod.upload_zip(aws.connect(), who=WHO, bucket="nowhere", key="k.zip",
                        zip_path=zip_path, sha256_hex=hex_)
     assert {r.method for r in aws_env.requests(mark)} == {"HEAD"}  # nothing sent
 
@@ -81,7 +81,7 @@ def test_single_put_progress(aws_env: AwsEnv, tmp_path: Path) -> None:
     hex_, _ = sha(zip_path)
     lines: list[str] = []
     mark = aws_env.mark()
-    assert s3mod.upload_zip(aws.clients(), who=WHO, bucket=bucket, key="big.zip",
+    assert s3mod.upload_zip(aws.connect(), who=WHO, bucket=bucket, key="big.zip",
                           zip_path=zip_path, sha256_hex=hex_, progress=lines.append)
     assert aws_env.count("PUT", r"^/artifacts/big\.zip$", since=mark) == 1
     assert 1 <= len(lines) <= 6
@@ -93,7 +93,7 @@ def test_multipart_upload(aws_env: AwsEnv, tmp_path: Path) -> None:
     zip_path = random_file(tmp_path / "big.zip", 11 * aws.MiB)
     hex_, _ = sha(zip_path)
     key = s3mod.s3_key("", "big", hex_)
-    c = aws.clients()
+    c = aws.connect()
     lines: list[str] = []
     mark = aws_env.mark()
     assert s3mod.upload_zip(c, who=WHO, bucket=bucket, key=key, zip_path=zip_path,
@@ -117,13 +117,30 @@ def test_multipart_upload(aws_env: AwsEnv, tmp_path: Path) -> None:
     assert [r.method for r in aws_env.requests(mark)] == ["HEAD"]
 
 
-def test_multipart_refuses_bytes_that_do_not_match(aws_env: AwsEnv, tmp_path: Path) -> None:
+def test_single_put_carries_our_checksum(aws_env: AwsEnv, make_zip: MakeZip) -> None:
+    # S3 answers BadDigest when the bytes do not match the checksum sent with them
+    # (moto does not check): the put must carry ours, not one computed while sending.
+    bucket = aws_env.bucket("artifacts")
+    zip_path = make_zip("orders")
+    c = aws.connect()
+    sent: list[str] = []
+    c.s3.meta.events.register("before-send.s3.PutObject",
+                              lambda request, **_: sent.append(
+                                  request.headers.get("x-amz-checksum-sha256")))
+    claimed = "ab" * 32
+    s3mod.upload_zip(c, who=WHO, bucket=bucket, key="k.zip", zip_path=zip_path,
+                     sha256_hex=claimed)
+    assert sent == [s3mod.b64_sha256(claimed).encode()]
+
+
+def test_multipart_bytes_that_do_not_match_are_not_sent(aws_env: AwsEnv,
+                                                        tmp_path: Path) -> None:
     bucket = aws_env.bucket("artifacts")
     zip_path = random_file(tmp_path / "big.zip", 6 * aws.MiB)
     mark = aws_env.mark()
-    with pytest.raises(DodoLambdaError, match="changed while it was being uploaded"):
-        s3mod.upload_zip(aws.clients(), who=WHO, bucket=bucket, key="k.zip", zip_path=zip_path,
-                       sha256_hex="00" * 32, multipart_threshold=aws.MiB,
-                       part_size=5 * aws.MiB)
-    assert aws_env.count("DELETE", r"\?uploadId=", since=mark) == 1  # aborted
-    assert aws_env.count("POST", r"^/artifacts/k\.zip\?uploadId=", since=mark) == 0
+    with pytest.raises(DodoLambdaError, match=f"^{WHO}: .*big.zip changed since it was packaged"):
+        s3mod.upload_zip(aws.connect(), who=WHO, bucket=bucket, key="k.zip", zip_path=zip_path,
+                         sha256_hex="00" * 32, multipart_threshold=aws.MiB,
+                         part_size=5 * aws.MiB)
+    assert aws_env.count("POST", r"\?uploads", since=mark) == 0  # no multipart upload begun
+    assert aws_env.boto("s3").list_objects_v2(Bucket=bucket).get("KeyCount") == 0

@@ -21,7 +21,7 @@ hello = Function(
     "dodo-lambda-hello",
     source="functions/hello",
     handler="index.handler",
-    runtime="nodejs20.x",
+    runtime="nodejs24.x",
     architecture="x86_64",
     memory=256,
     timeout=10,

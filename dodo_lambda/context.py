@@ -1,0 +1,102 @@
+"""One run's state, in one visible place.
+
+``lambda_tasks`` makes a ``RunContext`` from its arguments and hands it to every
+uptodate check and action. Besides the project's settings it carries what one
+step learns that a later step in the same process reuses: the walk an uptodate
+check made, taken by the action that follows it; the package check's scan; node
+and npm versions; botocore clients. Nothing else in dodo_lambda keeps state
+between calls.
+
+Pickled (``doit -P process`` sends actions to worker processes) it keeps the
+settings and starts with empty caches. A long-lived process (watch) calls
+``next_round()`` between rounds.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .aws import AwsTarget
+from .lambdas import DIRECT_UPLOAD_LIMIT
+from .layout import Layout
+
+if TYPE_CHECKING:
+    from .aws import Clients
+    from .config import Function, Layer
+    from .selection import Entry, Root
+
+T = TypeVar("T")
+
+
+@dataclass
+class Caches:
+    """Per-process memory of one run. Never pickled."""
+
+    # a walk made by an uptodate check, taken (once) by the next user of that root
+    walks: dict[Root, list[Entry]] = field(default_factory=dict)
+    # the package check's findings, taken by the package action right after it
+    scans: dict[tuple[str, str], Any] = field(default_factory=dict)
+    # anything made once per run and kept: tool versions, botocore clients, ...
+    made: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+
+@dataclass(eq=False)
+class RunContext:
+    """The project's settings (from ``lambda_tasks``) and the run's caches."""
+
+    build_dir: Path
+    target: AwsTarget = field(default_factory=AwsTarget)
+    emulator: bool = False  # deploy to the embedded local emulator, never AWS
+    direct_limit: int = DIRECT_UPLOAD_LIMIT  # bigger zips go through S3
+    list_functions: bool = False  # several functions: one ListFunctions answers for all
+    today: date | None = None  # the day Lambda's runtime schedule is read at (None: today)
+    caches: Caches = field(default_factory=Caches, repr=False)
+
+    def __post_init__(self) -> None:
+        self.build_dir = Path(self.build_dir)
+
+    def layout(self, item: Function | Layer) -> Layout:
+        return Layout.of(self.build_dir, item)
+
+    def reset(self) -> None:
+        """Forget everything learnt (a new round in a long-lived process)."""
+        self.caches = Caches()
+
+    def next_round(self) -> None:
+        """A new round in a long-lived process (watch): forget what was learnt about
+        files (walks, scans), keep what was made (tool versions, botocore clients),
+        whose keys say when it is stale."""
+        self.caches = Caches(made=self.caches.made)
+
+    def once(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
+        """``make()``'s value, made once per run for ``key`` (thread-safe: under
+        ``doit -P thread`` the other threads wait rather than make it twice)."""
+        caches = self.caches
+        with caches.lock:
+            if key not in caches.made:
+                caches.made[key] = make()
+            return caches.made[key]
+
+    def clients(self, who: str | None = None) -> Clients:
+        """The S3 and Lambda clients of this project's target. The standard chain
+        reads AWS_* variables, so a change of them gets new clients."""
+        from . import aws
+
+        env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
+        loader = self.once(("botocore-loader",), aws.data_loader)
+        return self.once(("clients", self.target, env),
+                         lambda: aws.connect(self.target, who=who, loader=loader))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "caches": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.caches = Caches()

@@ -1,0 +1,188 @@
+"""Every path dodo_lambda writes for an item, named in one place.
+
+Used by the core, the doit adapter and the tests alike, so that a path is never
+re-derived by hand.
+
+    <build_dir>/dist/<name>.zip                   the deployment package
+    <build_dir>/dist/<name>.manifest.json         what is in it (sizes, digests)
+    <build_dir>/dist/<name>.{uploaded,deployed}.json   what the AWS steps did
+    <build_dir>/cache/<name>.entries              per-entry records for incremental rebuilds
+    <build_dir>/npm/functions/<name>/             the staged production install
+    <build_dir>/npm/functions/<name>.json         its install record
+
+Layers live under ``dist/layers/``, ``cache/layers/`` and ``npm/layers/``.
+Paths of the project as a whole (``BuildDir``):
+
+    <build_dir>/invoke/{task,opt}/<sha256>/      zips extracted for the local invoker
+    <build_dir>/invoke/home/                     the invoked handler's HOME
+    <build_dir>/emulator/state.json              the running emulator: pid, url, id
+    <build_dir>/emulator/{start.lock,server.log}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import Function, Layer
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one item (a Function or a Layer) under ``build_dir``."""
+
+    build_dir: Path
+    kind: str  # "function" or "layer"
+    name: str
+
+    @classmethod
+    def of(cls, build_dir: str | Path, item: Function | Layer) -> Layout:
+        return cls(Path(build_dir), item.kind, item.name)
+
+    @property
+    def _sub(self) -> str:
+        return "layers/" if self.kind == "layer" else ""
+
+    def _dist(self, suffix: str) -> Path:
+        return self.build_dir / "dist" / f"{self._sub}{self.name}{suffix}"
+
+    # -- the package step
+    @property
+    def zip(self) -> Path:
+        return self._dist(".zip")
+
+    @property
+    def manifest(self) -> Path:
+        return self._dist(".manifest.json")
+
+    @property
+    def entries(self) -> Path:
+        """The entry cache: the previous zip's per-entry records (marshal)."""
+        return self.build_dir / "cache" / f"{self._sub}{self.name}.entries"
+
+    @property
+    def package_lock(self) -> Path:
+        """Held while the zip is written: one writer of a zip at a time."""
+        return self.build_dir / "cache" / f"{self._sub}{self.name}.lock"
+
+    # -- the AWS steps' records
+    @property
+    def uploaded(self) -> Path:
+        return self._dist(".uploaded.json")
+
+    @property
+    def deployed(self) -> Path:
+        return self._dist(".deployed.json")
+
+    @property
+    def published(self) -> Path:
+        return self._dist(".published.json")
+
+    @property
+    def deploy_lock(self) -> Path:
+        return self._dist(".deploy.lock")
+
+    # -- the bundle step (functions with bundle=)
+    @property
+    def bundle_folder(self) -> Path:
+        return self.build_dir / "bundle" / self.name
+
+    @property
+    def bundle_out(self) -> Path:
+        """What the zip holds: the bundle (and its map)."""
+        return self.bundle_folder / "out"
+
+    @property
+    def bundle_meta(self) -> Path:
+        """esbuild's own account of the last run (its metafile), for people and tools."""
+        return self.bundle_folder / "meta.json"
+
+    @property
+    def bundle_record(self) -> Path:
+        """Inputs and outputs with their stats: the bundle's up-to-date check."""
+        return self.build_dir / "bundle" / f"{self.name}.json"
+
+    @property
+    def bundle_lock(self) -> Path:
+        return self.build_dir / "bundle" / f".{self.name}.lock"
+
+    # -- the npm step
+    @property
+    def _npm(self) -> Path:
+        return self.build_dir / "npm" / ("layers" if self.kind == "layer" else "functions")
+
+    @property
+    def staging(self) -> Path:
+        """The folder npm installs in: package.json, the lock and node_modules/."""
+        return self._npm / self.name
+
+    @property
+    def node_modules(self) -> Path:
+        return self.staging / "node_modules"
+
+    @property
+    def install_record(self) -> Path:
+        return self._npm / f"{self.name}.json"
+
+    @property
+    def install_lock(self) -> Path:
+        return self._npm / f".{self.name}.lock"
+
+    @property
+    def install_work(self) -> Path:
+        """Where npm runs before its result replaces ``staging``."""
+        return self._npm / f".{self.name}.tmp"
+
+    @property
+    def install_old(self) -> Path:
+        return self._npm / f".{self.name}.old"
+
+
+@dataclass(frozen=True)
+class BuildDir:
+    """The paths under ``build_dir`` that belong to no one item: the local invoker's
+    extraction cache and the emulator's files."""
+
+    path: Path
+
+    # -- the local invoker (invoke.py)
+    @property
+    def invoke(self) -> Path:
+        return self.path / "invoke"
+
+    @property
+    def invoke_task(self) -> Path:
+        """Function zips, each extracted into a folder named for its SHA-256 (Lambda's
+        /var/task)."""
+        return self.invoke / "task"
+
+    @property
+    def invoke_opt(self) -> Path:
+        """A function's layers, extracted together in order (Lambda's /opt)."""
+        return self.invoke / "opt"
+
+    @property
+    def invoke_home(self) -> Path:
+        """HOME for an invoked handler (never the developer's own)."""
+        return self.invoke / "home"
+
+    # -- the emulator (emulator.py, emulator_server.py)
+    @property
+    def emulator(self) -> Path:
+        return self.path / "emulator"
+
+    @property
+    def emulator_state(self) -> Path:
+        """Written by the running server: pid, url, id, who started it."""
+        return self.emulator / "state.json"
+
+    @property
+    def emulator_lock(self) -> Path:
+        """Held while a server is found or started, and while it is stopped."""
+        return self.emulator / "start.lock"
+
+    @property
+    def emulator_log(self) -> Path:
+        return self.emulator / "server.log"

@@ -1,0 +1,2 @@
+export declare function hasNativeBinding(): boolean;
+export declare function checksum(text: string): number;

@@ -1,0 +1,1 @@
+export declare function newOrderId(customer: string): string;
