@@ -15,7 +15,8 @@ To deploy to your real AWS account instead, drop ``emulator=True`` and set
 
 from dodo_lambda import Function, lambda_tasks
 
-DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["deploy"]}
+# a bare `doit` builds the zip: it never deploys, nor starts a watch that runs until Ctrl-C
+DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["package"]}
 
 hello = Function(
     "dodo-lambda-hello",
