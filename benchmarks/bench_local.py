@@ -84,9 +84,9 @@ class Watch:
 
 def prepare_quickstart(workdir: Path) -> Path:
     root = workdir / "quickstart"
-    if not root.is_dir():
-        shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(
-            ".dodo_lambda", ".doit.db*", "node_modules"))
+    # copied over on every run: an older copy may name a runtime Lambda no longer takes
+    shutil.copytree(EXAMPLE, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
+        ".dodo_lambda", ".doit.db*", "node_modules"))
     warm = run_timed([*DOIT, f"invoke:{QUICK_NAME}"], root)
     print(f"  warm-up invoke: {warm.seconds:.2f} s, ran: {', '.join(executed_tasks(warm.output))}")
     return root
