@@ -7,6 +7,7 @@ doit's ``TaskFailed`` (one line, no traceback).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -208,8 +209,8 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, deploy: bool = True,
     from . import watch
 
     stop = threading.Event()
+    w = watch.Watch(items, ctx, deploy_changes=deploy)
     try:
-        w = watch.Watch(items, ctx, deploy_changes=deploy)
         w.prepare()
         if deploy:  # start from what is deployed: layers first, then the functions
             for change in w.deploy_all():
@@ -226,6 +227,8 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, deploy: bool = True,
         say("watch: stopped")
     finally:
         stop.set()
+        with contextlib.suppress(OSError):  # a round interrupted before its end
+            w.flush()
 
 
 _STEPS: dict[str, Callable[..., Any]] = {

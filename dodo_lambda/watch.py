@@ -161,8 +161,9 @@ class Watch:
 
     # -- one batch of changes -------------------------------------------------------
 
-    def handle(self, paths: Iterable[str]) -> list[Change]:
-        """Rebuild (and deploy) what ``paths`` affect; one Change per affected item."""
+    def handle(self, paths: Iterable[str]) -> Iterator[Change]:
+        """Rebuild (and deploy) what ``paths`` affect; one Change per affected item, each
+        as soon as it is done. The entry caches are written once all are reported."""
         self.ctx.next_round()  # what the last round learnt about files is stale now
         plan: dict[int, tuple[str, dict[str, Entry | None], list[str]]] = {}
         saved: list[int] = []
@@ -191,7 +192,7 @@ class Watch:
 
             with contextlib.suppress(DodoLambdaError):  # the deploy below reports it
                 lambdas.invalidate(deploy.clients(self.ctx, "watch"))
-        results = []
+        done: list[str] = []
         republished: list[Layer] = []
         # layers first: a function changed in the same batch then deploys with the new version
         order = sorted(plan, key=lambda n: (isinstance(self.watched[n].item, Function), n))
@@ -199,12 +200,12 @@ class Watch:
             how, changes, shown = plan[n]
             w = self.watched[n]
             change = Change(label(w.item), sorted(set(shown)))
-            results.append(change)
+            done.append(change.item)
             try:
                 change.unchanged = not self._rebuild(w, how, changes)
                 change.build_ms = (time.time() - since) * 1000
-                self.flush()
                 if self.deploy_changes and not change.unchanged:
+                    self.flush()  # a deploy takes longer than this: not worth a stale cache
                     started = time.monotonic()
                     if isinstance(w.item, Layer):
                         self._publish(w.item, change)
@@ -215,20 +216,21 @@ class Watch:
             except (DodoLambdaError, OSError) as exc:
                 change.error = str(exc) if isinstance(exc, DodoLambdaError) else \
                     f"{exc.strerror or exc} ({exc.filename})"
+            yield change
         for layer in republished:  # its watched users move to the new version
             for w in self.watched:
                 fn = w.item
-                if isinstance(fn, Function) and layer in fn.layers and \
-                        not any(c.item == label(fn) for c in results):
+                if isinstance(fn, Function) and layer in fn.layers and label(fn) not in done:
                     change = Change(label(fn), [f"layer '{layer.name}'"], build_ms=0.0)
-                    results.append(change)
+                    done.append(change.item)
                     try:
                         started = time.monotonic()
                         self._deploy(fn, change)
                         change.deploy_ms = (time.monotonic() - started) * 1000
                     except DodoLambdaError as exc:
                         change.error = str(exc)
-        return results
+                    yield change
+        self.flush()
 
     def _classify(self, w: _Watched, path: Path) -> tuple[str, str]:
         """("ignore" | "npm" | "bundle" | "full" | "file", zip path) for a changed path."""
@@ -360,8 +362,9 @@ class Watch:
         return True
 
     def flush(self) -> None:
-        """Write the entry caches the last splices left pending. Their stat digest is
-        left empty: the next ``doit package`` walks once and fills it in."""
+        """Write the entry caches the last splices left pending (and drop the old zips).
+        Their stat digest is left empty: the next ``doit package`` walks once and fills
+        it in. Until then a build finds no entry cache and starts cold."""
         for w in self.watched:
             if w.state is not None:
                 zipsplice.discard(w.state)
