@@ -46,6 +46,7 @@ class Layer:
     exclude: tuple[str, ...] = ()
     bucket: str | None = None
     bucket_prefix: str = ""
+    keep_layer_versions: int | None = None  # delete older versions no function uses
 
     def __post_init__(self) -> None:
         for attr in ("runtimes", "architectures", "include", "exclude"):
@@ -95,6 +96,7 @@ class Function:
     timeout: int | None = None
     environment: Mapping[str, str] | None = field(default=None, repr=False)
     description: str | None = None
+    keep_versions: int | None = None  # delete published versions beyond the newest N
     _frozen_env: tuple[tuple[str, str], ...] | None = field(
         default=None, init=False, repr=False, compare=False)
 
@@ -183,6 +185,11 @@ def function_problem(fn: Function) -> str | None:
         return f"{who}: timeout={fn.timeout!r} must be an integer number of seconds from 1 to 900"
     if fn.alias is not None and not fn.publish:
         return f"{who}: alias={fn.alias!r} needs publish=True (an alias points at a version)"
+    keep = _keep_problem(who, "keep_versions", fn.keep_versions)
+    if keep:
+        return keep
+    if fn.keep_versions is not None and not fn.publish:
+        return f"{who}: keep_versions={fn.keep_versions!r} needs publish=True (it prunes published versions)"
     common = _common_problem(fn)
     if common:
         return common
@@ -201,8 +208,18 @@ def function_problem(fn: Function) -> str | None:
     return None
 
 
+def _keep_problem(who: str, field_name: str, value: object) -> str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    return (f"{who}: {field_name}={value!r} must be a whole number of versions, 1 or more"
+            " (or None to keep them all)")
+
+
 def layer_problem(layer: Layer) -> str | None:
     who = label(layer)
+    keep = _keep_problem(who, "keep_layer_versions", layer.keep_layer_versions)
+    if keep:
+        return keep
     for rt in layer.runtimes:
         if not RUNTIME_RE.match(str(rt)):
             return f"{who}: runtime {rt!r} is not a Node.js runtime; use e.g. 'nodejs20.x'"
