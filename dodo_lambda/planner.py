@@ -234,8 +234,10 @@ def _prune(plan: Plan, keep: int, versions: list[dict[str, Any]],
     numbers = [str(v["Version"]) for v in versions]
     room = keep - 1 if plan.version == NEW else keep
     newest = set(numbers[-room:]) if room > 0 else set()
-    protected = remote.aliased(aliases) | {plan.version, plan.alias_from, known.get("previous"),
-                                           known.get("version")}
+    # where a rollback would go after this deploy: the alias's version now when it moves
+    moves = any(s.kind == "point_alias" for s in plan.steps)
+    back = plan.alias_from if moves else known.get("previous")
+    protected = remote.aliased(aliases) | {plan.version, plan.alias_from, back}
     for v in numbers:
         if v not in newest and v not in protected:
             plan.steps.append(Step("delete_version", f"version {v}: beyond the newest {keep}"
@@ -269,17 +271,17 @@ def plan_layer(layer: Layer, ctx: RunContext, c: Clients, *, record: Mapping[str
             f"content differs (local {local} vs version {state.latest['Version']}'s {latest})"
         plan.steps.append(Step("publish_layer_version", f"publish a version: {why}"))
     if layer.keep_layer_versions:
-        _prune_layer(plan, layer.keep_layer_versions, c, record)
+        _prune_layer(plan, layer.keep_layer_versions, c)
     return plan
 
 
-def _prune_layer(plan: Plan, keep: int, c: Clients, record: Mapping[str, Any] | None) -> None:
-    """Versions beyond the newest ``keep`` that no function of the account uses."""
+def _prune_layer(plan: Plan, keep: int, c: Clients) -> None:
+    """Versions beyond the newest ``keep`` that no function of the account uses (the
+    project's functions still on the old version keep it until their deploy moves them)."""
     state = plan.state
     assert isinstance(state, remote.LayerState)
     room = keep - 1 if any(s.kind == "publish_layer_version" for s in plan.steps) else keep
-    protected = {str((record or {}).get("version"))}
-    old = [v for v in state.versions[max(room, 0):] if str(v["Version"]) not in protected]
+    old = state.versions[max(room, 0):]
     if not old:
         return
     users = remote.layer_users(c, [v["LayerVersionArn"] for v in old])
