@@ -37,7 +37,7 @@ from typing import Any
 from .aws import Clients
 from .config import Function, Layer
 from .context import RunContext
-from .files import read_json, write_json
+from .files import locked, read_json, write_json
 
 FORMAT = 2
 MAX_SEEN = 8  # local keys remembered per record (profiles of the same account)
@@ -181,6 +181,21 @@ class Done:
     code_sha256: str
     seconds: float
     alias: Mapping[str, Any] | None
+
+
+def first_to_report(ctx: RunContext, what: str) -> bool:
+    """True the first time ``what`` is asked for in this run, across processes (under
+    ``doit -P process`` each worker runs the teardowns of its own tasks)."""
+    path = ctx.build_dir / "cache" / "summary.json"
+    with locked(path.with_suffix(".lock")):
+        said = read_json(path)
+        if not isinstance(said, dict) or said.get("run") != ctx.run_id:
+            said = {"run": ctx.run_id, "said": []}
+        if what in said["said"]:
+            return False
+        said["said"].append(what)
+        write_json(path, said)
+    return True
 
 
 def done_in_this_run(item: Function | Layer, ctx: RunContext) -> Done | None:

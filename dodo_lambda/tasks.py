@@ -119,20 +119,18 @@ def summary_line(done: records.Done) -> str:
 
 
 def _summary(items: tuple[Item, ...], ctx: RunContext, whole: bool) -> None:
-    """The end of a run (a teardown): one line per item deployed in it; with ``whole``
-    (the deploy group), one line saying so when nothing changed."""
-    printed: set[Any] = ctx.once(("summary printed",), set)
+    """The end of a run (teardowns of the deploy group and of each deploy and layer
+    task, run by whichever process ran the task): one line per item deployed in this
+    run, each said once; with ``whole`` (the group) one line when nothing changed."""
     changed = False
-    for item in items:
+    for item in sorted(items, key=lambda i: isinstance(i, Function)):  # layers went first
         done = records.done_in_this_run(item, ctx)
         if done is None:
             continue
         changed = changed or done.action != "none"
-        if (item.kind, item.name) not in printed:
-            printed.add((item.kind, item.name))
+        if records.first_to_report(ctx, f"{item.kind} {item.name}"):
             say(summary_line(done))
-    if whole and not changed and "nothing changed" not in printed:
-        printed.add("nothing changed")
+    if whole and not changed and records.first_to_report(ctx, "nothing changed"):
         say(f"deploy: nothing changed ({_count(items)} up to date)")
 
 

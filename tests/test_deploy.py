@@ -166,8 +166,12 @@ def test_publish_and_alias_only_when_something_changed(project: Project, aws_env
     assert project.record("deployed")["version"] == "1"
 
     _reset_state(project)
+    mark = aws_env.mark()
     assert project.doit("deploy").rc == 0
     assert versions() == ["1"]
+    # a fresh checkout: reads (and STS's POST /) only, no PUT .../aliases/live
+    assert [r for r in aws_env.requests(mark)
+            if r.method not in ("GET", "HEAD") and r.path != "/"] == []
 
     project.configure([{**settings, "memory": 512}])
     run = project.doit("deploy")
