@@ -193,7 +193,7 @@ def _release(plan: Plan, fn: Function, local: dict[str, Any], *, changes: bool,
     if changes or not same:
         why = "the code or settings change" if changes else \
             "no published version has this code and these settings"
-        plan.steps.append(Step("publish_version", f"publish a version: {why}"))
+        plan.steps.append(Step("publish_version", why))
     plan.version = NEW if changes or not same else same[-1]
     known = dict((record or {}).get("alias") or {})
     if fn.alias:
@@ -269,7 +269,7 @@ def plan_layer(layer: Layer, ctx: RunContext, c: Clients, *, record: Mapping[str
                                    " (nothing is sent when it is there)"))
         why = "no version published yet" if state.latest is None else \
             f"content differs (local {local} vs version {state.latest['Version']}'s {latest})"
-        plan.steps.append(Step("publish_layer_version", f"publish a version: {why}"))
+        plan.steps.append(Step("publish_layer_version", why))
     if layer.keep_layer_versions:
         _prune_layer(plan, layer.keep_layer_versions, c)
     return plan

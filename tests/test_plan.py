@@ -291,3 +291,22 @@ def test_refusal_is_decided_before_any_request(lab: Lab) -> None:
         executor.deploy_function(fn, lab.run(fn))
     assert writes(lab.aws, mark) == []
 
+
+
+def test_retention_settings_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "index.js").write_text("exports.handler = async () => 1;\n")
+
+    def fn(**settings) -> str | None:
+        return Function("orders", source=str(tmp_path), handler="index.handler", **settings).problem
+
+    assert fn(publish=True, keep_versions=3) is None
+    assert fn(publish=True, keep_versions=0) == (
+        "function 'orders': keep_versions=0 must be a whole number of versions, 1 or more"
+        " (or None to keep them all)")
+    assert "keep_versions=True must be a whole number" in (fn(publish=True, keep_versions=True)
+                                                         or "")
+    assert fn(keep_versions=3) == ("function 'orders': keep_versions=3 needs publish=True (it"
+                                   " prunes published versions)")
+    assert Layer("shared", source=str(tmp_path), keep_layer_versions=-1).problem == (
+        "layer 'shared': keep_layer_versions=-1 must be a whole number of versions, 1 or more"
+        " (or None to keep them all)")
