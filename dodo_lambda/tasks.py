@@ -342,7 +342,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
             yield from lambda_tasks(orders, shared)
 
     gives ``npm:<name>``, ``package:<name>``, ``upload:<name>`` (functions with a
-    bucket), ``layer:<name>``, ``deploy:<name>``, their groups, and ``plan``.
+    bucket), ``layer:<name>``, ``deploy:<name>``, ``rollback:<name>``, their groups,
+    and ``plan`` (``--json``, ``--check``).
     Paths are relative to the directory doit runs in. AWS access follows boto3's
     standard chain; ``profile``, ``region`` and ``endpoint`` override it for
     this project. ``emulator=True`` deploys to a local moto server started for
