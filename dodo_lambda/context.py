@@ -55,7 +55,10 @@ class RunContext:
     target: AwsTarget = field(default_factory=AwsTarget)
     emulator: bool = False  # deploy to the embedded local emulator, never AWS
     direct_limit: int = DIRECT_UPLOAD_LIMIT  # bigger zips go through S3
-    list_functions: bool = False  # several functions: one ListFunctions answers for all
+    verify: bool = False  # deploy tasks compare with AWS even when records say up to date
+    items: tuple[Function | Layer, ...] = ()  # the project's functions and layers
+    # tells this run's deploy records from older ones (the end-of-run summary)
+    run_id: str = field(default_factory=lambda: os.urandom(6).hex())
     today: date | None = None  # the day Lambda's runtime schedule is read at (None: today)
     caches: Caches = field(default_factory=Caches, repr=False)
 
