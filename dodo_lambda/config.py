@@ -81,6 +81,7 @@ class Layer:
     bucket_prefix: str = ""
     allow_deprecated_runtime: bool = False
     scripts: bool = False  # run dependencies' install scripts (see README, Security)
+    keep_layer_versions: int | None = None  # delete older versions no function uses
     _problems: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     # the users' architecture, when architectures= is not given (set by lambda_tasks)
     _users_architecture: str | None = field(default=None, init=False, repr=False,
@@ -149,6 +150,7 @@ class Function:
     allow_deprecated_runtime: bool = False
     bundle: Any = None  # True or a dict of options: see bundle_options
     scripts: bool = False  # run dependencies' install scripts (see README, Security)
+    keep_versions: int | None = None  # delete published versions beyond the newest N
     _frozen_env: tuple[tuple[str, str], ...] | None = field(
         default=None, init=False, repr=False, compare=False)
     _problems: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -278,6 +280,9 @@ def _function_problem(fn: Function, today: date | None) -> str | None:
         None if isinstance(fn.publish, bool) else f"publish={fn.publish!r} must be True or False",
         f"alias={fn.alias!r} needs publish=True (an alias points at a version)"
         if fn.alias is not None and fn.publish is not True else None,
+        _keep_problem("keep_versions", fn.keep_versions),
+        f"keep_versions={fn.keep_versions!r} needs publish=True (it prunes published versions)"
+        if fn.keep_versions is not None and fn.publish is not True else None,
         rules.role_problem(fn.role),
         fn._bundle[1],
         _common_problem(fn),
@@ -305,6 +310,13 @@ def _entry_problem(fn: Function) -> str | None:
     return None
 
 
+def _keep_problem(field_name: str, value: object) -> str | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return None
+    return (f"{field_name}={value!r} must be a whole number of versions, 1 or more"
+            " (or None to keep them all)")
+
+
 def layer_problem(layer: Layer, today: date | None = None) -> str | None:
     problem = _layer_problem(layer, today)
     return f"{label(layer)}: {problem}" if problem else None
@@ -313,7 +325,8 @@ def layer_problem(layer: Layer, today: date | None = None) -> str | None:
 def _layer_problem(layer: Layer, today: date | None) -> str | None:
     if layer._problems:
         return layer._problems[0]
-    name = rules.layer_name_problem(layer.name)
+    name = rules.layer_name_problem(layer.name) or \
+        _keep_problem("keep_layer_versions", layer.keep_layer_versions)
     if name:
         return name
     allow = layer.allow_deprecated_runtime is True

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from .selection import Entry, Root
 
 T = TypeVar("T")
+# ``once`` keys (their first part) that a new round keeps: botocore's loader, clients
+# (keyed by target and AWS_* variables, or by the emulator's id), node/npm versions
+# (keyed by the executables' stats)
+KEPT_BETWEEN_ROUNDS = frozenset({"botocore-loader", "clients", "emulator-clients", "tools"})
 
 
 @dataclass
@@ -55,7 +59,10 @@ class RunContext:
     target: AwsTarget = field(default_factory=AwsTarget)
     emulator: bool = False  # deploy to the embedded local emulator, never AWS
     direct_limit: int = DIRECT_UPLOAD_LIMIT  # bigger zips go through S3
-    list_functions: bool = False  # several functions: one ListFunctions answers for all
+    verify: bool = False  # deploy tasks compare with AWS even when records say up to date
+    items: tuple[Function | Layer, ...] = ()  # the project's functions and layers
+    # tells this run's deploy records from older ones (the end-of-run summary)
+    run_id: str = field(default_factory=lambda: os.urandom(6).hex())
     today: date | None = None  # the day Lambda's runtime schedule is read at (None: today)
     caches: Caches = field(default_factory=Caches, repr=False)
 
@@ -70,10 +77,11 @@ class RunContext:
         self.caches = Caches()
 
     def next_round(self) -> None:
-        """A new round in a long-lived process (watch): forget what was learnt about
-        files (walks, scans), keep what was made (tool versions, botocore clients),
-        whose keys say when it is stale."""
-        self.caches = Caches(made=self.caches.made)
+        """A new round in a long-lived process (watch): forget what was learnt (walks,
+        scans, the run's decisions such as whether a listing pays), keep what is costly
+        to make and whose key says when it is stale (``KEPT_BETWEEN_ROUNDS``)."""
+        made = self.caches.made
+        self.caches = Caches(made={k: v for k, v in made.items() if k[0] in KEPT_BETWEEN_ROUNDS})
 
     def once(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
         """``make()``'s value, made once per run for ``key`` (thread-safe: under

@@ -32,3 +32,10 @@ class DodoLambdaError(Exception):
         how = command(self.next_step) if command else \
             f"the {self.next_step.step} step of '{self.next_step.name}'"
         return f"{self.message}; run {how}"
+
+
+class Refused(DodoLambdaError):
+    """Deploy would refuse this item before sending anything (a missing role for a
+    function to create, a zip too big without a bucket, one of Lambda's rules). The
+    planner raises it where it decides; ``plan`` reports it as "deploy would be
+    refused: ..." and exits nonzero."""

@@ -427,7 +427,7 @@ def for_function(fn: Function, ctx: RunContext, *, aws: dict[str, str] | None = 
     account.
     """
     from .config import Layer, label
-    from .deploy import manifest
+    from .desired import manifest
     from .files import read_json
 
     who = label(fn)

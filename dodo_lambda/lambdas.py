@@ -369,57 +369,38 @@ def publish_version(
     return version
 
 
-def point_alias(c: Clients, name: str, alias: str, version: str, *, who: str) -> dict:
-    """Point ``alias`` at ``version``, creating the alias when it does not exist; the alias."""
+def point_alias(c: Clients, name: str, alias: str, version: str, *, who: str,
+                exists: bool | None = None) -> dict:
+    """Point ``alias`` at ``version``; the alias. ``exists`` says whether the alias is
+    there (one UpdateAlias or one CreateAlias); None: try to update, create when missing."""
     from botocore.exceptions import ClientError
 
     args = {"FunctionName": name, "Name": alias, "FunctionVersion": version}
     with translating(who, c=c):
+        if exists is False:
+            return _clean(retry_conflicts(lambda: c.lam.create_alias(**args), c=c, name=name,
+                                          who=who))
         try:
             found = retry_conflicts(lambda: c.lam.update_alias(**args), c=c, name=name, who=who)
         except ClientError as exc:
-            if _error_code(exc) != "ResourceNotFoundException":
+            if exists or _error_code(exc) != "ResourceNotFoundException":
                 raise
             found = retry_conflicts(lambda: c.lam.create_alias(**args), c=c, name=name, who=who)
     return _clean(found)
 
 
-def latest_version(
-    c: Clients, name: str, *, who: str, code_sha256: str | None = None
-) -> dict | None:
-    """The newest published version with $LATEST's code (or ``code_sha256``), or None."""
+def delete_version(c: Clients, name: str, version: str, *, who: str) -> None:
+    """Delete one published version (never $LATEST: the qualifier must be a number)."""
+    if not str(version).isdigit():
+        raise ValueError(f"not a published version: {version!r}")
     with translating(who, c=c):
-        versions = [
-            v
-            for page in c.lam.get_paginator("list_versions_by_function").paginate(
-                FunctionName=name
-            )
-            for v in page.get("Versions", [])
-        ]
-    if code_sha256 is None:
-        latest = [v for v in versions if v.get("Version") == "$LATEST"]
-        if not latest:
-            return None
-        code_sha256 = latest[0].get("CodeSha256")
-    published = [
-        v for v in versions
-        if str(v.get("Version", "")).isdigit() and v.get("CodeSha256") == code_sha256
-    ]
-    return max(published, key=lambda v: int(v["Version"]), default=None)
+        retry_conflicts(lambda: c.lam.delete_function(FunctionName=name, Qualifier=str(version)),
+                        c=c, name=name, who=who)
 
 
-def latest_layer_version(c: Clients, layer_name: str, *, who: str | None = None) -> dict | None:
-    """The newest version of a layer (GetLayerVersion, with Content.CodeSha256), or None."""
-    who = who or f"layer '{layer_name}'"
+def delete_layer_version(c: Clients, layer_name: str, version: int, *, who: str) -> None:
     with translating(who, c=c):
-        found = _clean_or_none(c.lam.list_layer_versions, LayerName=layer_name)
-        listed = (found or {}).get("LayerVersions", [])
-        if not listed:
-            return None
-        # AWS lists newest first; take the maximum so the order does not matter.
-        newest = max(listed, key=lambda v: int(v["Version"]))
-        return _clean(c.lam.get_layer_version(LayerName=layer_name,
-                                              VersionNumber=newest["Version"]))
+        c.lam.delete_layer_version(LayerName=layer_name, VersionNumber=int(version))
 
 
 def publish_layer(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, bundle, deploy, npm, rules
+from . import build, bundle, deploy, executor, npm, planner, records, rules
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -38,13 +39,17 @@ GROUP_DOCS = {
     "upload": "put zips in S3 under content-addressed keys (skipped when already there)",
     "layer": "publish layer versions whose content differs from the latest published one",
     "deploy": "update (or create) the Lambda functions whose deployed code or settings differ",
+    "rollback": "point each function's alias back at the version before the last deploy that"
+                " moved it",
     "invoke": "run a function's built zip locally in node, as Lambda would (no Docker)",
 }
 # What each step was doing, for a machine's error (disk full, permissions).
 _DOING = {"npm": "installing dependencies", "bundle": "bundling", "package": "writing the package",
           "upload": "uploading", "deploy": "deploying", "layer": "publishing the layer",
-          "plan": "planning", "invoke": "invoking", "watch": "watching",
-          "emulator-stop": "stopping the emulator"}
+          "plan": "planning", "rollback": "rolling back", "summary": "summing up",
+          "invoke": "invoking", "watch": "watching", "emulator-stop": "stopping the emulator"}
+_ACTED = {"create": "created", "update": "updated", "publish": "published", "none": "unchanged",
+          "rollback": "rolled back"}
 
 
 # -- output: the core reports (results, logging), the adapter prints -----------------
@@ -97,72 +102,107 @@ def _package(item: Item, ctx: RunContext) -> None:
 
 
 def _upload(fn: Function, ctx: RunContext) -> None:
-    result = deploy.upload(fn, ctx)
+    result = executor.upload(fn, ctx)
     if result is not None:
         where = f"s3://{result.bucket}/{result.key}"
         say(f"{label(fn)}: {'uploaded to' if result.sent else 'already in'} {where}")
 
 
 def _deploy(fn: Function, ctx: RunContext) -> None:
-    result = deploy.deploy_function(fn, ctx)
-    plan = result.plan
-    if plan.create:
-        say(f"{label(fn)}: created")
-    else:
-        say(f"{label(fn)}: " + ("; ".join(plan.reasons) or "already up to date, nothing changed"))
-    say(f"{label(fn)}: deployed {result.arn} version {result.version}"
-        f" CodeSha256 {result.code_sha256}")
+    executor.deploy_function(fn, ctx)  # its summary line comes at the end of the run
 
 
 def _layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> None:
-    result = deploy.publish_layer(layer, ctx, users)
-    verb = "published" if result.plan.publish else "unchanged, using"
-    say(f"{label(layer)}: {verb} {result.arn}")
+    executor.publish_layer(layer, ctx, users)
 
 
-def _plan(items: list[Item], ctx: RunContext, problems: tuple[str, ...] = ()) -> None:
-    for line in build.left_out_lines(items, ctx):
-        print(line)
-    report = deploy.plan_report(items, ctx)
-    for line in [*(f"{p} (deploy would refuse)" for p in problems), *report.lines]:
-        print(line)
-    refused = [*problems, *report.refused]
+def summary_line(done: records.Done) -> str:
+    """One line per deployed item: what was done, version, CodeSha256 prefix, time."""
+    parts = [_ACTED.get(done.action, done.action)]
+    kinds = [k for k in ("update_code", "update_settings") if k in done.steps]
+    if kinds:
+        parts[0] += f" ({' and '.join(k.removeprefix('update_') for k in kinds)})"
+    if done.version is not None:
+        parts.append(f"version {done.version}")
+    if done.alias:
+        parts.append(f"alias {done.alias['name']} {done.alias.get('previous') or '(new)'}"
+                     f" → {done.alias['version']}")
+    parts.append(f"CodeSha256 {done.code_sha256[:12]}…")
+    if done.action != "none":
+        parts.append(f"{done.seconds:.1f} s")
+    return f"{label(done.item)}: {', '.join(parts)}"
+
+
+def _summary(items: tuple[Item, ...], ctx: RunContext, whole: bool) -> None:
+    """The end of a run (teardowns of the deploy group and of each deploy and layer
+    task, run by whichever process ran the task): one line per item deployed in this
+    run, each said once; with ``whole`` (the group) one line when nothing changed."""
+    changed = False
+    for item in sorted(items, key=lambda i: isinstance(i, Function)):  # layers went first
+        done = records.done_in_this_run(item, ctx)
+        if done is None:
+            continue
+        changed = changed or done.action != "none"
+        if records.first_to_report(ctx, f"{item.kind} {item.name}"):
+            say(summary_line(done))
+    if whole and not changed and records.first_to_report(ctx, "nothing changed"):
+        say(f"deploy: nothing changed ({_count(items)} up to date)")
+
+
+def _count(items: tuple[Item, ...]) -> str:
+    n_fn = sum(isinstance(i, Function) for i in items)
+    n_layer = len(items) - n_fn
+    out = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in ((n_fn, "function"),
+                                                                 (n_layer, "layer")) if n]
+    return " and ".join(out) or "nothing"
+
+
+def _plan(items: list[Item], ctx: RunContext, problems: tuple[tuple[str, str, str], ...],
+          options: dict[str, Any]) -> None:
+    """Print the plan (or its JSON, alone on stdout); fail when deploy would be refused
+    (``problems``: items lambda_tasks could not take, as (kind, name, why)), and with
+    --check when anything would change."""
+    plans = planner.plan_items(items, ctx, deploy.clients(ctx, "plan")) if items else []
+    if options.get("json"):
+        objects = [{"name": name, "kind": kind, "action": "refused", "steps": [],
+                    "drift": False, "refused": why} for kind, name, why in problems]
+        print(json.dumps(objects + [p.to_json() for p in plans], indent=1,
+                         ensure_ascii=False))
+    else:
+        for line in build.left_out_lines(items, ctx):
+            print(line)
+        for _, _, why in problems:
+            print(f"deploy would be refused: {why}")
+        for plan in plans:
+            for line in planner.describe(plan):
+                print(line)
+    refused = [f"{kind} '{name}'" for kind, name, _ in problems] + [
+        label(p.item) for p in plans if p.refused is not None]
     if refused:
-        raise DodoLambdaError(f"plan: deploy would refuse {len(refused)} item(s): "
-                              + " | ".join(refused))
+        raise DodoLambdaError(f"plan: deploy would refuse {len(refused)} item(s):"
+                              f" {', '.join(refused)}")
+    acting = [label(p.item) for p in plans if p.action != "none"]
+    if options.get("check") and acting:
+        raise DodoLambdaError(f"plan --check: deploy would change {', '.join(acting)}")
 
 
-def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
-    """The one doit action: run a step, turning a user's mistake into TaskFailed (one
-    line; DODO_LAMBDA_DEBUG=1 adds the traceback). ``task`` is doit's: the values of
-    its command-line params (``task.options``) go to the step as keyword arguments."""
-    show_core_messages()
-    options = getattr(task, "options", None) or {}
-    try:
-        outcome = _STEPS[step](*args, **options)
-    except DodoLambdaError as exc:
-        _debug(exc)
-        return TaskFailed(exc.render(_doit_command))
-    except OSError as exc:  # disk full, permissions: the machine's problem, said plainly
-        _debug(exc)
-        who = label(args[0]) if isinstance(args[0], (Function, Layer)) else step
-        where = f" ({exc.filename})" if exc.filename else ""
-        return TaskFailed(f"{who}: {_DOING[step]} failed: {exc.strerror or exc}{where};"
-                          " fix that and run again")
-    return outcome if isinstance(outcome, TaskFailed) else None
+def _rollback(fn: Function, ctx: RunContext) -> None:
+    done = executor.rollback(fn, ctx)
+    say(f"{label(fn)}: alias {done.alias} rolled back from version {done.came_from} to"
+        f" version {done.to}")
 
 
 # -- the local loop: invoke, the emulator, watch ----------------------------------------
 
 
-def _invoke(fn: Function, ctx: RunContext, event: str = "", aws_credentials: bool = False
-            ) -> TaskFailed | None:
-    """``doit invoke:<name>``: the result (or error shape) as the last line on stdout, the
-    handler's logs and Lambda's REPORT line on stderr."""
+def _invoke(fn: Function, ctx: RunContext, options: dict[str, Any]) -> TaskFailed | None:
+    """``doit invoke:<name>`` (``--event FILE``/``-``, ``--aws-credentials``): the result
+    (or error shape) as the last line on stdout, the handler's logs and Lambda's REPORT
+    line on stderr."""
     from . import invoke
 
-    text = invoke.read_event(event, sys.stdin, label(fn))
-    credentials = invoke.caller_credentials() if aws_credentials else None
+    text = invoke.read_event(options.get("event") or "", sys.stdin, label(fn))
+    credentials = invoke.caller_credentials() if options.get("aws_credentials") else None
     inv = invoke.for_function(fn, ctx, aws=credentials)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -201,18 +241,18 @@ def _change_line(change: Any) -> str:
     return f"{when} {change.item}: {shown}: {', '.join(parts)}"
 
 
-def _watch(items: tuple[Item, ...], ctx: RunContext, deploy: bool = True,
-           poll: bool = False) -> None:
-    """``doit watch`` / ``watch:<name>``: rebuild (and redeploy) on every save, until Ctrl-C."""
+def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) -> None:
+    """``doit watch`` / ``watch:<name>`` (``--no-deploy``, ``--poll``): rebuild (and
+    redeploy) on every save, until Ctrl-C."""
     import threading
 
     from . import watch
 
     stop = threading.Event()
-    w = watch.Watch(items, ctx, deploy_changes=deploy)
+    w = watch.Watch(items, ctx, deploy_changes=options.get("deploy", True))
     try:
         w.prepare()
-        if deploy:  # start from what is deployed: layers first, then the functions
+        if w.deploy_changes:  # start from what is deployed: layers first, then the functions
             for change in w.deploy_all():
                 say(_change_line(change))
         names = ", ".join(label(i) for i in items)
@@ -220,7 +260,8 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, deploy: bool = True,
         def ready(how: str) -> None:
             say(f"watch: watching {names} through {how}; Ctrl-C to stop")
 
-        for batch in watch.batches(w.folders, stop, ready, poll=poll, skip=[ctx.build_dir]):
+        for batch in watch.batches(w.folders, stop, ready, poll=bool(options.get("poll")),
+                                   skip=[ctx.build_dir]):
             for change in w.handle(batch):
                 say(_change_line(change))
     except KeyboardInterrupt:
@@ -233,9 +274,32 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, deploy: bool = True,
 
 _STEPS: dict[str, Callable[..., Any]] = {
     "npm": npm.install, "bundle": _bundle, "package": _package, "upload": _upload,
-    "deploy": _deploy, "layer": _layer, "plan": _plan, "invoke": _invoke, "watch": _watch,
-    "emulator-stop": _emulator_stop,
+    "deploy": _deploy, "layer": _layer, "plan": _plan, "rollback": _rollback,
+    "summary": _summary, "invoke": _invoke, "watch": _watch, "emulator-stop": _emulator_stop,
 }
+# steps given the task's command-line options (doit params); a step may return TaskFailed
+_WITH_OPTIONS = {"plan", "invoke", "watch"}
+
+
+def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
+    """The one doit action: run a step, turning a user's mistake into TaskFailed (one
+    line; DODO_LAMBDA_DEBUG=1 adds the traceback). ``task`` is doit's: its options (the
+    task's params, e.g. ``doit plan --json``) go to the steps in _WITH_OPTIONS."""
+    show_core_messages()
+    try:
+        if step in _WITH_OPTIONS:
+            args = (*args, dict(getattr(task, "options", None) or {}))
+        outcome = _STEPS[step](*args)
+    except DodoLambdaError as exc:
+        _debug(exc)
+        return TaskFailed(exc.render(_doit_command))
+    except OSError as exc:  # disk full, permissions: the machine's problem, said plainly
+        _debug(exc)
+        who = label(args[0]) if isinstance(args[0], (Function, Layer)) else step
+        where = f" ({exc.filename})" if exc.filename else ""
+        return TaskFailed(f"{who}: {_DOING[step]} failed: {exc.strerror or exc}{where};"
+                          " fix that and run again")
+    return outcome if isinstance(outcome, TaskFailed) else None
 
 
 def _debug(exc: BaseException) -> None:
@@ -323,7 +387,7 @@ def _upload_task(fn: Function, ctx: RunContext) -> TaskDict:
         "actions": [(run_step, ["upload", (fn, ctx)])],
         "file_dep": [str(layout.zip), str(layout.manifest)],
         "targets": [str(layout.uploaded)],
-        "uptodate": [(deploy.upload_is_recorded, [fn, ctx])],
+        "uptodate": [(records.upload_is_recorded, [fn, ctx])],
     }
 
 
@@ -337,7 +401,8 @@ def _layer_task(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> T
         "file_dep": [str(layout.zip), str(layout.manifest)] + [
             str(ctx.layout(fn).manifest) for fn in users],
         "targets": [str(layout.published)],
-        "uptodate": [(deploy.layer_is_recorded, [layer, ctx])],
+        "uptodate": [(records.layer_is_recorded, [layer, ctx])],
+        "teardown": [(run_step, ["summary", ((layer,), ctx, False)])],
     }
 
 
@@ -356,7 +421,19 @@ def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
         "actions": [(run_step, ["deploy", (fn, ctx)])],
         "file_dep": file_dep,
         "targets": [str(layout.deployed)],
-        "uptodate": [(deploy.deploy_is_recorded, [fn, ctx])],
+        "uptodate": [(records.deploy_is_recorded, [fn, ctx])],
+        "teardown": [(run_step, ["summary", ((fn,), ctx, False)])],
+    }
+
+
+def _rollback_task(fn: Function, ctx: RunContext) -> TaskDict:
+    return {
+        "basename": "rollback",
+        "name": fn.name,
+        "doc": f"{label(fn)}: point alias {fn.alias} back at the version before the last deploy"
+        if fn.alias else f"{label(fn)}: has no alias to roll back",
+        "actions": [(run_step, ["rollback", (fn, ctx)])],
+        "uptodate": [False],
     }
 
 
@@ -426,9 +503,11 @@ def _watch_tasks(valid: list[Item], ctx: RunContext) -> list[TaskDict]:
 
 
 def _steps(item: Any) -> tuple[str, ...]:
+    if isinstance(item, Layer):
+        return ("package", "layer")
     if isinstance(item, Function) and item.bundle is not None and item.bundle is not False:
-        return ("bundle", "package", "deploy")
-    return ("package", "layer" if isinstance(item, Layer) else "deploy")
+        return ("bundle", "package", "deploy", "rollback")
+    return ("package", "deploy", "rollback")
 
 
 def _users(layer: Layer, items: tuple[Any, ...]) -> tuple[Function, ...]:
@@ -507,7 +586,8 @@ def _failing(basename: str, item: Any, message: str) -> TaskDict:
 
 def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
                  region: str | None = None, endpoint: str | None = None, emulator: bool = False,
-                 direct_upload_limit: int = DIRECT_UPLOAD_LIMIT) -> Iterator[TaskDict]:
+                 direct_upload_limit: int = DIRECT_UPLOAD_LIMIT, verify: bool = False
+                 ) -> Iterator[TaskDict]:
     """doit tasks for the given Functions and Layers::
 
         def task_lambda():
@@ -515,27 +595,30 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
 
     gives ``npm:<name>``, ``bundle:<name>`` (functions with ``bundle=``),
     ``package:<name>``, ``upload:<name>`` (functions with a bucket), ``layer:<name>``,
-    ``deploy:<name>``, ``invoke:<name>`` (functions), their groups, ``plan``, ``watch``
-    and ``watch:<name>`` (functions), and ``emulator-stop`` (with ``emulator=True``).
+    ``deploy:<name>``, ``rollback:<name>``, ``invoke:<name>`` (functions), their
+    groups, ``plan`` (``--json``, ``--check``), ``watch`` and ``watch:<name>``
+    (functions), and ``emulator-stop`` (with ``emulator=True``).
     Paths are relative to the directory doit runs in. AWS access follows boto3's
     standard chain; ``profile``, ``region`` and ``endpoint`` override it for
     this project. ``emulator=True`` deploys to the project's local moto server
     instead of AWS (started when needed and kept running between runs; needs the
-    ``local`` extra).
+    ``local`` extra). ``verify=True`` (or
+    DODO_LAMBDA_VERIFY=1) makes every deploy task compare with AWS and repair what
+    differs, even when the local records say up to date (for CI).
     """
     show_core_messages()
     ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
-                     direct_limit=direct_upload_limit,
-                     list_functions=sum(isinstance(i, Function) for i in items) > 2)
+                     direct_limit=direct_upload_limit, verify=verify)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str, str]] = []  # (kind, name, why) of items not taken
     for item in items:
         if any(item is v or item == v for v in valid):
             continue  # the same item passed twice
         problem = _problem(item, items, valid, build_dir)
         if problem:
-            problems.append(problem)
+            problems.append((getattr(item, "kind", "item"), str(getattr(item, "name", "?")),
+                             problem))
             for step in _steps(item):
                 failing = _failing(step, item, problem)
                 while any((t["basename"], t["name"]) == (step, failing["name"]) for t in tasks):
@@ -556,21 +639,33 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
             if item.bucket:
                 tasks.append(_upload_task(item, ctx))
             tasks.append(_deploy_task(item, ctx))
+            tasks.append(_rollback_task(item, ctx))
             tasks.append(_invoke_task(item, ctx))
     if emulator:
         tasks.append(_emulator_stop_task(ctx))
     if valid:
         tasks.extend(_watch_tasks(valid, ctx))
+    ctx.items = tuple(valid)
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():
         if basename in used:
-            yield {"basename": basename, "name": None, "doc": doc}
+            group: TaskDict = {"basename": basename, "name": None, "doc": doc}
+            if basename == "deploy":  # the run's summary, after every other task
+                group["teardown"] = [(run_step, ["summary", (tuple(valid), ctx, True)])]
+            yield group
     yield from tasks
     yield {
         "basename": "plan",
-        "doc": "show what deploy would change for each function and layer, and why (read-only)",
+        "doc": "show what deploy would change for each function and layer, and why (read-only;"
+               " --json: as JSON on stdout; --check: exit nonzero when anything would change)",
         "actions": [(run_step, ["plan", (valid, ctx, tuple(problems))])],
         "task_dep": [f"package:{i.name}" for i in valid],
         "uptodate": [False],
         "verbosity": 2,
+        "params": [
+            {"name": "json", "long": "json", "type": bool, "default": False,
+             "help": "print the plan as JSON (one object per function and layer) on stdout"},
+            {"name": "check", "long": "check", "type": bool, "default": False,
+             "help": "exit nonzero when deploy would change anything (a CI gate)"},
+        ],
     }

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import archive, build, bundle, deploy, entrycache, npm, zipsplice
+from . import archive, build, bundle, deploy, entrycache, executor, npm, zipsplice
 from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
@@ -378,16 +378,16 @@ class Watch:
             w.pending = False
 
     def _deploy(self, fn: Function, change: Change) -> None:
-        deploy.upload(fn, self.ctx)  # only with a bucket (or too big: says so)
-        plan = deploy.deploy_function(fn, self.ctx).plan
-        change.notes.append("created" if plan.create else
-                            ("deployed" if plan.changes else "already deployed"))
+        executor.upload(fn, self.ctx)  # only with a bucket (or too big: says so)
+        action = executor.deploy_function(fn, self.ctx).action
+        change.notes.append({"create": "created", "none": "already deployed"}.get(action,
+                                                                                 "deployed"))
 
     def _publish(self, layer: Layer, change: Change) -> None:
         users = tuple(w.item for w in self.watched if isinstance(w.item, Function)
                       and layer in w.item.layers)
-        plan = deploy.publish_layer(layer, self.ctx, users).plan
-        change.notes.append("published" if plan.publish else "already published")
+        action = executor.publish_layer(layer, self.ctx, users).action
+        change.notes.append("already published" if action == "none" else "published")
 
 
 def _updated(state: zipsplice.ZipState, changes: dict[str, Entry | None]) -> list[Entry]:

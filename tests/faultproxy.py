@@ -214,6 +214,9 @@ class FaultProxy:
 
             def _answer(self, status: int, headers: Any, body: bytes, relay: bool = False) -> None:
                 items = headers if isinstance(headers, list) else list(headers.items())
+                # logged before the answer goes out: a client that has its answer
+                # finds its request in the log (count() right after a call)
+                proxy._record(self.command, self.path, status)
                 self.send_response_only(status)
                 has_length = any(k.lower() == "content-length" for k, _ in items)
                 for key, value in items:
@@ -223,7 +226,6 @@ class FaultProxy:
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(body)
-                proxy._record(self.command, self.path, status)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 

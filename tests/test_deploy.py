@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -165,8 +166,12 @@ def test_publish_and_alias_only_when_something_changed(project: Project, aws_env
     assert project.record("deployed")["version"] == "1"
 
     _reset_state(project)
+    mark = aws_env.mark()
     assert project.doit("deploy").rc == 0
     assert versions() == ["1"]
+    # a fresh checkout: reads (and STS's POST /) only, no PUT .../aliases/live
+    assert [r for r in aws_env.requests(mark)
+            if r.method not in ("GET", "HEAD") and r.path != "/"] == []
 
     project.configure([{**settings, "memory": 512}])
     run = project.doit("deploy")
@@ -191,22 +196,40 @@ def test_plan_reports_and_changes_nothing(project: Project, aws_env, fn: dict) -
         in run.out
     assert "MemorySize 128 → 256" in run.out and "Timeout 3 → 30" in run.out
     assert "Environment +TOKEN" in run.out and "s3cr3t" not in run.out
-    assert "function 'other': would create" in run.out
+    assert "function 'other': create (new)" in run.out
     assert [r for r in aws_env.requests(mark) if r.method not in ("GET", "HEAD")] == []
     assert _deployed(aws_env)["MemorySize"] == 128
 
 
-def test_many_functions_one_listing(project: Project, aws_env, fn: dict) -> None:
+def _account_settings(fault_proxy, count: int):
+    """GetAccountSettings (moto has none) says the region holds ``count`` functions."""
+    body = json.dumps({"AccountUsage": {"FunctionCount": count}}).encode()
+    return fault_proxy.add("GET", r"^/2016-08-19/account-settings/?$", status=200, body=body,
+                           headers={"Content-Type": "application/json"}, times=100)
+
+
+def test_many_functions_one_listing_only_when_it_pays(project: Project, aws_env, fn: dict,
+                                                       fault_proxy) -> None:
     names = ["a1", "a2", "a3"]
     project.configure([{**fn, "name": n} for n in names])
     assert project.doit("deploy").rc == 0
     _reset_state(project)
-    mark = aws_env.mark()
+    fault_proxy.clear()
+    _account_settings(fault_proxy, 3)  # one page of 50 answers for all three
     run = project.doit("deploy")
     assert run.rc == 0, run.text
-    assert aws_env.count("GET", r"/2015-03-31/functions/?(\?|$)", mark) == 1
+    assert fault_proxy.count("GET", r"^/2015-03-31/functions/?(\?|$)") == 1
     for n in names:
-        assert aws_env.count("GET", CONFIG.format(n), mark) == 0
+        assert fault_proxy.count("GET", CONFIG.format(n)) == 0
+
+    _reset_state(project)
+    fault_proxy.clear()
+    _account_settings(fault_proxy, 501)  # 11 pages: three reads cost less
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    assert fault_proxy.count("GET", r"^/2015-03-31/functions/?(\?|$)") == 0
+    for n in names:
+        assert fault_proxy.count("GET", CONFIG.format(n)) == 1
 
 
 def test_access_denied_and_missing_bucket(project: Project, aws_env, fn: dict,
@@ -296,8 +319,9 @@ def test_example_deploys_to_the_embedded_emulator(tmp_path, monkeypatch) -> None
         emulator.stop(root / ".dodo_lambda")  # the server outlives doit: stop it here
     assert run.rc == 0, run.text
     assert "LOCAL EMULATOR" in run.err and "NOT to AWS" in run.err
-    assert "function 'dodo-lambda-hello': created" in run.err
-    assert "deployed arn:aws:lambda:us-east-1:123456789012:function:dodo-lambda-hello" in run.err
+    assert "function 'dodo-lambda-hello': created, version $LATEST, CodeSha256" in run.err
+    record = Project(root).record("deployed", "dodo-lambda-hello")
+    assert record["arn"] == "arn:aws:lambda:us-east-1:123456789012:function:dodo-lambda-hello"
 
 
 def test_project_overrides_region_and_endpoint(project: Project, aws_env, fn: dict,
@@ -306,7 +330,7 @@ def test_project_overrides_region_and_endpoint(project: Project, aws_env, fn: di
     project.configure([fn], options={"region": "eu-west-1", "endpoint": aws_env.url})
     run = project.doit("deploy")
     assert run.rc == 0, run.text
-    assert project.record("deployed")["region"] == "eu-west-1"
+    assert project.record("deployed")["target"]["region"] == "eu-west-1"
     import boto3
 
     eu = boto3.client("lambda", region_name="eu-west-1", endpoint_url=aws_env.url)

@@ -114,11 +114,11 @@ def test_state_kept_across_runs_until_emulator_stop(emu: Project) -> None:
     second = emu.doit("deploy")
     assert second.rc == 0 and "deploy:hello" in second.skipped, second.text
     plan = emu.doit("plan")
-    assert "function 'hello': up to date" in plan.out, plan.text
+    assert "function 'hello': nothing to do (unchanged)" in plan.out, plan.text
     # not the records: the server itself remembers the function
     emu.layout("hello").deployed.unlink()
     third = emu.doit("deploy")
-    assert "function 'hello': already up to date, nothing changed" in third.err, third.text
+    assert "function 'hello': unchanged, version $LATEST" in third.err, third.text
     assert emulator.running(build_dir) == server  # the same server throughout
 
     stop = emu.doit("emulator-stop")
@@ -137,8 +137,10 @@ def test_parallel_workers_share_one_server(emu: Project) -> None:
     build_dir = emu.build_dir
     server = emulator.running(build_dir)
     assert server is not None and _server_pids(build_dir) == [server.pid]
-    targets = {emu.record("deployed", n)["target"] for n in ("layered", "hello", "boom")}
-    assert targets == {f"emulator-{server.id}"}
+    deployed = [emu.record("deployed", n) for n in ("layered", "hello", "boom")]
+    where = {"account": emulator.ACCOUNT, "region": emulator.REGION, "endpoint": server.url}
+    assert all(r["target"] == where for r in deployed)
+    assert all(r["seen_as"][0] == f"emulator-{server.id}" for r in deployed)  # target_key
     lam = _client(server.url)
     layers = lam.get_function_configuration(FunctionName="layered")["Layers"]
     assert [x["Arn"] for x in layers] == [

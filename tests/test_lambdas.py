@@ -16,7 +16,7 @@ from awsfixtures import (
 )
 from awsfixtures import create_function as create
 
-from dodo_lambda import aws, lambdas
+from dodo_lambda import Layer, aws, lambdas, remote
 from dodo_lambda import s3 as s3mod
 from dodo_lambda.errors import DodoLambdaError
 
@@ -305,23 +305,32 @@ def test_publish_version_and_alias(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     assert got["FunctionVersion"] == v2["Version"]
 
 
-def test_latest_version_with_the_same_code(aws_env: AwsEnv, make_zip: MakeZip) -> None:
+def test_versions_aliases_and_deleting_a_version(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     c = aws.connect()
     first = create(aws_env, make_zip("v1"))
-    assert lambdas.latest_version(c, "orders", who=WHO) is None  # nothing published yet
+    assert remote.list_versions(c, "orders", who=WHO) == []  # nothing published yet
     v1 = lambdas.publish_version(c, "orders", who=WHO, code_sha256=first["CodeSha256"])
-    found = lambdas.latest_version(c, "orders", who=WHO)
-    assert found is not None and found["Version"] == v1["Version"]
-
     second = lambdas.update_code(c, "orders", who=WHO, architecture="x86_64",
-                             zip_path=make_zip("v2"))
-    assert lambdas.latest_version(c, "orders", who=WHO) is None  # $LATEST's code is unpublished
-    again = lambdas.latest_version(c, "orders", who=WHO, code_sha256=first["CodeSha256"])
-    assert again is not None and again["Version"] == v1["Version"]
+                                 zip_path=make_zip("v2"))
     v2 = lambdas.publish_version(c, "orders", who=WHO, code_sha256=second["CodeSha256"])
-    found = lambdas.latest_version(c, "orders", who=WHO)
-    assert found is not None and found["Version"] == v2["Version"]
-    assert lambdas.latest_version(c, "missing", who=WHO) is None
+    listed = remote.list_versions(c, "orders", who=WHO)
+    assert [v["Version"] for v in listed] == [v1["Version"], v2["Version"]]
+    assert [v["CodeSha256"] for v in listed] == [first["CodeSha256"], second["CodeSha256"]]
+
+    mark = aws_env.mark()  # a known alias: exactly one request, create or update
+    lambdas.point_alias(c, "orders", "live", v1["Version"], who=WHO, exists=False)
+    lambdas.point_alias(c, "orders", "live", v2["Version"], who=WHO, exists=True)
+    assert [(r.method, r.path) for r in aws_env.requests(mark)] == [
+        ("POST", "/2015-03-31/functions/orders/aliases"),
+        ("PUT", "/2015-03-31/functions/orders/aliases/live")]
+    aliases = remote.list_aliases(c, "orders", who=WHO)
+    assert aliases["live"]["FunctionVersion"] == v2["Version"]
+    assert remote.aliased(aliases) == {v2["Version"]}
+
+    lambdas.delete_version(c, "orders", v1["Version"], who=WHO)
+    assert [v["Version"] for v in remote.list_versions(c, "orders", who=WHO)] == [v2["Version"]]
+    with pytest.raises(ValueError):
+        lambdas.delete_version(c, "orders", "$LATEST", who=WHO)
 
 
 def test_alias_of_missing_function(aws_env: AwsEnv) -> None:
@@ -332,7 +341,8 @@ def test_alias_of_missing_function(aws_env: AwsEnv) -> None:
 def test_publish_layer_and_latest(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     c = aws.connect()
     who = "layer 'shared'"
-    assert lambdas.latest_layer_version(c, "shared") is None
+    layer = Layer("shared", source=".")
+    assert remote.read_layer(c, layer).latest is None
     one = make_zip("one", {"nodejs/node_modules/a/index.js": "module.exports = 1;\n"})
     two = make_zip("two", {"nodejs/node_modules/a/index.js": "module.exports = 2;\n"})
     first = lambdas.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs24.x"],
@@ -344,8 +354,10 @@ def test_publish_layer_and_latest(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     second = lambdas.publish_layer(c, "shared", who=who, s3=(bucket, key))
     assert second["Version"] == 2
 
-    latest = lambdas.latest_layer_version(c, "shared")
-    assert latest is not None
-    assert latest["Version"] == 2
-    assert latest["LayerVersionArn"] == second["LayerVersionArn"]
-    assert latest["Content"]["CodeSha256"] == sha(two)[1]
+    state = remote.read_layer(c, layer)
+    assert state.latest is not None
+    assert state.latest["Version"] == 2 and [v["Version"] for v in state.versions] == [2, 1]
+    assert state.latest["LayerVersionArn"] == second["LayerVersionArn"]
+    assert state.latest_sha == sha(two)[1]
+    lambdas.delete_layer_version(c, "shared", 1, who=who)
+    assert [v["Version"] for v in remote.read_layer(c, layer).versions] == [2]

@@ -98,12 +98,15 @@ def test_plan_covers_layers(project: Project, aws_env) -> None:
     project.configure([fn], layers=[LAYER])
     run = project.doit("plan")
     assert run.rc == 0, run.text
-    assert "layer 'shared': would publish version 1" in run.out
+    assert "layer 'shared': publish (new)" not in run.out
+    assert "layer 'shared': publish (differs from AWS)\n  publish layer version: no version" \
+        " published yet" in run.out
     assert project.doit("deploy").rc == 0
     (project.root / "layers" / "shared" / "nodejs" / "lib" / "helper.js").write_text("// v2\n")
     mark = aws_env.mark()
     run = project.doit("plan")
-    assert "layer 'shared': would publish version 2: content differs" in run.out
+    assert "layer 'shared': publish (changed locally: code)" in run.out
+    assert "  publish layer version: content differs (local" in run.out
     assert [r for r in aws_env.requests(mark) if r.method not in ("GET", "HEAD")] == []
 
 

@@ -16,7 +16,7 @@ import pytest
 from awsfixtures import inject_fault
 from projects import Project
 
-from dodo_lambda import DodoLambdaError, Function, aws, build, deploy, lambdas
+from dodo_lambda import DodoLambdaError, Function, aws, build, executor, lambdas
 from dodo_lambda.context import RunContext
 
 NOT_ASSUMABLE = "The role defined for the function cannot be assumed by Lambda."
@@ -48,18 +48,23 @@ def test_no_create_past_block_create_but_update_goes(tmp_path: Path, aws_env, fa
     mark = aws_env.mark()
     with pytest.raises(DodoLambdaError, match=r"^function 'orders': Lambda refuses to create"
                                               r" functions on runtime nodejs22.x since 2027-06-01"):
-        deploy.deploy_function(fn, ctx)
+        executor.deploy_function(fn, ctx)
     assert aws_env.count("POST", r"/functions$", mark) == 0  # nothing sent
 
     _deployed_elsewhere(aws_env, "nodejs22.x")
     with caplog.at_level(logging.WARNING, logger="dodo_lambda"):
-        plan = deploy.deploy_function(fn, ctx).plan
-    assert plan.code and not plan.create
+        kinds = {s.kind for s in executor.deploy_function(fn, ctx).plan.steps}
+    assert "update_code" in kinds and "create" not in kinds
     assert any("2027-07-01" in r.getMessage() for r in caplog.records)
+    # past block-update, an update is refused (a deploy with nothing to do sends nothing)
+    (Path(fn.source) / "index.js").write_text("exports.handler = async () => 'v3';\n")
+    build.package(fn, RunContext(tmp_path / "build"))
     mark = aws_env.mark()
     with pytest.raises(DodoLambdaError, match="refuses to create or update.*2027-07-01"):
-        deploy.deploy_function(fn, RunContext(tmp_path / "build", today=date(2027, 7, 1)))
-    assert [r for r in aws_env.requests(mark) if r.method not in ("GET", "HEAD")] == []
+        executor.deploy_function(fn, RunContext(tmp_path / "build", today=date(2027, 7, 1)))
+    # nothing written: only reads (STS GetCallerIdentity is a POST to /)
+    assert [r for r in aws_env.requests(mark) if r.method not in ("GET", "HEAD")
+            and r.path != "/"] == []
 
 
 def test_moving_off_a_blocked_runtime_sets_the_runtime_first(tmp_path: Path, aws_env,
@@ -68,7 +73,7 @@ def test_moving_off_a_blocked_runtime_sets_the_runtime_first(tmp_path: Path, aws
     fn = _function(tmp_path, aws_env)
     build.package(fn, RunContext(tmp_path / "build"))
     mark = aws_env.mark()
-    deploy.deploy_function(fn, RunContext(tmp_path / "build", today=date(2026, 11, 30)))
+    executor.deploy_function(fn, RunContext(tmp_path / "build", today=date(2026, 11, 30)))
     writes = [r.path for r in aws_env.requests(mark) if r.method == "PUT"]
     assert writes[0].endswith("/functions/orders/configuration"), writes
     assert "/2015-03-31/functions/orders/code" in writes
@@ -94,7 +99,7 @@ def test_plan_exits_nonzero_and_says_why(project: Project, aws_env) -> None:
     run = project.doit("plan")
     assert run.rc != 0, run.text
     assert "Traceback" not in run.text, run.text
-    assert "function 'fine': would create" in run.out
+    assert "function 'fine': create (new)" in run.out
     assert "deploy would refuse 3 item(s)" in run.text
     lines = run.text.splitlines()
     assert any("function 'toobig'" in ln and "bucket=" in ln for ln in lines), run.text
