@@ -228,8 +228,8 @@ def _change_line(change: Any) -> str:
     when = time.strftime("%H:%M:%S")
     shown = ", ".join(change.paths[:3]) + (f" and {len(change.paths) - 3} more"
                                            if len(change.paths) > 3 else "")
-    if change.error:
-        return f"{when} {change.item}: {shown}: {change.error}"
+    if change.error:  # the core's message names the item too: once is enough
+        return f"{when} {change.item}: {shown}: {change.error.removeprefix(change.item + ': ')}"
     parts = []
     if change.unchanged:
         parts.append("zip unchanged")
@@ -249,12 +249,16 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
     from . import watch
 
     stop = threading.Event()
+    logger = logging.getLogger("dodo_lambda")
     w = watch.Watch(items, ctx, deploy_changes=options.get("deploy", True))
     try:
         w.prepare()
         if w.deploy_changes:  # start from what is deployed: layers first, then the functions
             for change in w.deploy_all():
                 say(_change_line(change))
+        # from here on one line per change: the steps' progress notes would interleave
+        # (warnings still show)
+        logger.setLevel(logging.WARNING)
         names = ", ".join(label(i) for i in items)
 
         def ready(how: str) -> None:
@@ -268,6 +272,7 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
         say("watch: stopped")
     finally:
         stop.set()
+        logger.setLevel(logging.INFO)
         with contextlib.suppress(OSError):  # a round interrupted before its end
             w.flush()
 
