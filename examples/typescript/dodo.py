@@ -28,7 +28,8 @@ from pathlib import Path
 
 from dodo_lambda import Function, Layer, lambda_tasks
 
-DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["deploy"]}
+# a bare `doit` builds the zips: it never deploys, nor starts a watch that runs until Ctrl-C
+DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["package"]}
 
 shared = Layer(
     "dodo-lambda-ts-shared",
