@@ -259,6 +259,8 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
         # from here on one line per change: the steps' progress notes would interleave
         # (warnings still show)
         logger.setLevel(logging.WARNING)
+        if ctx.emulator and w.deploy_changes:
+            watch.keep_emulator_awake(ctx.build_dir, stop)
         names = ", ".join(label(i) for i in items)
 
         def ready(how: str) -> None:

@@ -430,6 +430,22 @@ def _mtime_ns(path: Path) -> list[int]:
         return []
 
 
+def keep_emulator_awake(build_dir: str | Path, stop: threading.Event,
+                        every: float = 60.0) -> threading.Thread:
+    """While a watch deploys to the emulator: a status request every minute, which the
+    server counts as activity, so that it does not stop itself for idleness (and forget
+    what was deployed) under someone who is watching and not saving for a while."""
+    from . import emulator
+
+    def run() -> None:
+        while not stop.wait(every):
+            emulator.running(build_dir)  # asks the server itself when one is running
+
+    thread = threading.Thread(target=run, name="dodo_lambda-emulator-awake", daemon=True)
+    thread.start()
+    return thread
+
+
 # -- where the changes come from ----------------------------------------------------------
 
 

@@ -197,3 +197,22 @@ def test_idle_server_stops_itself(emu: Project) -> None:
     assert _wait_gone([server.pid]), "the idle server did not stop"
     assert not emu.paths.emulator_state.exists()
     assert emulator.target_key(build_dir) == "emulator-none"
+
+
+def test_a_watch_keeps_its_server_awake(emu: Project) -> None:
+    import threading
+
+    from dodo_lambda import watch
+
+    build_dir = emu.build_dir
+    server = emulator.ensure_running(build_dir, idle=1.0)
+    stop = threading.Event()
+    watch.keep_emulator_awake(build_dir, stop, every=0.1)
+    try:
+        # three idle times with the watch's status requests: the server is still there
+        assert not _wait_until(lambda: not emulator._pid_alive(server.pid), timeout=3.0)
+        found = emulator.running(build_dir)
+        assert found is not None and (found.id, found.pid) == (server.id, server.pid)
+    finally:
+        stop.set()
+    assert _wait_gone([server.pid]), "the idle server did not stop once the watch ended"
