@@ -260,9 +260,21 @@ def layer_problem(layer: Layer) -> str | None:
             f"{who}: {src / 'package.json'} not found; a layer source is a folder with"
             " package.json and package-lock.json (run `npm install` there)"
         )
-    if not (src / "package-lock.json").is_file() and not (src / "npm-shrinkwrap.json").is_file():
+    if not (src / "package-lock.json").is_file() and not (src / "npm-shrinkwrap.json").is_file() \
+            and not _in_workspace(src):
         return (
             f"{who}: {src / 'package-lock.json'} not found; run"
             f" `npm install --package-lock-only` in {layer.source} and commit the lock file"
         )
     return None
+
+
+def _in_workspace(src: Path) -> bool:
+    """A workspace of an npm workspaces root: the root's lock governs it."""
+    from . import workspaces
+    from .errors import DodoLambdaError
+
+    try:
+        return workspaces.find(src, "") is not None
+    except DodoLambdaError:  # its problem is reported by lambda_tasks (workspaces.problem)
+        return True

@@ -18,7 +18,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, bundle, deploy, npm
+from . import build, bundle, deploy, npm, workspaces
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -162,6 +162,7 @@ def _remove_staging(item: Item, ctx: RunContext) -> None:
     for folder in (layout.staging, layout.install_work, layout.install_old):
         shutil.rmtree(folder, ignore_errors=True)
     layout.install_record.unlink(missing_ok=True)
+    layout.local_stats.unlink(missing_ok=True)
 
 
 def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
@@ -290,7 +291,9 @@ def _problem(item: Any, items: tuple[Any, ...], valid: list[Item]) -> str | None
         if missing:
             return (f"{label(item)} uses layer '{missing[0]}', which is not passed to"
                     " lambda_tasks; pass the Layer too")
-    return item.problem
+    # a pnpm/yarn lock, or a folder inside a workspaces root that is not a workspace:
+    # said before anything is built
+    return item.problem or workspaces.problem(item)
 
 
 def _failing(basename: str, item: Any, message: str) -> TaskDict:
