@@ -32,6 +32,7 @@ from .selection import Entry, Root, walk_roots
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
 RECORD_FORMAT = 2
+PACKED = ".workspace-packages"  # in the install folder, while npm runs (workspaces)
 
 log = logging.getLogger("dodo_lambda")
 
@@ -360,6 +361,7 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
                 _run_npm(["npm", "ci", *flags(item)], work, who, lock_path, env)
             finally:
                 (work / ".npmrc").unlink(missing_ok=True)
+            shutil.rmtree(work / PACKED, ignore_errors=True)
             local = _copy_local(placed, ws, work, layout.local_stats, who) \
                 if ws is not None else None
             old = layout.install_old
@@ -395,7 +397,19 @@ def _workspace_manifests(item: Function | Layer, ctx: RunContext, ws: workspaces
                     (Path(item.source) / own[0]).as_posix(), item.source, ws.root.as_posix(),
                     ws.lock.name)
     c = workspaces.closure(ws, who, ctx)
-    pkg, lock = workspaces.relocate(c, ws, work)
+    # npm packs each workspace package from a copy of its files, never from the
+    # checkout, and without its `prepare` script (npm runs it where it packs a folder
+    # when scripts=True: a build step, not an install step)
+    packed = {}
+    for i, src in enumerate(c.sources()):
+        folder = work / PACKED / str(i)
+        localpkgs.sync(localpkgs.select(ws.root / src, who), folder)
+        manifest = json.loads((folder / "package.json").read_text(encoding="utf-8"))
+        if isinstance(manifest.get("scripts"), dict):
+            manifest["scripts"].pop("prepare", None)
+        (folder / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        packed[src] = folder
+    pkg, lock = workspaces.relocate(c, ws, work, packed)
     return pkg, lock, c.local
 
 

@@ -480,23 +480,26 @@ def closure(ws: Workspace, who: str, ctx: RunContext | None = None) -> Closure:
     return Closure(package, lock, local)
 
 
-def _relocate(spec: str, root: Path, base: Path) -> str:
-    path = spec[5:]
-    if path.startswith(("/", "~")):
-        return spec
-    return "file:" + Path(os.path.relpath(root / path, base)).as_posix()
-
-
-def relocate(c: Closure, ws: Workspace, dest: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def relocate(c: Closure, ws: Workspace, dest: Path, moved: dict[str, Path] | None = None
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The closure's package.json and lock with root-relative paths rewritten for an
     install in ``dest``: a dependency spec relative to the folder of the package that
-    declares it, ``resolved`` relative to ``dest`` (as npm reads them)."""
+    declares it, ``resolved`` relative to ``dest`` (as npm reads them). ``moved`` names
+    folders to use instead of workspace packages (root-relative -> elsewhere)."""
     root, dest = ws.root.resolve(), dest.resolve()
+    moved = moved or {}
+
+    def _relocate(spec: str, base: Path) -> str:
+        path = spec[5:]
+        if path.startswith(("/", "~")):
+            return spec
+        where = moved[path].resolve() if path in moved else root / path
+        return "file:" + Path(os.path.relpath(where, base)).as_posix()
 
     def specs(deps: Any, base: Path) -> Any:
         if not isinstance(deps, dict):
             return deps
-        return {k: _relocate(v, root, base) if isinstance(v, str) and v.startswith("file:")
+        return {k: _relocate(v, base) if isinstance(v, str) and v.startswith("file:")
                 else v for k, v in deps.items()}
 
     package = dict(c.package)
@@ -511,7 +514,7 @@ def relocate(c: Closure, ws: Workspace, dest: Path) -> tuple[dict[str, Any], dic
                 meta[f] = specs(meta[f], dest / spot)
         resolved = meta.get("resolved")
         if isinstance(resolved, str) and resolved.startswith("file:"):
-            meta["resolved"] = _relocate(resolved, root, dest)
+            meta["resolved"] = _relocate(resolved, dest)
         entries[spot] = meta
     return package, {**c.lock, "packages": entries}
 

@@ -30,6 +30,8 @@ EVERYTHING = {"npm:a", "npm:b", "npm:c", "npm:common",
               "package:a", "package:b", "package:c", "package:common"}
 SHARED_USERS = {"npm:a", "npm:b", "npm:common", "package:a", "package:b", "package:common"}
 REPORT = "module.exports = () => require('./package.json').version;\n"
+# a workspace package's build step, as npm runs it when it packs a folder
+PREPARE = "node -e \"require('fs').writeFileSync('PREPARED', process.cwd())\""
 
 
 def _write(path: Path, text: str) -> None:
@@ -92,7 +94,7 @@ def mono_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shared = root / "packages" / "shared"
     _manifest(shared, "@mono/shared", {"ext-a": dep("ext-a"), "ext-c": dep("ext-c", "2.0.0")},
               main="index.js", files=["index.js", "lib/"],
-              devDependencies={"devtool": dep("devtool")})
+              devDependencies={"devtool": dep("devtool")}, scripts={"prepare": PREPARE})
     _write(shared / "index.js", "const util = require('./lib/util');\n"
            "module.exports = () => ({shared: util.word, a: require('ext-a')(),"
            " c: require('ext-c')()});\n")
@@ -204,6 +206,16 @@ def test_root_lock_change_reruns_npm_only_where_the_closure_holds_it(mono: Proje
     assert run.executed == SHARED_USERS, run.text  # c's closure has no ext-a
     assert "npm not run" not in run.err
     assert json.loads(_read(mono, "a", "node_modules/ext-a/package.json"))["version"] == "1.1.0"
+
+
+def test_npm_never_runs_scripts_in_the_checkout(mono: Project) -> None:
+    # scripts=True: npm would run shared's `prepare` where it packs shared from
+    mono.configure([{**FUNCTIONS[0], "scripts": True}])
+    run = mono.doit("package")
+    assert run.rc == 0, run.text
+    assert run.executed == {"npm:a", "package:a"}, run.text
+    assert not list(mono.root.rglob("PREPARED"))
+    assert "node_modules/@mono/shared/index.js" in mono.names("a")
 
 
 def test_install_key_follows_the_closure_and_workspace_package_json(mono: Project,
