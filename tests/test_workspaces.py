@@ -354,3 +354,47 @@ def test_closure_is_relaid_where_the_root_had_two_levels(tmp_path: Path, monkeyp
     assert packages["node_modules/p"]["optional"] is True  # reached through optional edges only
     assert "dev" not in packages["node_modules/z"] and "optional" not in packages["node_modules/z"]
     assert "devDependencies" not in packages[""]
+
+
+# -- the example ------------------------------------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "monorepo"
+
+
+def test_monorepo_example_deploys_after_its_checks(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "monorepo"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns(".dodo_lambda", ".doit.db*",
+                                                                  "node_modules"))
+    for key in [k for k in __import__("os").environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws either
+    project = Project(root)
+    run = project.doit("deploy")
+    assert run.rc == 0, run.text
+    order = [line[3:] for line in run.out.splitlines() if line.startswith(".  ")]
+    assert {"install", "lint", "test", "npm:acme-orders", "npm:acme-invoices", "npm:acme-common",
+            "layer:acme-common", "deploy:acme-orders", "deploy:acme-invoices"} <= set(order)
+    first_deploy = min(order.index(t) for t in order if t.startswith(("deploy:", "layer:")))
+    assert order.index("lint") < first_deploy and order.index("test") < first_deploy
+    assert "function 'acme-invoices': created" in run.err
+    orders = project.names("acme-orders")
+    assert "node_modules/@acme/money/index.js" in orders  # from the workspace
+    assert "node_modules/round-half-even/index.js" in orders  # its external dependency
+    assert not [n for n in project.names("acme-invoices") if "money" in n or "round" in n]
+    # run both handlers as Lambda would: invoices finds @acme/money in the layer
+    task = tmp_path / "orders"
+    subprocess.run(["unzip", "-q", str(project.layout("acme-orders").zip), "-d", str(task)],
+                   check=True)
+    script = ("require('./index.js').handler({customer: 'ada', items: [{cents: 625, quantity: 2}]})"
+              ".then(r => console.log(JSON.stringify(r)))")
+    out = subprocess.run(["node", "-e", script], cwd=task, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == {"customer": "ada", "total": "15.00 EUR"}
+    opt, task = tmp_path / "opt", tmp_path / "invoices"
+    for zip_path, dest in ((project.layout("acme-common", "layer").zip, opt),
+                           (project.layout("acme-invoices").zip, task)):
+        subprocess.run(["unzip", "-q", str(zip_path), "-d", str(dest)], check=True)
+    script = ("require('./index.js').handler({number: 7, lines: [{text: 'tea', cents: 250,"
+              " quantity: 3}]}).then(r => console.log(JSON.stringify(r)))")
+    out = subprocess.run(["node", "-e", script], cwd=task, capture_output=True, text=True, check=True,
+                         env={**npm_env(), "NODE_PATH": str(opt / "nodejs" / "node_modules")})
+    assert json.loads(out.stdout.splitlines()[-1])["total"] == "7.50 EUR"
