@@ -34,6 +34,7 @@ from .selection import DEFAULT_EXCLUDES, Entry, Patterns, Root, walk
 ALWAYS = ("package.json", "readme*", "license*", "licence*")  # matched in any case
 NEVER = ("package-lock.json", "npm-debug.log", ".npmignore")
 _KEEP = "node_modules"  # the staged copy's own dependencies: npm's, never touched
+PRUNE = frozenset({"node_modules", ".git"})
 
 
 def _manifest(folder: Path) -> dict[str, Any]:
@@ -55,16 +56,23 @@ def _anchored(path: str) -> str:
     return path if path.startswith("**") or path.startswith("!") else "/" + path
 
 
-def select(folder: Path, who: str) -> list[Entry]:
-    """The files of the workspace package in ``folder``, as installed (see the
-    module's doc), by path relative to the folder, sorted."""
+def files(folder: Path, who: str) -> list[Entry]:
+    """Every file of the package's folder (its node_modules and .git aside), before
+    any selection: one stat walk, whose digest says "maybe changed" (no pattern is
+    compiled on a no-op)."""
+    return list(walk(Root(folder, "", PRUNE), who))
+
+
+def select(folder: Path, who: str, found: list[Entry] | None = None) -> list[Entry]:
+    """The files of the workspace package in ``folder`` (``found`` by ``files``), as
+    installed (see the module's doc), by path relative to the folder, sorted."""
     manifest = _manifest(folder)
-    entries = walk(Root(folder, "", frozenset({"node_modules", ".git"})), who)
+    entries = found if found is not None else files(folder, who)
     defaults = Patterns((), (), DEFAULT_EXCLUDES).matcher()
-    files = manifest.get("files")
+    listed = manifest.get("files")
     keep = None
-    if isinstance(files, list) and files:
-        lines = [_anchored(f) for f in files if isinstance(f, str)]
+    if isinstance(listed, list) and listed:
+        lines = [_anchored(f) for f in listed if isinstance(f, str)]
         extra = [manifest.get("main")]
         bins = manifest.get("bin")
         extra += list(bins.values()) if isinstance(bins, dict) else [bins]

@@ -55,12 +55,12 @@ def lock_file(source: Path) -> Path | None:
     return None
 
 
-def input_files(item: Function | Layer) -> list[Path]:
+def input_files(item: Function | Layer, ctx: RunContext | None = None) -> list[Path]:
     """The files npm's result depends on (those that exist). None for a workspace:
     a root lock change matters only to the items whose closure it touches, which
     the uptodate check (the install key) decides."""
     src = Path(item.source)
-    if workspaces.of(item) is not None:
+    if workspaces.of(item, ctx) is not None:
         return []
     names = ("package.json", *LOCK_FILES, ".npmrc")
     return [src / n for n in names if (src / n).is_file()]
@@ -109,7 +109,7 @@ def install_key(item: Function | Layer, versions: dict[str, str],
     src = Path(item.source)
     key = {
         "format": RECORD_FORMAT,
-        "files": {p.name: digest.file_sha256(p) for p in input_files(item)},
+        "files": {p.name: digest.file_sha256(p) for p in input_files(item, ctx)},
         "node": versions["node"],
         "npm": versions["npm"],
         "flags": flags(item),
@@ -190,11 +190,11 @@ def _local_unchanged(item: Function | Layer, ctx: RunContext) -> bool:
         if ws is None:
             return False
         for src, content in local["sources"].items():
-            entries = localpkgs.select(ws.root / src, label(item))
-            stat = localpkgs.stat(entries)
+            found = localpkgs.files(ws.root / src, label(item))
+            stat = localpkgs.stat(found)
             if stats.get(src) == [stat, content]:
                 continue
-            if localpkgs.content(entries) != content:
+            if localpkgs.content(localpkgs.select(ws.root / src, label(item), found)) != content:
                 return False
             stats[src] = [stat, content]
             moved = True
@@ -210,12 +210,13 @@ def _copy_local(placed: dict[str, str], ws: workspaces.Workspace, staging: Path,
     """Make the staged copies of workspace packages hold their source's files; the
     install record's ``local`` part (placed: staged folder -> source; sources:
     source -> content digest)."""
-    sources = {src: localpkgs.select(ws.root / src, who) for src in sorted(set(placed.values()))}
+    found = {src: localpkgs.files(ws.root / src, who) for src in sorted(set(placed.values()))}
+    chosen = {src: localpkgs.select(ws.root / src, who, f) for src, f in found.items()}
     for spot, src in sorted(placed.items()):
         if (staging / spot).is_dir():  # an optional one npm skipped stays out
-            localpkgs.sync(sources[src], staging / spot)
-    contents = {src: localpkgs.content(e) for src, e in sources.items()}
-    write_json(stats_path, {src: [localpkgs.stat(e), contents[src]] for src, e in sources.items()})
+            localpkgs.sync(chosen[src], staging / spot)
+    contents = {src: localpkgs.content(e) for src, e in chosen.items()}
+    write_json(stats_path, {src: [localpkgs.stat(f), contents[src]] for src, f in found.items()})
     return {"placed": placed, "sources": contents}
 
 

@@ -173,7 +173,7 @@ def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
         "doc": f"{label(item)}: npm ci --omit=dev {' '.join(npm.flags(item)[1:4])}"
                f" into {layout.staging}",
         "actions": [(run_step, ["npm", (item, ctx)])],
-        "file_dep": [str(p) for p in npm.input_files(item)],
+        "file_dep": [str(p) for p in npm.input_files(item, ctx)],
         "targets": [str(layout.install_record)],
         "uptodate": [(npm.is_installed, [item, ctx])],
         "clean": [(_remove_staging, [item, ctx])],
@@ -276,7 +276,8 @@ def _steps(item: Any) -> tuple[str, ...]:
     return ("package", "layer" if isinstance(item, Layer) else "deploy")
 
 
-def _problem(item: Any, items: tuple[Any, ...], valid: list[Item]) -> str | None:
+def _problem(item: Any, items: tuple[Any, ...], valid: list[Item],
+             ctx: RunContext | None = None) -> str | None:
     """Why the item cannot be built, as one line (or None)."""
     if not isinstance(item, (Function, Layer)):
         return f"lambda_tasks() takes Function and Layer objects, not {item!r}"
@@ -293,7 +294,7 @@ def _problem(item: Any, items: tuple[Any, ...], valid: list[Item]) -> str | None
                     " lambda_tasks; pass the Layer too")
     # a pnpm/yarn lock, or a folder inside a workspaces root that is not a workspace:
     # said before anything is built
-    return item.problem or workspaces.problem(item)
+    return item.problem or workspaces.problem(item, ctx)
 
 
 def _failing(basename: str, item: Any, message: str) -> TaskDict:
@@ -331,7 +332,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     for item in items:
         if any(item is v or item == v for v in valid):
             continue  # the same item passed twice
-        problem = _problem(item, items, valid)
+        problem = _problem(item, items, valid, ctx)
         if problem:
             for step in _steps(item):
                 failing = _failing(step, item, problem)

@@ -198,12 +198,10 @@ def find(source: Path, who: str) -> Workspace | None:
     return None
 
 
-def problem(item: Function | Layer) -> str | None:
+def problem(item: Function | Layer, ctx: RunContext | None = None) -> str | None:
     """What keeps the item's dependencies from being installed, as one line."""
-    from .config import label
-
     try:
-        find(Path(item.source), label(item))
+        of(item, ctx)
     except DodoLambdaError as exc:
         return exc.message
     return None
@@ -216,7 +214,7 @@ def of(item: Function | Layer, ctx: RunContext | None = None) -> Workspace | Non
     src = Path(item.source)
     if ctx is None:
         return find(src, label(item))
-    return ctx.once(("workspace", src.resolve().as_posix()), lambda: find(src, label(item)))
+    return ctx.once(("workspace", item.source), lambda: find(src, label(item)))
 
 
 # -- the root lock ----------------------------------------------------------------

@@ -398,3 +398,26 @@ def test_monorepo_example_deploys_after_its_checks(tmp_path: Path, monkeypatch) 
     out = subprocess.run(["node", "-e", script], cwd=task, capture_output=True, text=True, check=True,
                          env={**npm_env(), "NODE_PATH": str(opt / "nodejs" / "node_modules")})
     assert json.loads(out.stdout.splitlines()[-1])["total"] == "7.50 EUR"
+
+
+@pytest.mark.parametrize(("lock", "needles"), [
+    ('{"lockfileVersion": 1, "dependencies": {}}', ["lockfileVersion 1", "npm install"]),
+    ('{"lockfileVersion": 3,', ["not valid JSON", "npm install"]),
+    ('{"lockfileVersion": 3, "packages": {"": {}}}', ["does not list the workspace functions/fn",
+                                                      "npm install"]),
+    ('{"lockfileVersion": 3, "packages": {"": {}, "functions/fn": {}}}',
+     ["no entry for 'x'", "out of date", "npm install"]),
+])
+def test_a_root_lock_npm_cannot_use_is_one_line(tmp_path: Path, monkeypatch, lock: str,
+                                                needles: list[str]) -> None:
+    _tree(tmp_path, {"package.json": ROOT, "package-lock.json": lock,
+                     "functions/fn/package.json": FN})
+    monkeypatch.chdir(tmp_path)
+    ws = workspaces.find(Path("functions/fn"), "f")
+    assert ws is not None
+    with pytest.raises(DodoLambdaError) as info:
+        workspaces.closure(ws, "function 'f'")
+    assert info.value.message.startswith("function 'f': ") and "package-lock.json" in \
+        info.value.message
+    for needle in needles:
+        assert needle in info.value.message, info.value.message
