@@ -25,7 +25,7 @@ FUNCTIONS = [
     {"name": "b", "source": "functions/b", "handler": "index.handler"},
     {"name": "c", "source": "functions/c", "handler": "index.handler"},
 ]
-LAYERS = [{"name": "common", "source": "layers/common", "runtimes": ["nodejs20.x"]}]
+LAYERS = [{"name": "common", "source": "layers/common", "runtimes": ["nodejs24.x"]}]
 EVERYTHING = {"npm:a", "npm:b", "npm:c", "npm:common",
               "package:a", "package:b", "package:c", "package:common"}
 SHARED_USERS = {"npm:a", "npm:b", "npm:common", "package:a", "package:b", "package:common"}

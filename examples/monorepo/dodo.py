@@ -34,14 +34,14 @@ ROLE = "arn:aws:iam::123456789012:role/dodo-lambda-local"  # created by the emul
 common = Layer(
     "acme-common",
     source="layers/common",
-    runtimes=["nodejs20.x"],
+    runtimes=["nodejs24.x"],
 )
 
 orders = Function(
     "acme-orders",
     source="functions/orders",
     handler="index.handler",
-    runtime="nodejs20.x",
+    runtime="nodejs24.x",
     memory=256,
     role=ROLE,
 )
@@ -50,7 +50,7 @@ invoices = Function(
     "acme-invoices",
     source="functions/invoices",
     handler="index.handler",
-    runtime="nodejs20.x",
+    runtime="nodejs24.x",
     layers=[common],  # @acme/money comes from the layer
     role=ROLE,
 )
