@@ -174,7 +174,7 @@ def reference_tree(root: Path, ref: Path) -> None:
 
 def in_process_checks(root: Path, rounds: int = 30) -> dict[str, float]:
     """Median seconds per function of each up-to-date check, in a warm process."""
-    from dodo_lambda import Function, build, npm, workspaces
+    from dodo_lambda import Function, build, npm, workspaces, wslock
     from dodo_lambda.context import RunContext
 
     here = os.getcwd()
@@ -185,13 +185,13 @@ def in_process_checks(root: Path, rounds: int = 30) -> dict[str, float]:
             "npm.is_installed": npm.is_installed,
             "build.is_packaged": build.is_packaged,
             # the workspace-specific parts of the first (included in its figure)
-            "closure key": lambda fn, ctx: workspaces.install_key(workspaces.of(fn, ctx), fn, ctx),
+            "closure key": lambda fn, ctx: wslock.install_key(workspaces.of(fn, ctx), fn, ctx),
             "workspace sources": npm._local_unchanged,
         }
         times: dict[str, list[float]] = {k: [] for k in checks}
         for _ in range(rounds):
             ctx = RunContext(Path(".dodo_lambda"))  # a new run, as doit's: the root lock
-            workspaces.read_lock(workspaces.of(fns[0], ctx), "", ctx)  # is parsed once per run
+            wslock.read_lock(workspaces.of(fns[0], ctx), "", ctx)  # is parsed once per run
             for label, check in checks.items():
                 start = time.perf_counter()
                 for fn in fns:

@@ -8,8 +8,8 @@ flags. A JSON record beside the staging folder holds the key and a digest of
 the installed tree, so "up to date" costs one stat walk.
 
 An item in an npm workspaces monorepo installs its closure from the root's lock
-(workspaces.py); the workspace packages it uses are folders in the staged tree
-that follow their source (localpkgs.py).
+(workspaces.py, wslock.py); the workspace packages it uses are folders in the
+staged tree that follow their source (localpkgs.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import digest, localpkgs, npmpolicy, workspaces
+from . import digest, localpkgs, npmpolicy, workspaces, wslock
 from .config import ARCHITECTURES, Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
@@ -117,7 +117,7 @@ def install_key(item: Function | Layer, versions: dict[str, str],
     }
     ws = workspaces.of(item, ctx)
     if ws is not None:  # the root's .npmrc, the closure, the workspace packages' package.json
-        key.update(workspaces.install_key(ws, item, ctx))
+        key.update(wslock.install_key(ws, item, ctx))
     return key
 
 
@@ -397,7 +397,7 @@ def _workspace_manifests(item: Function | Layer, ctx: RunContext, ws: workspaces
         log.warning("%s: %s is not used: %s is a workspace of %s, whose %s governs it", who,
                     (Path(item.source) / own[0]).as_posix(), item.source, ws.root.as_posix(),
                     ws.lock.name)
-    c = workspaces.closure(ws, who, ctx)
+    c = wslock.closure(ws, who, ctx)
     # npm packs each workspace package from a copy of its files, never from the
     # checkout, and without its `prepare` script (npm runs it where it packs a folder
     # when scripts=True: a build step, not an install step)
@@ -410,7 +410,7 @@ def _workspace_manifests(item: Function | Layer, ctx: RunContext, ws: workspaces
             manifest["scripts"].pop("prepare", None)
         (folder / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
         packed[src] = folder
-    pkg, lock = workspaces.relocate(c, ws, work, packed)
+    pkg, lock = wslock.relocate(c, ws, work, packed)
     return pkg, lock, c.local
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from projects import DODO, Project, make_package, npm_env, pack
 
-from dodo_lambda import workspaces
+from dodo_lambda import workspaces, wslock
 from dodo_lambda.errors import DodoLambdaError
 
 FUNCTIONS = [
@@ -346,7 +346,7 @@ def test_closure_is_relaid_where_the_root_had_two_levels(tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     ws = workspaces.find(Path("functions/f"), "f")
     assert ws is not None
-    packages = workspaces.closure(ws, "f").lock["packages"]
+    packages = wslock.closure(ws, "f").lock["packages"]
     assert sorted(packages) == ["", "node_modules/p", "node_modules/x", "node_modules/y",
                                 "node_modules/y/node_modules/x", "node_modules/z"]
     assert packages["node_modules/x"]["version"] == "2.0.0"
@@ -416,7 +416,7 @@ def test_a_root_lock_npm_cannot_use_is_one_line(tmp_path: Path, monkeypatch, loc
     ws = workspaces.find(Path("functions/fn"), "f")
     assert ws is not None
     with pytest.raises(DodoLambdaError) as info:
-        workspaces.closure(ws, "function 'f'")
+        wslock.closure(ws, "function 'f'")
     assert info.value.message.startswith("function 'f': ") and "package-lock.json" in \
         info.value.message
     for needle in needles:
