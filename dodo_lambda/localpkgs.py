@@ -52,8 +52,12 @@ def _spec(lines: list[str]) -> Any:
 
 
 def _anchored(path: str) -> str:
-    path = path.strip().removeprefix("./").lstrip("/")
-    return path if path.startswith("**") or path.startswith("!") else "/" + path
+    """A ``files`` entry as a gitignore line rooted at the package folder."""
+    path = path.strip()
+    if path.startswith("!"):
+        return "!" + _anchored(path[1:])
+    path = path.removeprefix("./").lstrip("/")
+    return path if path.startswith("**") else "/" + path
 
 
 def files(folder: Path, who: str) -> list[Entry]:

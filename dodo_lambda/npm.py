@@ -224,15 +224,16 @@ def _refresh_local(item: Function | Layer, ctx: RunContext, ws: workspaces.Works
     """Only workspace packages' sources changed: copy them again, no npm."""
     layout = ctx.layout(item)
     record = read_record(layout) or {}
-    placed = record["local"]["placed"]
+    placed, before = record["local"]["placed"], record["local"]["sources"]
     layout.install_record.unlink(missing_ok=True)  # from here on, nothing counts as installed
     record["local"] = _copy_local(placed, ws, layout.staging, layout.local_stats,
                                   label(item))
     ctx.caches.walks.pop(staged_root(item, layout), None)  # a walk of the old copies
     record.update(_tree_record(item, ctx))
     write_json(layout.install_record, record)
+    changed = [src for src, c in record["local"]["sources"].items() if before.get(src) != c]
     log.info("%s: workspace package %s copied again (its source changed; npm not run)",
-             label(item), ", ".join(sorted(set(placed.values()))))
+             label(item), ", ".join(changed))
 
 
 def _read_package_json(item: Function | Layer) -> dict[str, Any]:

@@ -421,3 +421,34 @@ def test_a_root_lock_npm_cannot_use_is_one_line(tmp_path: Path, monkeypatch, loc
         info.value.message
     for needle in needles:
         assert needle in info.value.message, info.value.message
+
+
+# -- a workspace package's files, as installed ---------------------------------------
+
+
+def test_workspace_package_files_and_their_sync(tmp_path: Path) -> None:
+    from dodo_lambda import localpkgs
+
+    pkg = tmp_path / "pkg"
+    _tree(pkg, {"package.json": json.dumps({"name": "p", "main": "lib/main.js",
+                                            "bin": {"p": "cli.js"}, "files": ["dist", "!dist/*.map"]}),
+                "dist/index.js": "1", "dist/index.js.map": "{}", "lib/main.js": "2", "cli.js": "3",
+                "src/index.ts": "4", "README.md": "5", "LICENSE": "6", ".env": "SECRET",
+                "node_modules/dep/index.js": "7"})
+    names = [e.arcname for e in localpkgs.select(pkg, "p")]
+    assert names == ["LICENSE", "README.md", "cli.js", "dist/index.js", "lib/main.js",
+                     "package.json"]
+    # no "files": everything but .npmignore's lines, the default excludes, node_modules
+    other = tmp_path / "other"
+    _tree(other, {"package.json": "{}", "index.js": "1", "test/a.test.js": "2", ".npmignore": "test/\n",
+                  "dist/out.js": "3", ".gitignore": "dist/\n", "keys/id_rsa": "k"})
+    names = [e.arcname for e in localpkgs.select(other, "o")]
+    assert names == [".gitignore", "dist/out.js", "index.js", "package.json"]
+    # sync: copies what changed, drops what went, keeps the copy's own node_modules
+    dest = tmp_path / "staged"
+    _tree(dest, {"old.js": "gone", "index.js": "stale", "node_modules/x/index.js": "npm's"})
+    localpkgs.sync(localpkgs.select(other, "o"), dest)
+    found = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert found == [".gitignore", "dist/out.js", "index.js", "node_modules/x/index.js",
+                     "package.json"]
+    assert (dest / "index.js").read_text() == "1"
