@@ -126,8 +126,9 @@ def _unsupported(who: str, src: Path, manager: str, file: Path) -> DodoLambdaErr
 
 
 def find(source: Path, who: str) -> Workspace | None:
-    """The workspaces root that governs ``source``, or None when the folder stands
-    alone (its own package-lock.json, or no workspaces root above it).
+    """The workspaces root that governs ``source`` — as npm finds it, the nearest
+    folder above whose package.json ``workspaces`` match it — or None when the folder
+    stands alone (its own package-lock.json, or no workspaces root above it).
 
     Raises when a pnpm/yarn/bun lock governs it instead, when it sits inside an npm
     workspaces root without being one of its workspaces and has no lock of its own,
@@ -136,9 +137,10 @@ def find(source: Path, who: str) -> Workspace | None:
     if not (src / "package.json").is_file():
         return None
     own_lock = any((src / name).is_file() for name in LOCKS)
+    outside = None  # the nearest workspaces root whose globs leave the folder out
     for folder in src.parents:
         pnpm = folder / "pnpm-workspace.yaml"
-        if pnpm.is_file() and not own_lock:
+        if pnpm.is_file() and not own_lock and outside is None:
             raise _unsupported(who, src, "pnpm", pnpm)
         manifest = read_manifest(folder / "package.json")
         globs = _globs(manifest) if manifest is not None else None
@@ -146,14 +148,8 @@ def find(source: Path, who: str) -> Workspace | None:
             continue
         rel = src.relative_to(folder).as_posix()
         if not matches(globs, rel):
-            if own_lock:
-                return None  # a project of its own inside the monorepo's tree
-            raise DodoLambdaError(
-                f"{who}: {_shown(src)} is inside the npm workspaces root {_shown(folder)} but"
-                f" is not one of its workspaces, and has no package-lock.json of its own; add"
-                f" \"{rel}\" (or a glob that matches it) to \"workspaces\" in"
-                f" {_shown(folder / 'package.json')} and run `npm install` in {_shown(folder)},"
-                f" or give it its own lock with `npm install --package-lock-only` in {_shown(src)}")
+            outside = outside or folder
+            continue
         lock = next((folder / n for n in LOCKS if (folder / n).is_file()), None)
         if lock is None:
             other = _other_manager(folder)
@@ -165,10 +161,19 @@ def find(source: Path, who: str) -> Workspace | None:
                 " file")
         root = Path(os.path.relpath(folder))
         return Workspace(root, root / lock.name, rel)
-    if not own_lock:
-        other = _other_manager(src)
-        if other is not None:
-            raise _unsupported(who, src, *other)
+    if own_lock:
+        return None  # a project of its own, inside a monorepo's tree or not
+    if outside is not None:
+        rel = src.relative_to(outside).as_posix()
+        raise DodoLambdaError(
+            f"{who}: {_shown(src)} is inside the npm workspaces root {_shown(outside)} but is"
+            f" not one of its workspaces, and has no package-lock.json of its own; add"
+            f" \"{rel}\" (or a glob that matches it) to \"workspaces\" in"
+            f" {_shown(outside / 'package.json')} and run `npm install` in {_shown(outside)},"
+            f" or give it its own lock with `npm install --package-lock-only` in {_shown(src)}")
+    other = _other_manager(src)
+    if other is not None:
+        raise _unsupported(who, src, *other)
     return None
 
 

@@ -303,6 +303,18 @@ def test_own_lock_inside_a_monorepo_stands_alone(tmp_path: Path, monkeypatch) ->
     assert found.lock == Path("package-lock.json")  # npm's lock wins over yarn.lock beside it
 
 
+def test_the_nearest_root_that_lists_the_folder_governs(tmp_path: Path, monkeypatch) -> None:
+    # as npm looks for it: a nearer workspaces root that leaves the folder out is passed by
+    _tree(tmp_path, {"package.json": json.dumps({"workspaces": ["apps/*/functions/*"]}),
+                     "package-lock.json": "{}",
+                     "apps/x/package.json": json.dumps({"workspaces": ["tools/*"]}),
+                     "apps/x/functions/fn/package.json": FN})
+    monkeypatch.chdir(tmp_path / "apps")
+    found = workspaces.find(Path("x/functions/fn"), "f")
+    assert found == workspaces.Workspace(Path(".."), Path("../package-lock.json"),
+                                         "apps/x/functions/fn")
+
+
 def test_yarn_monorepo_fails_before_anything_is_built(tmp_path: Path) -> None:
     _tree(tmp_path, {"package.json": ROOT, "yarn.lock": "",
                      "functions/fn/package.json": FN,
