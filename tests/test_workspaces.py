@@ -181,14 +181,21 @@ def test_editing_a_workspace_package_repackages_only_its_users(mono: Project) ->
     assert mono.doit("package").executed == set()  # a copied checkout is up to date
     shared = mono.root / "packages" / "shared"
     (shared / "lib" / "util.js").write_text("exports.word = 'two';\n")
-    # in worker processes too: none may pack what the tree held before the copy
-    run = mono.doit("-n", "2", "-P", "process", "package")
+    run = mono.doit("package")
     assert run.rc == 0, run.text
     assert run.executed == SHARED_USERS, run.text
     assert "npm not run" in run.err  # copied again, no npm ci
+    assert _read(mono, "a", "node_modules/@mono/shared/lib/util.js") == "exports.word = 'two';\n"
+    # in worker processes too (whose output interleaves: judged by the zips), none may
+    # pack what the staged tree held before the copy
+    zip_c = mono.layout("c").zip
+    untouched = (zip_c.stat().st_mtime_ns, zip_c.stat().st_ino)
+    (shared / "lib" / "util.js").write_text("exports.word = 'three';\n")
+    assert mono.doit("-n", "2", "-P", "process", "package").rc == 0
     for name in ("a", "b"):
         assert _read(mono, name, "node_modules/@mono/shared/lib/util.js") == \
-            "exports.word = 'two';\n", name
+            "exports.word = 'three';\n", name
+    assert (zip_c.stat().st_mtime_ns, zip_c.stat().st_ino) == untouched  # c not repackaged
     # a file shared's "files" leaves out, and a touch: nothing to do
     (shared / "test" / "util.test.js").write_text("// still not shipped\n")
     (shared / "index.js").touch()
