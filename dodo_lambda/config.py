@@ -347,7 +347,18 @@ def _layer_problem(layer: Layer, today: date | None) -> str | None:
     if not (src / "package.json").is_file():
         return (f"{src / 'package.json'} not found; a layer source is a folder with"
                 " package.json (and package-lock.json once it has dependencies)")
-    if has_dependencies(layer) and lock_file(src) is None:
+    if has_dependencies(layer) and lock_file(src) is None and not _in_workspace(src):
         return (f"{src / 'package-lock.json'} not found; run"
                 f" `npm install --package-lock-only` in {layer.source} and commit the lock file")
     return None
+
+
+def _in_workspace(src: Path) -> bool:
+    """A workspace of an npm workspaces root: the root's lock governs it."""
+    from . import workspaces
+    from .errors import DodoLambdaError
+
+    try:
+        return workspaces.find(src, "") is not None
+    except DodoLambdaError:  # its problem is reported by lambda_tasks (workspaces.problem)
+        return True

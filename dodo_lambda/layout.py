@@ -9,6 +9,7 @@ re-derived by hand.
     <build_dir>/cache/<name>.entries              per-entry records for incremental rebuilds
     <build_dir>/npm/functions/<name>/             the staged production install
     <build_dir>/npm/functions/<name>.json         its install record
+    <build_dir>/npm/functions/<name>.local.json   stats of its workspace packages' sources
 
 Layers live under ``dist/layers/``, ``cache/layers/`` and ``npm/layers/``.
 Paths of the project as a whole (``BuildDir``):
@@ -125,6 +126,12 @@ class Layout:
     @property
     def install_record(self) -> Path:
         return self._npm / f"{self.name}.json"
+
+    @property
+    def local_stats(self) -> Path:
+        """Stats of the workspace packages' source files at their last check (kept
+        apart from the install record, whose bytes must change only with the tree)."""
+        return self._npm / f"{self.name}.local.json"
 
     @property
     def install_lock(self) -> Path:

@@ -6,6 +6,10 @@ The *install key* is everything that decides what npm installs: package.json,
 the lock file, .npmrc, node and npm major versions, target os/cpu/libc and the
 flags. A JSON record beside the staging folder holds the key and a digest of
 the installed tree, so "up to date" costs one stat walk.
+
+An item in an npm workspaces monorepo installs its closure from the root's lock
+(workspaces.py, wslock.py); the workspace packages it uses are folders in the
+staged tree that follow their source (localpkgs.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from . import digest, npmpolicy
+from . import digest, localpkgs, npmpolicy, workspaces, wslock
 from .config import ARCHITECTURES, Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
@@ -28,6 +32,7 @@ from .selection import Entry, Root, walk_roots
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
 RECORD_FORMAT = 2
+PACKED = ".workspace-packages"  # in the install folder, while npm runs (workspaces)
 
 log = logging.getLogger("dodo_lambda")
 
@@ -76,9 +81,13 @@ def lock_file(source: Path) -> Path | None:
     return None
 
 
-def input_files(item: Function | Layer) -> list[Path]:
-    """The files npm's result depends on (those that exist)."""
+def input_files(item: Function | Layer, ctx: RunContext | None = None) -> list[Path]:
+    """The files npm's result depends on (those that exist). None for a workspace:
+    a root lock change matters only to the items whose closure it touches, which
+    the uptodate check (the install key) decides."""
     src = Path(item.source)
+    if workspaces.of(item, ctx) is not None:
+        return []
     names = ("package.json", *LOCK_FILES, ".npmrc")
     return [src / n for n in names if (src / n).is_file()]
 
@@ -121,16 +130,21 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def install_key(item: Function | Layer, versions: dict[str, str]) -> dict[str, Any]:
+def install_key(item: Function | Layer, versions: dict[str, str],
+                ctx: RunContext | None = None) -> dict[str, Any]:
     src = Path(item.source)
-    return {
+    key = {
         "format": RECORD_FORMAT,
-        "files": {p.name: digest.file_sha256(p) for p in input_files(item)},
+        "files": {p.name: digest.file_sha256(p) for p in input_files(item, ctx)},
         "node": versions["node"],
         "npm": versions["npm"],
         "flags": flags(item),
         "source": src.as_posix(),
     }
+    ws = workspaces.of(item, ctx)
+    if ws is not None:  # the root's .npmrc, the closure, the workspace packages' package.json
+        key.update(wslock.install_key(ws, item, ctx))
+    return key
 
 
 def _tree(item: Function | Layer, ctx: RunContext, keep: bool = False) -> list[Entry]:
@@ -144,13 +158,23 @@ def read_record(layout: Layout) -> dict[str, Any] | None:
 
 
 def is_installed(item: Function | Layer, ctx: RunContext) -> bool:
-    """True when the staged tree is what the current inputs would install."""
+    """True when the staged tree is what the current inputs would install (in a
+    workspace: and its copies of workspace packages match their source)."""
+    if _tree_installed(item, ctx) and _local_unchanged(item, ctx):
+        return True
+    # the npm step runs next and changes the tree: the walk kept for the package check
+    # is stale (and a worker doit forks from this process later would inherit it)
+    ctx.caches.walks.pop(staged_root(item, ctx.layout(item)), None)
+    return False
+
+
+def _tree_installed(item: Function | Layer, ctx: RunContext) -> bool:
     layout = ctx.layout(item)
     record = read_record(layout)
     if record is None or not layout.node_modules.is_dir() and record.get("tree_files"):
         return False
     try:
-        key = install_key(item, _tools(ctx, record)["versions"])
+        key = install_key(item, _tools(ctx, record)["versions"], ctx)
     except (DodoLambdaError, OSError):
         return False
     if record.get("key") != key:
@@ -169,6 +193,78 @@ def is_installed(item: Function | Layer, ctx: RunContext) -> bool:
 
 def _content(tree: list[Entry]) -> str:
     return digest.content_digest(digest.entry_hashes(tree))
+
+
+def _tree_record(item: Function | Layer, ctx: RunContext) -> dict[str, Any]:
+    tree = _tree(item, ctx)
+    return {"tree_stat": digest.stat_digest(tree), "tree_content": _content(tree),
+            "tree_files": len(tree)}
+
+
+# -- workspace packages in the staged tree (see localpkgs) -----------------------------
+
+
+def _local_unchanged(item: Function | Layer, ctx: RunContext) -> bool:
+    """True unless the source of a workspace package copied into the staged tree
+    changed since. Moved mtimes alone are remembered beside the record (whose bytes
+    the package step depends on), not acted on."""
+    layout = ctx.layout(item)
+    record = read_record(layout) or {}
+    local = record.get("local")
+    if not local:
+        return True
+    stats = read_json(layout.local_stats)
+    stats = stats if isinstance(stats, dict) else {}
+    moved = False
+    try:
+        ws = workspaces.of(item, ctx)
+        if ws is None:
+            return False
+        for src, content in local["sources"].items():
+            found = localpkgs.files(ws.root / src, label(item))
+            stat = localpkgs.stat(found)
+            if stats.get(src) == [stat, content]:
+                continue
+            if localpkgs.content(localpkgs.select(ws.root / src, label(item), found)) != content:
+                return False
+            stats[src] = [stat, content]
+            moved = True
+    except (DodoLambdaError, OSError):
+        return False
+    if moved:
+        write_json(layout.local_stats, stats)
+    return True
+
+
+def _copy_local(placed: dict[str, str], ws: workspaces.Workspace, staging: Path,
+                stats_path: Path, who: str) -> dict[str, Any]:
+    """Make the staged copies of workspace packages hold their source's files; the
+    install record's ``local`` part (placed: staged folder -> source; sources:
+    source -> content digest)."""
+    found = {src: localpkgs.files(ws.root / src, who) for src in sorted(set(placed.values()))}
+    chosen = {src: localpkgs.select(ws.root / src, who, f) for src, f in found.items()}
+    for spot, src in sorted(placed.items()):
+        if (staging / spot).is_dir():  # an optional one npm skipped stays out
+            localpkgs.sync(chosen[src], staging / spot)
+    contents = {src: localpkgs.content(e) for src, e in chosen.items()}
+    write_json(stats_path, {src: [localpkgs.stat(f), contents[src]] for src, f in found.items()})
+    return {"placed": placed, "sources": contents}
+
+
+def _refresh_local(item: Function | Layer, ctx: RunContext, ws: workspaces.Workspace) -> None:
+    """Only workspace packages' sources changed: copy them again, no npm."""
+    layout = ctx.layout(item)
+    record = read_record(layout) or {}
+    placed, before = record["local"]["placed"], record["local"]["sources"]
+    layout.install_record.unlink(missing_ok=True)  # from here on, nothing counts as installed
+    record["local"] = _copy_local(placed, ws, layout.staging, layout.local_stats,
+                                  label(item))
+    ctx.caches.walks.pop(staged_root(item, layout), None)  # a walk of the old copies
+    record.update(_tree_record(item, ctx))
+    write_json(layout.install_record, record)
+    changed = [src for src, c in record["local"]["sources"].items() if before.get(src) != c]
+    log.info("%s: workspace package %s copied again (its source changed; npm not run)",
+             label(item), ", ".join(changed))
 
 
 def _read_package_json(item: Function | Layer) -> dict[str, Any]:
@@ -267,34 +363,46 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
     who = label(item)
     layout = ctx.layout(item)
     src = Path(item.source)
+    ws = workspaces.of(item, ctx)
     pkg = _read_package_json(item)
-    lock_path, lock = _read_lock(item)
+    lock_path, lock = (ws.lock, {}) if ws is not None else _read_lock(item)
     tools = _tools(ctx, read_record(layout))
     versions = tools["versions"]
     if versions["npm"].isdigit() and int(versions["npm"]) < 10:
         raise DodoLambdaError(f"{who}: npm {versions['npm']} cannot pick platform binaries"
                               " (--os/--cpu); install npm 10 or newer (`npm i -g npm@10`)")
-    key = install_key(item, versions)
+    key = install_key(item, versions, ctx)
     # two doit processes must not install into the same staging folder at once
     with locked(layout.install_lock):
         if is_installed(item, ctx):
             return  # another run installed the same thing while we waited
+        if ws is not None and _tree_installed(item, ctx):
+            _refresh_local(item, ctx, ws)
+            return
         layout.install_record.unlink(missing_ok=True)  # from here on, nothing counts as installed
         work = layout.install_work
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         try:
-            pkg, lock = relocate_manifests(pkg, lock, src, work)
+            placed: dict[str, str] = {}
+            if ws is None:
+                pkg, lock = relocate_manifests(pkg, lock, src, work)
+            else:
+                pkg, lock, placed = _workspace_manifests(item, ctx, ws, work)
             pkg = npmpolicy.staged_package_json(pkg)
             (work / "package.json").write_text(json.dumps(pkg, indent=2) + "\n")
             (work / lock_path.name).write_text(json.dumps(lock, indent=2) + "\n")
-            env = npm_env(src)
+            project = src if ws is None else ws.root  # where npm reads the project's .npmrc
+            env = npm_env(project)
             try:  # the .npmrc may hold a token: it lives only as long as npm runs
-                if (src / ".npmrc").is_file():
-                    npmpolicy.stage_npmrc(src / ".npmrc", work / ".npmrc")
+                if (project / ".npmrc").is_file():
+                    npmpolicy.stage_npmrc(project / ".npmrc", work / ".npmrc")
                 _run_npm(["npm", "ci", *flags(item)], work, who, lock_path, env)
             finally:
                 (work / ".npmrc").unlink(missing_ok=True)
+            shutil.rmtree(work / PACKED, ignore_errors=True)
+            local = _copy_local(placed, ws, work, layout.local_stats, who) \
+                if ws is not None else None
             old = layout.install_old
             shutil.rmtree(old, ignore_errors=True)
             if layout.staging.exists():
@@ -311,14 +419,37 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
             log.info("%s: install scripts not run (scripts=False): %s", who,
                      ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more"
                                                if len(skipped) > 8 else ""))
-        tree = _tree(item, ctx)
-        write_json(layout.install_record, {
-            "key": key,
-            "tools": tools,
-            "tree_stat": digest.stat_digest(tree),
-            "tree_content": _content(tree),
-            "tree_files": len(tree),
-        })
+        record = {"key": key, "tools": tools, **_tree_record(item, ctx)}
+        if local is not None:
+            record["local"] = local
+        write_json(layout.install_record, record)
+
+
+def _workspace_manifests(item: Function | Layer, ctx: RunContext, ws: workspaces.Workspace,
+                         work: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """package.json and lock of the item's closure from the root lock, for ``work``,
+    and where its workspace packages land (staged folder -> root-relative source)."""
+    who = label(item)
+    own = [n for n in LOCK_FILES if (Path(item.source) / n).is_file()]
+    if own:
+        log.warning("%s: %s is not used: %s is a workspace of %s, whose %s governs it", who,
+                    (Path(item.source) / own[0]).as_posix(), item.source, ws.root.as_posix(),
+                    ws.lock.name)
+    c = wslock.closure(ws, who, ctx)
+    # npm packs each workspace package from a copy of its files, never from the
+    # checkout, and without its `prepare` script (npm runs it where it packs a folder
+    # when scripts=True: a build step, not an install step)
+    packed = {}
+    for i, src in enumerate(c.sources()):
+        folder = work / PACKED / str(i)
+        localpkgs.sync(localpkgs.select(ws.root / src, who), folder)
+        manifest = json.loads((folder / "package.json").read_text(encoding="utf-8"))
+        if isinstance(manifest.get("scripts"), dict):
+            manifest["scripts"].pop("prepare", None)
+        (folder / "package.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        packed[src] = folder
+    pkg, lock = wslock.relocate(c, ws, work, packed)
+    return pkg, lock, c.local
 
 
 def npm_env(source: Path) -> dict[str, str]:

@@ -22,7 +22,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, bundle, deploy, executor, npm, planner, records, rules
+from . import build, bundle, deploy, executor, npm, planner, records, rules, workspaces
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -324,6 +324,7 @@ def _remove_staging(item: Item, ctx: RunContext) -> None:
     for folder in (layout.staging, layout.install_work, layout.install_old):
         shutil.rmtree(folder, ignore_errors=True)
     layout.install_record.unlink(missing_ok=True)
+    layout.local_stats.unlink(missing_ok=True)
 
 
 def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
@@ -334,7 +335,7 @@ def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
         "doc": f"{label(item)}: npm ci --omit=dev {' '.join(npm.flags(item)[1:4])}"
                f" into {layout.staging}",
         "actions": [(run_step, ["npm", (item, ctx)])],
-        "file_dep": [str(p) for p in npm.input_files(item)],
+        "file_dep": [str(p) for p in npm.input_files(item, ctx)],
         "targets": [str(layout.install_record)],
         "uptodate": [(npm.is_installed, [item, ctx])],
         "clean": [(_remove_staging, [item, ctx])],
@@ -542,13 +543,14 @@ def _same_folder(a: str, b: str) -> bool:
 
 
 def _problem(item: Any, items: tuple[Any, ...], valid: list[Item],
-             build_dir: str = ".dodo_lambda") -> str | None:
+             ctx: RunContext) -> str | None:
     """Why the item cannot be built, as one line (or None)."""
     if not isinstance(item, (Function, Layer)):
         return f"lambda_tasks() takes Function and Layer objects, not {item!r}"
     own = item.problem
     if own:
         return own
+    build_dir = str(ctx.build_dir)
     if _same_folder(build_dir, item.source):
         return (f"{label(item)}: build_dir={build_dir!r} is its source folder, so the zip"
                 " would pack its own build output; use a folder inside it (the default"
@@ -576,7 +578,9 @@ def _problem(item: Any, items: tuple[Any, ...], valid: list[Item],
         if missing:
             return (f"{label(item)} uses layer '{missing[0]}', which is not passed to"
                     " lambda_tasks; pass the Layer too")
-    return None
+    # a pnpm/yarn lock, or a folder inside a workspaces root that is not a workspace:
+    # said before anything is built
+    return workspaces.problem(item, ctx)
 
 
 def _failing(basename: str, item: Any, message: str) -> TaskDict:
@@ -622,7 +626,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     for item in items:
         if any(item is v or item == v for v in valid):
             continue  # the same item passed twice
-        problem = _problem(item, items, valid, build_dir)
+        problem = _problem(item, items, valid, ctx)
         if problem:
             problems.append((getattr(item, "kind", "item"), str(getattr(item, "name", "?")),
                              problem))
