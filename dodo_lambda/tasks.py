@@ -267,7 +267,7 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
             say(f"watch: watching {names} through {how}; Ctrl-C to stop")
 
         for batch in watch.batches(w.folders, stop, ready, poll=bool(options.get("poll")),
-                                   skip=[ctx.build_dir]):
+                                   skip=[ctx.build_dir], files=w.files):
             for change in w.handle(batch):
                 say(_change_line(change))
     except KeyboardInterrupt:

@@ -9,7 +9,10 @@ is rebuilt and (unless told not to) deployed again:
 - a change the splice cannot stand for (the selection rules, a folder, a link, a
   file the default excludes leave out coming or going, a native addon, a large
   file) -> the package step itself (``build.package``, incremental);
-- package.json, the lock file or .npmrc changed -> npm, then the package step;
+- package.json, the lock file or .npmrc changed -> npm, then the package step; for
+  a workspace of an npm workspaces root, the root's package.json, lock and .npmrc
+  and the sources of the workspace packages copied into its staged tree count too
+  (the npm step copies those again, without npm, when only they changed);
 - a function with ``bundle=``: any change in its folder -> the bundle step when
   its up-to-date check says so (esbuild read that file), then the package step;
 - a layer changed -> the layer is published and the watched functions using it
@@ -31,11 +34,11 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import archive, build, bundle, deploy, entrycache, executor, npm, zipsplice
+from . import archive, build, bundle, deploy, entrycache, executor, npm, workspaces, zipsplice
 from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
@@ -68,7 +71,9 @@ class _Watched:
     item: Item
     source: Path  # resolved
     roots: list[Root]  # the item's own files (not the staged dependencies)
-    npm_inputs: set[Path]
+    npm_inputs: set[Path]  # files whose change may need the npm step
+    workspace: workspaces.Workspace | None = None
+    local: list[Path] = field(default_factory=list)  # workspace packages' sources it copies
     bundled: bool = False  # bundle=: the zip holds esbuild's output, not the sources
     state: zipsplice.ZipState | None = None  # None: the next change builds in full
     matcher: Matcher | None = None
@@ -99,12 +104,31 @@ class Watch:
         roots = [] if bundled else [
             Root(_resolved(r.path), r.prefix, r.prune, r.staged)
             for r in build.roots(item, self.ctx.build_dir) if not r.staged]
-        return _Watched(item, _resolved(item.source), roots,
-                        {_resolved(p) for p in npm.input_files(item)}, bundled=bundled)
+        inputs = {_resolved(p) for p in npm.input_files(item, self.ctx)}
+        try:
+            ws = workspaces.of(item, self.ctx)
+        except DodoLambdaError:
+            ws = None  # the npm step says why
+        if ws is not None:  # installed from the root's lock, with the root's .npmrc
+            src = Path(item.source)
+            inputs |= {_resolved(p) for p in (src / "package.json", ws.root / "package.json",
+                                              ws.lock, ws.root / ".npmrc")}
+        return _Watched(item, _resolved(item.source), roots, inputs, workspace=ws,
+                        bundled=bundled)
 
     @property
     def folders(self) -> list[Path]:
-        return sorted({w.source for w in self.watched})
+        """The folders to watch, none inside another."""
+        found = {w.source for w in self.watched} | {p for w in self.watched for p in w.local}
+        return sorted(f for f in found if not any(p in found for p in f.parents))
+
+    @property
+    def files(self) -> list[Path]:
+        """Single files outside those folders (a workspace root's package.json and lock):
+        their stats are checked along with the folders' events."""
+        folders = self.folders
+        return sorted({p for w in self.watched for p in w.npm_inputs
+                       if not any(f in p.parents for f in folders)})
 
     def prepare(self) -> None:
         """Bring every watched package up to date and remember its zip."""
@@ -120,6 +144,10 @@ class Watch:
         """Remember the item's zip as the package step left it: its entries, its
         selection and the package step's warnings about them."""
         w.state, w.pending = None, False
+        if w.workspace is not None:
+            record = npm.read_record(self.ctx.layout(w.item)) or {}
+            sources = (record.get("local") or {}).get("sources") or {}
+            w.local = [_resolved(w.workspace.root / src) for src in sorted(sources)]
         if w.bundled:
             return  # rebuilt by the bundle and package steps, never spliced
         item, ctx = w.item, self.ctx
@@ -237,6 +265,11 @@ class Watch:
         real = _resolved(path)
         if real in w.npm_inputs:
             return "npm", ""
+        for folder in w.local:  # a workspace package whose files the staged tree copies
+            if folder == real or folder in real.parents:
+                inside = real.relative_to(folder).parts
+                pruned = bool(inside) and inside[0] in ("node_modules", ".git")
+                return ("ignore", "") if pruned else ("npm", "")
         try:
             rel_source = real.relative_to(w.source).as_posix()
         except ValueError:
@@ -449,24 +482,41 @@ def keep_emulator_awake(build_dir: str | Path, stop: threading.Event,
 # -- where the changes come from ----------------------------------------------------------
 
 
-def notify_batches(folders: list[Path], stop: threading.Event, on_ready: Callable[[str], None]
-                   ) -> Iterator[set[str]]:
-    """Batches of changed paths from the OS's file events (watchfiles)."""
+def notify_batches(folders: list[Path], stop: threading.Event, on_ready: Callable[[str], None],
+                   files: Sequence[Path] = ()) -> Iterator[set[str]]:
+    """Batches of changed paths from the OS's file events (watchfiles), and of the
+    ``files`` whose stats moved (checked at least once a second)."""
     from watchfiles._rust_notify import RustNotify
 
     notify = RustNotify([str(f) for f in folders], False, False, 300, True, True)
+    stamps = _stamps(files)
     on_ready("file events (watchfiles)")
     while not stop.is_set():
         raw = notify.watch(DEBOUNCE_MS, STEP_MS, 1000, stop)
         if raw == "signal":
             raise KeyboardInterrupt
-        if isinstance(raw, str):  # "stop" or "timeout"
-            continue
-        yield {path for _, path in raw}
+        changed = set() if isinstance(raw, str) else {path for _, path in raw}  # str: timeout
+        now = _stamps(files)
+        changed |= {str(f) for f in files if now[str(f)] != stamps[str(f)]}
+        stamps = now
+        if changed:
+            yield changed
 
 
-def _snapshot(folders: list[Path], skip: set[str]) -> dict[str, tuple[int, int, int]]:
-    found = {}
+def _stamps(files: Iterable[Path]) -> dict[str, tuple[int, int, int] | None]:
+    out: dict[str, tuple[int, int, int] | None] = {}
+    for f in files:
+        try:
+            st = os.stat(f)
+            out[str(f)] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        except OSError:
+            out[str(f)] = None
+    return out
+
+
+def _snapshot(folders: list[Path], skip: set[str], files: Sequence[Path] = ()
+              ) -> dict[str, tuple[int, int, int] | None]:
+    found: dict[str, tuple[int, int, int] | None] = dict(_stamps(files))
     for top in folders:
         for folder, dirs, names in os.walk(top):
             dirs[:] = [d for d in dirs if d not in ("node_modules", ".git")
@@ -482,32 +532,36 @@ def _snapshot(folders: list[Path], skip: set[str]) -> dict[str, tuple[int, int, 
 
 
 def poll_batches(folders: list[Path], stop: threading.Event, on_ready: Callable[[str], None],
-                 skip: set[str], interval: float = POLL_SECONDS) -> Iterator[set[str]]:
-    """Batches of changed paths from stat walks of the folders (no watchfiles); the
-    folders in ``skip`` (the build dir) are not walked."""
-    before = _snapshot(folders, skip)
+                 skip: set[str], interval: float = POLL_SECONDS,
+                 files: Sequence[Path] = ()) -> Iterator[set[str]]:
+    """Batches of changed paths from stat walks of the folders and stats of the
+    ``files`` (no watchfiles); the folders in ``skip`` (the build dir) are not walked."""
+    before = _snapshot(folders, skip, files)
     on_ready(f"polling every {interval:g} s")
     while not stop.wait(interval):
-        now = _snapshot(folders, skip)
+        now = _snapshot(folders, skip, files)
         changed: set[str] = set()
         while now != before:  # wait for the burst to end
             changed |= {p for p in before.keys() | now.keys() if before.get(p) != now.get(p)}
             before = now
             if stop.wait(STEP_MS / 1000 * 5):
                 return
-            now = _snapshot(folders, skip)
+            now = _snapshot(folders, skip, files)
         if changed:
             yield changed
 
 
 def batches(folders: list[Path], stop: threading.Event, on_ready: Callable[[str], None], *,
-            poll: bool = False, skip: Iterable[str | Path] = ()) -> Iterator[set[str]]:
-    """Batches of changed paths under ``folders``, from file events or polling."""
+            poll: bool = False, skip: Iterable[str | Path] = (),
+            files: Iterable[Path] = ()) -> Iterator[set[str]]:
+    """Batches of changed paths under ``folders`` and among ``files``, from file events
+    or polling."""
     if not poll:
         try:
             import watchfiles  # noqa: F401
         except ImportError:
             poll = True
     if poll:
-        return poll_batches(folders, stop, on_ready, {str(_resolved(p)) for p in skip})
-    return notify_batches(folders, stop, on_ready)
+        return poll_batches(folders, stop, on_ready, {str(_resolved(p)) for p in skip},
+                            files=list(files))
+    return notify_batches(folders, stop, on_ready, list(files))
