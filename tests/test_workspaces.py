@@ -391,7 +391,12 @@ def test_monorepo_example_deploys_after_its_checks(tmp_path: Path, monkeypatch) 
         monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws either
     project = Project(root)
-    run = project.doit("deploy")
+    from dodo_lambda import emulator
+
+    try:
+        run = project.doit("deploy")
+    finally:
+        emulator.stop(project.build_dir)  # the server outlives doit: stop it here
     assert run.rc == 0, run.text
     order = [line[3:] for line in run.out.splitlines() if line.startswith(".  ")]
     assert {"install", "lint", "test", "npm:acme-orders", "npm:acme-invoices", "npm:acme-common",
