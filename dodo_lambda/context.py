@@ -57,7 +57,7 @@ class RunContext:
 
     build_dir: Path
     target: AwsTarget = field(default_factory=AwsTarget)
-    emulator: bool = False  # deploy to the embedded local emulator, never AWS
+    emulator: bool = False  # deploy to the project's local emulator, never AWS
     direct_limit: int = DIRECT_UPLOAD_LIMIT  # bigger zips go through S3
     verify: bool = False  # deploy tasks compare with AWS even when records say up to date
     items: tuple[Function | Layer, ...] = ()  # the project's functions and layers

@@ -1,5 +1,5 @@
 """dodo_lambda quickstart: one Node.js function with a local dependency,
-deployed to an embedded local AWS emulator — no AWS account needed.
+deployed to a local AWS emulator — no AWS account needed.
 
     doit deploy      # npm ci, zip, create/update the function (in the emulator)
     doit package     # only build .dodo_lambda/dist/dodo-lambda-hello.zip
