@@ -129,8 +129,8 @@ def create_role(c: Clients, name: str, *, who: str, policies: list[str], functio
         for policy in policies:
             doing = f"attach {short(policy)} to its execution role {name}"
             c.iam.attach_role_policy(RoleName=name, PolicyArn=policy)
-        log.info("%s: created role %s (trusted by lambda.amazonaws.com; %s); waiting until IAM"
-                 " shows it", who, name, ", ".join(short(p) for p in policies))
+        log.info("%s: role %s created; waiting until IAM shows it (at most %d s)", who, name,
+                 ROLE_WAIT)
         waiter = c.iam.get_waiter("role_exists")
         doing = f"wait for its execution role {name}"
         waiter.wait(RoleName=name, WaiterConfig={
