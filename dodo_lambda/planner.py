@@ -179,6 +179,9 @@ def _plan_role(plan: Plan, fn: Function, ctx: RunContext, c: Clients) -> str:
     found = iam.read_role(c, name, who=label(fn))
     if found is not None:
         plan.role = found["Arn"]
+        ours = iam.TAG in (found.get("Tags") or [])
+        plan.notes.append(f"role {name} exists{'' if ours else ' (not made by dodo_lambda)'}:"
+                          " used as it is")
         return name
     policies = iam.policy_arns(_role_policies(fn, ctx), iam.partition(c))
     plan.steps.append(Step("create_role", f"{name}: trusted by lambda.amazonaws.com, with "

@@ -115,8 +115,11 @@ def test_a_function_without_role_gets_one_made_once(tmp_path: Path, aws_env: Aws
 
     # the function deleted by hand: created again, as the role it had (not made again)
     aws_env.boto("lambda").delete_function(FunctionName="orders")
+    fn = _fn(lab, "orders", code="v3")
+    (plan,) = planner.plan_items([fn], lab.run(fn), lab.run(fn).clients())
+    assert plan.notes == ["role dodo-lambda-orders exists: used as it is"]
     calls.clear()
-    assert [s.kind for s in _deploy(lab, _fn(lab, "orders", code="v3")).executed] == ["create"]
+    assert [s.kind for s in _deploy(lab, fn).executed] == ["create"]
     assert ("iam", "CreateRole") not in calls and ("iam", "GetRole") in calls
     assert aws_env.boto("lambda").get_function_configuration(
         FunctionName="orders")["Role"] == role["Arn"]
