@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from .aws import Clients, _error_code, translating
+from .aws import _ACCESS_CODES, Clients, _error_code, translating
 from .errors import DodoLambdaError
 from .lambdas import pause
 
@@ -75,6 +75,11 @@ def read(c: Clients, group: str, start_ms: int, *, who: str) -> list[Event] | No
         except ClientError as exc:
             if _error_code(exc) == "ResourceNotFoundException":
                 return None
+            if _error_code(exc) in _ACCESS_CODES:  # not a lambda: action, as aws.py would say
+                raise DodoLambdaError(
+                    f"{who}: cannot read {group}: the AWS credentials are not allowed"
+                    f" logs:FilterLogEvents ({_error_code(exc)}); allow it on the log group"
+                ) from exc
             raise
     return sorted(events, key=lambda e: e.timestamp)  # stable: equal times keep AWS's order
 

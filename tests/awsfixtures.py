@@ -427,6 +427,9 @@ def _error_response(client: Any, request: Any, status: int, code: str, message: 
             f"<Message>{message}</Message><RequestId>fault</RequestId></Error>"
         ).encode()
         headers = HeadersDict({"Content-Type": "application/xml"})
+    elif protocol == "json":  # CloudWatch Logs, ...: the code is in the body
+        body = json.dumps({"__type": code, "message": message}).encode()
+        headers = HeadersDict({"Content-Type": "application/x-amz-json-1.1"})
     else:
         body = json.dumps({"Type": "User", "message": message}).encode()
         headers = HeadersDict({"Content-Type": "application/json", "x-amzn-ErrorType": code})

@@ -205,3 +205,18 @@ def _no_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in npm_env().items():
         if key.startswith("npm_config_"):
             monkeypatch.setenv(key, value)
+
+
+def test_logs_access_denied_names_the_logs_permission(aws_env: AwsEnv) -> None:
+    from awsfixtures import inject_fault
+
+    from dodo_lambda import aws, logs
+    from dodo_lambda.errors import DodoLambdaError
+
+    c = aws.connect()
+    with inject_fault(c.logs, "FilterLogEvents", status=400, code="AccessDeniedException"), \
+            pytest.raises(DodoLambdaError) as caught:
+        list(logs.tail(c, "demo", since=60, follow=False, who="function 'demo'"))
+    assert str(caught.value) == (
+        "function 'demo': cannot read /aws/lambda/demo: the AWS credentials are not allowed"
+        " logs:FilterLogEvents (AccessDeniedException); allow it on the log group")
