@@ -29,8 +29,10 @@ def _executable() -> str:
     found = str(beside) if beside.is_file() else shutil.which("moto_server")
     if not found:
         raise DodoLambdaError(
-            "the local AWS emulator needs moto's server; install it with"
-            " `pip install 'dodo_lambda[local]'` (or drop emulator=True to deploy to AWS)"
+            "the local AWS emulator needs moto's server; install it in the environment that"
+            " runs doit with `pip install 'moto[server]>=5'` (or install dodo_lambda with its"
+            " local extra, `pip install -e '.[local]'` in its checkout), or drop"
+            " emulator=True to deploy to AWS"
         )
     return found
 
@@ -42,8 +44,11 @@ def ensure_started(ctx: RunContext) -> str:
 
 
 def _start() -> str:
+    # AWS-managed policies (AWSLambdaBasicExecutionRole, for the execution roles
+    # dodo_lambda creates) exist in moto only when it is asked to load them
+    env = {**os.environ, "MOTO_IAM_LOAD_MANAGED_POLICIES": "true"}
     proc = subprocess.Popen([_executable(), "-H", "127.0.0.1", "-p", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     atexit.register(proc.terminate)
     url = None
     assert proc.stdout is not None

@@ -20,7 +20,18 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, bundle, deploy, executor, npm, planner, records, rules, workspaces
+from . import (
+    build,
+    bundle,
+    deploy,
+    executor,
+    logs,
+    npm,
+    planner,
+    records,
+    rules,
+    workspaces,
+)
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -39,11 +50,14 @@ GROUP_DOCS = {
     "deploy": "update (or create) the Lambda functions whose deployed code or settings differ",
     "rollback": "point each function's alias back at the version before the last deploy that"
                 " moved it",
+    "logs": "show each function's recent log events from CloudWatch Logs (logs:NAME --since 1h"
+            " --follow for one)",
 }
 # What each step was doing, for a machine's error (disk full, permissions).
 _DOING = {"npm": "installing dependencies", "bundle": "bundling", "package": "writing the package",
           "upload": "uploading", "deploy": "deploying", "layer": "publishing the layer",
-          "plan": "planning", "rollback": "rolling back", "summary": "summing up"}
+          "plan": "planning", "rollback": "rolling back", "summary": "summing up",
+          "logs": "reading logs"}
 _ACTED = {"create": "created", "update": "updated", "publish": "published", "none": "unchanged",
           "rollback": "rolled back"}
 
@@ -52,17 +66,24 @@ _ACTED = {"create": "created", "update": "updated", "publish": "published", "non
 
 
 def _bundle(fn: Function, ctx: RunContext) -> None:
-    result = bundle.bundle(fn, ctx)
+    bundled = bundle.bundle(fn, ctx)
     out = ctx.layout(fn).bundle_out
-    files = ", ".join(f"{out / rel} {size:,} bytes" for rel, size in result.outputs.items())
-    shipped = ", ".join(f.removeprefix("node_modules/") for f in result.externals) or "none"
-    print(f"{label(fn)}: bundled {result.entry} with esbuild {result.esbuild.version}"
-          f" ({result.esbuild.origin}): {files}; shipped in node_modules: {shipped}")
+    files = ", ".join(f"{out / rel} {size:,} bytes" for rel, size in bundled.outputs.items())
+    shipped = ", ".join(f.removeprefix("node_modules/") for f in bundled.externals) or "none"
+    result(f"{label(fn)}: bundled {bundled.entry} with esbuild {bundled.esbuild.version}"
+           f" ({bundled.esbuild.origin}): {files}; shipped in node_modules: {shipped}")
 
 
 def say(message: str) -> None:
     """Status that must be seen whatever doit's verbosity (doit captures stdout)."""
     print(message, file=sys.stderr)
+
+
+def result(message: str) -> None:
+    """A result (sizes, what was deployed, log events): on stdout, so it can be piped.
+    The tasks that print results set ``"verbosity": 2`` (doit captures a task's stdout
+    below that)."""
+    print(message, flush=True)
 
 
 class _Stderr(logging.Handler):
@@ -92,16 +113,16 @@ def _doit_command(step: NextStep) -> str:
 
 
 def _package(item: Item, ctx: RunContext) -> None:
-    result = build.package(item, ctx)
-    print(f"{label(item)}: {ctx.layout(item).zip} {result.zip_size:,} bytes,"
-          f" {result.files} files, {result.unzipped_size:,} bytes unzipped")
+    built = build.package(item, ctx)
+    result(f"{label(item)}: {ctx.layout(item).zip} {built.zip_size:,} bytes,"
+           f" {built.files} files, {built.unzipped_size:,} bytes unzipped")
 
 
 def _upload(fn: Function, ctx: RunContext) -> None:
-    result = executor.upload(fn, ctx)
-    if result is not None:
-        where = f"s3://{result.bucket}/{result.key}"
-        say(f"{label(fn)}: {'uploaded to' if result.sent else 'already in'} {where}")
+    done = executor.upload(fn, ctx)
+    if done is not None:
+        where = f"s3://{done.bucket}/{done.key}"
+        result(f"{label(fn)}: {'uploaded to' if done.sent else 'already in'} {where}")
 
 
 def _deploy(fn: Function, ctx: RunContext) -> None:
@@ -118,6 +139,8 @@ def summary_line(done: records.Done) -> str:
     kinds = [k for k in ("update_code", "update_settings") if k in done.steps]
     if kinds:
         parts[0] += f" ({' and '.join(k.removeprefix('update_') for k in kinds)})"
+    if "create_role" in done.steps:
+        parts[0] += " with a new execution role"
     if done.version is not None:
         parts.append(f"version {done.version}")
     if done.alias:
@@ -140,9 +163,9 @@ def _summary(items: tuple[Item, ...], ctx: RunContext, whole: bool) -> None:
             continue
         changed = changed or done.action != "none"
         if records.first_to_report(ctx, f"{item.kind} {item.name}"):
-            say(summary_line(done))
+            result(summary_line(done))
     if whole and not changed and records.first_to_report(ctx, "nothing changed"):
-        say(f"deploy: nothing changed ({_count(items)} up to date)")
+        result(f"deploy: nothing changed ({_count(items)} up to date)")
 
 
 def _count(items: tuple[Item, ...]) -> str:
@@ -184,16 +207,44 @@ def _plan(items: list[Item], ctx: RunContext, problems: tuple[tuple[str, str, st
 
 def _rollback(fn: Function, ctx: RunContext) -> None:
     done = executor.rollback(fn, ctx)
-    say(f"{label(fn)}: alias {done.alias} rolled back from version {done.came_from} to"
+    result(f"{label(fn)}: alias {done.alias} rolled back from version {done.came_from} to"
         f" version {done.to}")
+
+
+def _logs(fn: Function, ctx: RunContext, options: dict[str, Any]) -> None:
+    """Print the function's recent log events, one line each, newest last; with
+    --follow keep printing new ones until Ctrl-C (which ends the task cleanly)."""
+    since_text = str(options.get("since") or "10m")
+    since = logs.parse_since(since_text)
+    follow = bool(options.get("follow"))
+    c = deploy.clients(ctx, label(fn))
+    shown = 0
+    missing = False
+    try:
+        if follow:
+            say(f"{label(fn)}: following {logs.group_name(fn.name)} (Ctrl-C to stop)")
+        for event in logs.tail(c, fn.name, since=since, follow=follow, who=label(fn)):
+            if isinstance(event, logs.NoGroup):
+                missing = True
+                say(f"{label(fn)}: no logs yet: log group {event.group} does not exist (Lambda"
+                    " creates it the first time the function runs)"
+                    + ("; waiting for it" if follow else ""))
+                continue
+            shown += 1  # before printing: Ctrl-C may come as soon as the line is out
+            result(event.line())
+    except KeyboardInterrupt:
+        say(f"{label(fn)}: stopped following ({shown} event{'s' if shown != 1 else ''} shown)")
+        return
+    if shown == 0 and not missing:
+        say(f"{label(fn)}: no log events in the last {since_text}")
 
 
 _STEPS: dict[str, Callable[..., Any]] = {
     "npm": npm.install, "bundle": _bundle, "package": _package, "upload": _upload,
     "deploy": _deploy, "layer": _layer, "plan": _plan, "rollback": _rollback,
-    "summary": _summary,
+    "summary": _summary, "logs": _logs,
 }
-_WITH_OPTIONS = {"plan"}  # steps given the task's command-line options (doit params)
+_WITH_OPTIONS = {"plan", "logs"}  # steps given the task's command-line options (doit params)
 
 
 def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
@@ -268,6 +319,7 @@ def _bundle_task(fn: Function, ctx: RunContext) -> TaskDict:
         "targets": [str(layout.bundle_record)],
         "uptodate": [(bundle.is_bundled, [fn, ctx])],
         "clean": [(_remove_bundle, [fn, ctx])],
+        "verbosity": 2,  # its result line (see result())
     }
 
 
@@ -291,6 +343,7 @@ def _package_task(item: Item, ctx: RunContext) -> TaskDict:
         "uptodate": [(build.is_packaged, [item, ctx])],
         "clean": [(build.clean_package, [item, ctx])],
         "task_dep": [f"bundle:{item.name}"] if _bundled(item) else [],
+        "verbosity": 2,  # its size and file count (see result())
     }
 
 
@@ -304,6 +357,7 @@ def _upload_task(fn: Function, ctx: RunContext) -> TaskDict:
         "file_dep": [str(layout.zip), str(layout.manifest)],
         "targets": [str(layout.uploaded)],
         "uptodate": [(records.upload_is_recorded, [fn, ctx])],
+        "verbosity": 2,
     }
 
 
@@ -319,6 +373,7 @@ def _layer_task(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> T
         "targets": [str(layout.published)],
         "uptodate": [(records.layer_is_recorded, [layer, ctx])],
         "teardown": [(run_step, ["summary", ((layer,), ctx, False)])],
+        "verbosity": 2,  # the summary line its teardown prints
     }
 
 
@@ -339,6 +394,7 @@ def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
         "targets": [str(layout.deployed)],
         "uptodate": [(records.deploy_is_recorded, [fn, ctx])],
         "teardown": [(run_step, ["summary", ((fn,), ctx, False)])],
+        "verbosity": 2,  # the summary line its teardown prints
     }
 
 
@@ -350,6 +406,25 @@ def _rollback_task(fn: Function, ctx: RunContext) -> TaskDict:
         if fn.alias else f"{label(fn)}: has no alias to roll back",
         "actions": [(run_step, ["rollback", (fn, ctx)])],
         "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _logs_task(fn: Function, ctx: RunContext) -> TaskDict:
+    return {
+        "basename": "logs",
+        "name": fn.name,
+        "doc": f"{label(fn)}: its recent log events ({logs.group_name(fn.name)}); --since 10m"
+               " (s, m, h, d), --follow",
+        "actions": [(run_step, ["logs", (fn, ctx)])],
+        "uptodate": [False],
+        "verbosity": 2,  # events as they come, on stdout
+        "params": [
+            {"name": "since", "long": "since", "type": str, "default": "10m",
+             "help": "how far back to start: a number and a unit (s, m, h, d), e.g. 30s, 2h"},
+            {"name": "follow", "long": "follow", "short": "f", "type": bool, "default": False,
+             "help": "keep printing new events as they arrive (polling; Ctrl-C to stop)"},
+        ],
     }
 
 
@@ -357,8 +432,8 @@ def _steps(item: Any) -> tuple[str, ...]:
     if isinstance(item, Layer):
         return ("package", "layer")
     if isinstance(item, Function) and item.bundle is not None and item.bundle is not False:
-        return ("bundle", "package", "deploy", "rollback")
-    return ("package", "deploy", "rollback")
+        return ("bundle", "package", "deploy", "rollback", "logs")
+    return ("package", "deploy", "rollback", "logs")
 
 
 def _users(layer: Layer, items: tuple[Any, ...]) -> tuple[Function, ...]:
@@ -438,9 +513,31 @@ def _failing(basename: str, item: Any, message: str) -> TaskDict:
     }
 
 
+def _role_name_problem(role_name: object) -> str | None:
+    if role_name is None or (isinstance(role_name, str) and rules.ROLE_RE.fullmatch(role_name)
+                             and not role_name.startswith("arn:")):
+        return None
+    return (f"lambda_tasks(role_name={role_name!r}) is not an IAM role name (1-64 letters,"
+            " digits and +=,.@_-); fix role_name=")
+
+
+def _lambda_group(name: str, used: set[str]) -> TaskDict:
+    """``doit lambda``: what the README's ``task_lambda`` promises, packaging and
+    deploying everything (doit names groups after the tasks' basenames, not after the
+    task_ function that yields them, so without this ``doit lambda`` is not a task)."""
+    return {
+        "basename": name,
+        "doc": "package and deploy every function and layer (like `doit deploy`, and layers"
+               " no function uses)",
+        "actions": None,
+        "task_dep": [b for b in ("package", "upload", "layer", "deploy") if b in used],
+    }
+
+
 def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
                  region: str | None = None, endpoint: str | None = None, emulator: bool = False,
-                 direct_upload_limit: int = DIRECT_UPLOAD_LIMIT, verify: bool = False
+                 direct_upload_limit: int = DIRECT_UPLOAD_LIMIT, verify: bool = False,
+                 role_name: str | None = None, group: str | None = "lambda"
                  ) -> Iterator[TaskDict]:
     """doit tasks for the given Functions and Layers::
 
@@ -449,18 +546,22 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
 
     gives ``npm:<name>``, ``bundle:<name>`` (functions with ``bundle=``),
     ``package:<name>``, ``upload:<name>`` (functions with a bucket), ``layer:<name>``,
-    ``deploy:<name>``, ``rollback:<name>``, their groups, and ``plan`` (``--json``,
-    ``--check``).
+    ``deploy:<name>``, ``rollback:<name>``, ``logs:<name>`` (``--since``, ``--follow``),
+    their groups, ``plan`` (``--json``, ``--check``) and ``group`` (default ``lambda``:
+    ``doit lambda`` packages and deploys everything; None for no such task).
     Paths are relative to the directory doit runs in. AWS access follows boto3's
     standard chain; ``profile``, ``region`` and ``endpoint`` override it for
     this project. ``emulator=True`` deploys to a local moto server started for
     the run instead of AWS (needs the ``local`` extra). ``verify=True`` (or
     DODO_LAMBDA_VERIFY=1) makes every deploy task compare with AWS and repair what
-    differs, even when the local records say up to date (for CI).
+    differs, even when the local records say up to date (for CI). A function to create
+    without ``role=`` runs as a role dodo_lambda creates: ``dodo-lambda-<function>``, or
+    ``role_name`` for all of them (see iam.py).
     """
     show_core_messages()
     ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
-                     direct_limit=direct_upload_limit, verify=verify)
+                     direct_limit=direct_upload_limit, verify=verify, role_name=role_name)
+    role_name_problem = _role_name_problem(role_name)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
     problems: list[tuple[str, str, str]] = []  # (kind, name, why) of items not taken
@@ -468,6 +569,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         if any(item is v or item == v for v in valid):
             continue  # the same item passed twice
         problem = _problem(item, items, valid, ctx)
+        if problem is None and isinstance(item, Function) and role_name_problem:
+            problem = f"{label(item)}: {role_name_problem}"
         if problem:
             problems.append((getattr(item, "kind", "item"), str(getattr(item, "name", "?")),
                              problem))
@@ -492,14 +595,18 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
                 tasks.append(_upload_task(item, ctx))
             tasks.append(_deploy_task(item, ctx))
             tasks.append(_rollback_task(item, ctx))
+            tasks.append(_logs_task(item, ctx))
     ctx.items = tuple(valid)
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():
         if basename in used:
-            group: TaskDict = {"basename": basename, "name": None, "doc": doc}
+            group_task: TaskDict = {"basename": basename, "name": None, "doc": doc}
             if basename == "deploy":  # the run's summary, after every other task
-                group["teardown"] = [(run_step, ["summary", (tuple(valid), ctx, True)])]
-            yield group
+                group_task["teardown"] = [(run_step, ["summary", (tuple(valid), ctx, True)])]
+                group_task["verbosity"] = 2
+            yield group_task
+    if group and group not in used | {"plan"}:
+        yield _lambda_group(group, used)
     yield from tasks
     yield {
         "basename": "plan",

@@ -6,13 +6,15 @@ deployed to an embedded local AWS emulator — no AWS account needed.
     doit plan        # what deploy would change, and why
     doit list --all  # every task
 
-To deploy to your real AWS account instead, drop ``emulator=True`` and set
-``role=`` to an IAM role that Lambda may assume.
+To deploy to your real AWS account instead, drop ``emulator=True``: the first deploy
+creates the function's execution role (dodo-lambda-dodo-lambda-hello), or set ``role=``
+to the ARN of an IAM role of yours that Lambda may assume.
 """
 
 from dodo_lambda import Function, lambda_tasks
 
-DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["deploy"]}
+# a bare `doit` builds the zip: it never deploys, nor starts a watch that runs until Ctrl-C
+DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["package"]}
 
 hello = Function(
     "dodo-lambda-hello",
@@ -23,8 +25,7 @@ hello = Function(
     memory=256,
     timeout=10,
     environment={"GREETING_STYLE": "friendly"},
-    # The emulator creates this role; on AWS use your own role's ARN.
-    role="arn:aws:iam::123456789012:role/dodo-lambda-local",
+    # no role=: the first deploy creates the function's execution role
 )
 
 
