@@ -92,6 +92,20 @@ class Clients:
         )
 
     @cached_property
+    def iam(self) -> Any:
+        """An IAM client, made only when a function's execution role is looked up or made."""
+        return self.session.create_client(
+            "iam", **_client_kwargs(self.target.endpoint, self.region)
+        )
+
+    @cached_property
+    def logs(self) -> Any:
+        """A CloudWatch Logs client, made only by ``doit logs:NAME``."""
+        return self.session.create_client(
+            "logs", **_client_kwargs(self.target.endpoint, self.region)
+        )
+
+    @cached_property
     def account_id(self) -> str:
         """The account the credentials belong to (one STS call, then remembered)."""
         with translating("AWS"):
@@ -323,8 +337,8 @@ def _client_error(exc: Any, pre: str, bucket: str | None, c: Clients | None) -> 
     if code == "ResourceNotFoundException" and op in _FUNCTION_OPS:
         region = f" in {c.region}" if c else ""
         return DodoLambdaError(
-            f"{pre}the Lambda function does not exist{region} ({op}); create it, or give"
-            " role= so dodo_lambda creates it"
+            f"{pre}the Lambda function does not exist{region} ({op}; deleted meanwhile?);"
+            " deploy again and dodo_lambda creates it"
         )
     if code in _THROTTLE_CODES:
         return DodoLambdaError(

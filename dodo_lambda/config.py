@@ -151,6 +151,9 @@ class Function:
     bundle: Any = None  # True or a dict of options: see bundle_options
     scripts: bool = False  # run dependencies' install scripts (see README, Security)
     keep_versions: int | None = None  # delete published versions beyond the newest N
+    # more policies for the role dodo_lambda creates when role= is not given ("vpc",
+    # "xray" or policy ARNs; AWSLambdaBasicExecutionRole is always attached): see iam.py
+    role_policies: tuple[str, ...] = ()
     _frozen_env: tuple[tuple[str, str], ...] | None = field(
         default=None, init=False, repr=False, compare=False)
     _problems: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
@@ -159,7 +162,7 @@ class Function:
 
     def __post_init__(self) -> None:
         problems = []
-        for attr in ("include", "exclude"):
+        for attr in ("include", "exclude", "role_policies"):
             value, problem = _strings(getattr(self, attr), attr)
             _set(self, attr, value)
             if problem:
@@ -284,6 +287,7 @@ def _function_problem(fn: Function, today: date | None) -> str | None:
         f"keep_versions={fn.keep_versions!r} needs publish=True (it prunes published versions)"
         if fn.keep_versions is not None and fn.publish is not True else None,
         rules.role_problem(fn.role),
+        _role_policies_problem(fn),
         fn._bundle[1],
         _common_problem(fn),
         rules.handler_problem(fn.handler, fn.source),
@@ -308,6 +312,17 @@ def _entry_problem(fn: Function) -> str | None:
             return (f"handler file {src / module}.js (or .mjs/.cjs) not found, but {typed} is"
                     " there; TypeScript needs bundling: add bundle=True to the Function")
     return None
+
+
+def _role_policies_problem(fn: Function) -> str | None:
+    if not fn.role_policies:
+        return None
+    if fn.role is not None:
+        return ("role_policies= is for the role dodo_lambda creates when role= is not given;"
+                f" attach them to role {fn.role} yourself, or drop role=")
+    from .iam import policies_problem
+
+    return policies_problem(fn.role_policies)
 
 
 def _keep_problem(field_name: str, value: object) -> str | None:

@@ -60,6 +60,7 @@ class RunContext:
     emulator: bool = False  # deploy to the project's local emulator, never AWS
     direct_limit: int = DIRECT_UPLOAD_LIMIT  # bigger zips go through S3
     verify: bool = False  # deploy tasks compare with AWS even when records say up to date
+    role_name: str | None = None  # the one role functions without role= share (None: one each)
     items: tuple[Function | Layer, ...] = ()  # the project's functions and layers
     # tells this run's deploy records from older ones (the end-of-run summary)
     run_id: str = field(default_factory=lambda: os.urandom(6).hex())

@@ -128,8 +128,10 @@ def ensure_running(build_dir: str | Path, *, idle: float = IDLE_SECONDS) -> Emul
     """The project's server: the running one, or a new one started in the background."""
     if _moto_missing():
         raise DodoLambdaError(
-            "the local AWS emulator needs moto's server; install it with"
-            " `pip install 'dodo_lambda[local]'` (or drop emulator=True to deploy to AWS)")
+            "the local AWS emulator needs moto's server; install it in the environment that"
+            " runs doit with `pip install 'moto[server]>=5'` (or install dodo_lambda with its"
+            " local extra, `pip install -e '.[local]'` in its checkout), or drop"
+            " emulator=True to deploy to AWS")
     f = paths(build_dir)
     with locked(f.emulator_lock):  # one starter at a time: parallel workers share one server
         found = running(build_dir)
@@ -143,6 +145,9 @@ def _start(f: BuildDir, idle: float) -> Emulator:
     started_by = f"pid {os.getpid()}: {' '.join(sys.argv)}"[:300]
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PYTHONUNBUFFERED"] = "1"
+    # AWS-managed policies (AWSLambdaBasicExecutionRole, for the execution roles
+    # dodo_lambda creates) exist in moto only when it is asked to load them
+    env["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     with open(f.emulator_log, "wb") as logfile:  # one log per server: never past one life
         proc = subprocess.Popen(
             [sys.executable, "-m", "dodo_lambda.emulator_server", "--build-dir", str(f.path),

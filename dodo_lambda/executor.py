@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import deploy, desired, lambdas, records, s3
+from . import deploy, desired, iam, lambdas, records, s3
 from .aws import Clients
 from .config import Function, Layer, label
 from .context import RunContext
@@ -39,6 +39,7 @@ class Progress:
     config: dict[str, Any] | None  # the function as last seen
     version: dict[str, Any] | None = None  # published by publish_version / publish_layer_version
     alias: tuple[str, str | None, str] | None = None  # (name, from, to) when it moved
+    role: str | None = None  # the ARN of the execution role create_role made
     done: list[Step] = field(default_factory=list)
 
     @property
@@ -77,12 +78,18 @@ def _need_s3_object(p: Progress) -> None:
                               next_step=NextStep("upload", p.name))
 
 
+def _create_role(p: Progress, step: Step) -> None:
+    p.role = iam.create_role(p.c, step.args["name"], who=p.who,
+                             policies=list(step.args["policies"]), function=p.name)
+
+
 def _create(p: Progress, step: Step) -> None:
     fn = p.plan.item
     assert isinstance(fn, Function)
     _need_s3_object(p)
+    role = step.args.get("role") or p.role or fn.role or ""  # p.role: made by create_role
     p.config = lambdas.create_function(
-        p.c, fn.name, who=p.who, role=fn.role or "", runtime=fn.runtime, handler=fn.handler,
+        p.c, fn.name, who=p.who, role=role, runtime=fn.runtime, handler=fn.handler,
         architecture=fn.architecture, settings=fn.settings(), layers=p.plan.wanted.get("Layers"),
         **_code(p))
 
@@ -138,6 +145,7 @@ def _delete_layer_version(p: Progress, step: Step) -> None:
 
 
 HANDLERS: dict[str, Callable[[Progress, Step], None]] = {
+    "create_role": _create_role,
     "create": _create, "update_code": _update_code, "update_settings": _update_settings,
     "publish_version": _publish_version, "point_alias": _point_alias,
     "delete_version": _delete_version, "upload": _upload,

@@ -173,8 +173,8 @@ def _failure(config: dict, who: str, what: str) -> DodoLambdaError | None:
 
 
 def _missing(c: Clients, who: str) -> DodoLambdaError:
-    return DodoLambdaError(f"{who}: the Lambda function does not exist in {c.region}; create it,"
-                           " or give role= so dodo_lambda creates it")
+    return DodoLambdaError(f"{who}: the Lambda function does not exist in {c.region} (deleted"
+                           " meanwhile?); deploy again and dodo_lambda creates it")
 
 
 def wait_ready(c: Clients, name: str, *, who: str, config: dict | None = None,

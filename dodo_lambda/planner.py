@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from . import desired, records, remote, rules, s3
+from . import desired, iam, records, remote, rules, s3
 from .aws import Clients
 from .config import Function, Layer, label
 from .context import RunContext
@@ -33,8 +33,9 @@ log = logging.getLogger("dodo_lambda")
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # create, update_code, update_settings, publish_version, point_alias,
-    #            delete_version, upload, publish_layer_version, delete_layer_version
+    kind: str  # create_role, create, update_code, update_settings, publish_version,
+    #            point_alias, delete_version, upload, publish_layer_version,
+    #            delete_layer_version
     reason: str
     args: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -62,6 +63,7 @@ class Plan:
     state: remote.FunctionState | remote.LayerState | None = field(default=None, repr=False)
     version: str | None = None  # the version the alias ends at (NEW: published by this plan)
     alias_from: str | None = None  # where the alias points now
+    role: str | None = None  # a function to create: the ARN of the existing role it runs as
 
     @property
     def action(self) -> str:
@@ -128,14 +130,7 @@ def decide(fn: Function, config: Mapping[str, Any] | None, today: date | None = 
         raise Refused(f"{label(fn)}: {verdict.create_error}")
     if verdict.warning:
         log.warning("%s: %s", label(fn), verdict.warning)
-    if config is None:
-        if not fn.role:
-            raise Refused(
-                f"{label(fn)}: the Lambda function does not exist; create it, or set role="
-                " (an IAM role ARN) so dodo_lambda creates it"
-            )
-        return "create"
-    return "update"
+    return "create" if config is None else "update"
 
 
 def plan_function(fn: Function, ctx: RunContext, c: Clients, *, record: Mapping[str, Any] | None,
@@ -151,12 +146,14 @@ def plan_function(fn: Function, ctx: RunContext, c: Clients, *, record: Mapping[
         plan.wanted = desired.settings(fn, ctx, pending)
         state = plan.state = remote.read_function(c, fn, ctx, expected=expected)
         how = decide(fn, state.config, ctx.today)
+        role = _plan_role(plan, fn, ctx, c) if how == "create" else None
     except Refused as exc:
         plan.refused = exc
         return plan
     local = desired.fields(m["code_sha256"], fn.architecture, plan.wanted)
     if how == "create":
-        plan.steps.append(Step("create", f"does not exist in {c.region}; role= is given"))
+        plan.steps.append(Step("create", f"does not exist in {c.region}; runs as role {role}",
+                               {"role": fn.role or plan.role}))
     else:
         assert state.config is not None
         _updates(plan, local, desired.deployed_fields(state.config, local), record, ctx.today)
@@ -170,6 +167,36 @@ def plan_function(fn: Function, ctx: RunContext, c: Clients, *, record: Mapping[
     if fn.publish:
         _release(plan, fn, local, changes=bool(plan.steps), record=record)
     return plan
+
+
+def _plan_role(plan: Plan, fn: Function, ctx: RunContext, c: Clients) -> str:
+    """The role a function to create runs as: ``role=`` as given, else the one
+    dodo_lambda makes (a create_role step when IAM has no role of that name yet; one
+    that exists is used as it is). Its name, for the create step's reason."""
+    if fn.role:
+        return fn.role
+    name = iam.role_name(fn.name, ctx.role_name)
+    found = iam.read_role(c, name, who=label(fn))
+    if found is not None:
+        plan.role = found["Arn"]
+        ours = iam.TAG in (found.get("Tags") or [])
+        plan.notes.append(f"role {name} exists{'' if ours else ' (not made by dodo_lambda)'}:"
+                          " used as it is")
+        return name
+    policies = iam.policy_arns(_role_policies(fn, ctx), iam.partition(c))
+    plan.steps.append(Step("create_role", f"{name}: trusted by lambda.amazonaws.com, with "
+                           f"{', '.join(iam.short(p) for p in policies)}; tagged created-by:"
+                           " dodo_lambda", {"name": name, "policies": policies}))
+    return name
+
+
+def _role_policies(fn: Function, ctx: RunContext) -> list[str]:
+    """A function's own role_policies, or, for the project's shared role, those of every
+    function of the project that runs as it."""
+    if not ctx.role_name:
+        return list(fn.role_policies)
+    return [p for f in ctx.items if isinstance(f, Function) and not f.role
+            for p in f.role_policies] or list(fn.role_policies)
 
 
 def _updates(plan: Plan, local: dict[str, Any], deployed: dict[str, Any],

@@ -22,7 +22,18 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, bundle, deploy, executor, npm, planner, records, rules, workspaces
+from . import (
+    build,
+    bundle,
+    deploy,
+    executor,
+    logs,
+    npm,
+    planner,
+    records,
+    rules,
+    workspaces,
+)
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -41,13 +52,16 @@ GROUP_DOCS = {
     "deploy": "update (or create) the Lambda functions whose deployed code or settings differ",
     "rollback": "point each function's alias back at the version before the last deploy that"
                 " moved it",
+    "logs": "show each function's recent log events from CloudWatch Logs (logs:NAME --since 1h"
+            " --follow for one)",
     "invoke": "run a function's built zip locally in node, as Lambda would (no Docker)",
 }
 # What each step was doing, for a machine's error (disk full, permissions).
 _DOING = {"npm": "installing dependencies", "bundle": "bundling", "package": "writing the package",
           "upload": "uploading", "deploy": "deploying", "layer": "publishing the layer",
           "plan": "planning", "rollback": "rolling back", "summary": "summing up",
-          "invoke": "invoking", "watch": "watching", "emulator-stop": "stopping the emulator"}
+          "logs": "reading logs", "invoke": "invoking", "watch": "watching",
+          "emulator-stop": "stopping the emulator"}
 _ACTED = {"create": "created", "update": "updated", "publish": "published", "none": "unchanged",
           "rollback": "rolled back"}
 
@@ -56,17 +70,24 @@ _ACTED = {"create": "created", "update": "updated", "publish": "published", "non
 
 
 def _bundle(fn: Function, ctx: RunContext) -> None:
-    result = bundle.bundle(fn, ctx)
+    bundled = bundle.bundle(fn, ctx)
     out = ctx.layout(fn).bundle_out
-    files = ", ".join(f"{out / rel} {size:,} bytes" for rel, size in result.outputs.items())
-    shipped = ", ".join(f.removeprefix("node_modules/") for f in result.externals) or "none"
-    print(f"{label(fn)}: bundled {result.entry} with esbuild {result.esbuild.version}"
-          f" ({result.esbuild.origin}): {files}; shipped in node_modules: {shipped}")
+    files = ", ".join(f"{out / rel} {size:,} bytes" for rel, size in bundled.outputs.items())
+    shipped = ", ".join(f.removeprefix("node_modules/") for f in bundled.externals) or "none"
+    result(f"{label(fn)}: bundled {bundled.entry} with esbuild {bundled.esbuild.version}"
+           f" ({bundled.esbuild.origin}): {files}; shipped in node_modules: {shipped}")
 
 
 def say(message: str) -> None:
     """Status that must be seen whatever doit's verbosity (doit captures stdout)."""
     print(message, file=sys.stderr)
+
+
+def result(message: str) -> None:
+    """A result (sizes, what was deployed, log events): on stdout, so it can be piped.
+    The tasks that print results set ``"verbosity": 2`` (doit captures a task's stdout
+    below that)."""
+    print(message, flush=True)
 
 
 class _Stderr(logging.Handler):
@@ -96,16 +117,16 @@ def _doit_command(step: NextStep) -> str:
 
 
 def _package(item: Item, ctx: RunContext) -> None:
-    result = build.package(item, ctx)
-    print(f"{label(item)}: {ctx.layout(item).zip} {result.zip_size:,} bytes,"
-          f" {result.files} files, {result.unzipped_size:,} bytes unzipped")
+    built = build.package(item, ctx)
+    result(f"{label(item)}: {ctx.layout(item).zip} {built.zip_size:,} bytes,"
+           f" {built.files} files, {built.unzipped_size:,} bytes unzipped")
 
 
 def _upload(fn: Function, ctx: RunContext) -> None:
-    result = executor.upload(fn, ctx)
-    if result is not None:
-        where = f"s3://{result.bucket}/{result.key}"
-        say(f"{label(fn)}: {'uploaded to' if result.sent else 'already in'} {where}")
+    done = executor.upload(fn, ctx)
+    if done is not None:
+        where = f"s3://{done.bucket}/{done.key}"
+        result(f"{label(fn)}: {'uploaded to' if done.sent else 'already in'} {where}")
 
 
 def _deploy(fn: Function, ctx: RunContext) -> None:
@@ -122,6 +143,8 @@ def summary_line(done: records.Done) -> str:
     kinds = [k for k in ("update_code", "update_settings") if k in done.steps]
     if kinds:
         parts[0] += f" ({' and '.join(k.removeprefix('update_') for k in kinds)})"
+    if "create_role" in done.steps:
+        parts[0] += " with a new execution role"
     if done.version is not None:
         parts.append(f"version {done.version}")
     if done.alias:
@@ -144,9 +167,9 @@ def _summary(items: tuple[Item, ...], ctx: RunContext, whole: bool) -> None:
             continue
         changed = changed or done.action != "none"
         if records.first_to_report(ctx, f"{item.kind} {item.name}"):
-            say(summary_line(done))
+            result(summary_line(done))
     if whole and not changed and records.first_to_report(ctx, "nothing changed"):
-        say(f"deploy: nothing changed ({_count(items)} up to date)")
+        result(f"deploy: nothing changed ({_count(items)} up to date)")
 
 
 def _count(items: tuple[Item, ...]) -> str:
@@ -188,8 +211,36 @@ def _plan(items: list[Item], ctx: RunContext, problems: tuple[tuple[str, str, st
 
 def _rollback(fn: Function, ctx: RunContext) -> None:
     done = executor.rollback(fn, ctx)
-    say(f"{label(fn)}: alias {done.alias} rolled back from version {done.came_from} to"
+    result(f"{label(fn)}: alias {done.alias} rolled back from version {done.came_from} to"
         f" version {done.to}")
+
+
+def _logs(fn: Function, ctx: RunContext, options: dict[str, Any]) -> None:
+    """Print the function's recent log events, one line each, newest last; with
+    --follow keep printing new ones until Ctrl-C (which ends the task cleanly)."""
+    since_text = str(options.get("since") or "10m")
+    since = logs.parse_since(since_text)
+    follow = bool(options.get("follow"))
+    c = deploy.clients(ctx, label(fn))
+    shown = 0
+    missing = False
+    try:
+        if follow:
+            say(f"{label(fn)}: following {logs.group_name(fn.name)} (Ctrl-C to stop)")
+        for event in logs.tail(c, fn.name, since=since, follow=follow, who=label(fn)):
+            if isinstance(event, logs.NoGroup):
+                missing = True
+                say(f"{label(fn)}: no logs yet: log group {event.group} does not exist (Lambda"
+                    " creates it the first time the function runs)"
+                    + ("; waiting for it" if follow else ""))
+                continue
+            shown += 1  # before printing: Ctrl-C may come as soon as the line is out
+            result(event.line())
+    except KeyboardInterrupt:
+        say(f"{label(fn)}: stopped following ({shown} event{'s' if shown != 1 else ''} shown)")
+        return
+    if shown == 0 and not missing:
+        say(f"{label(fn)}: no log events in the last {since_text}")
 
 
 # -- the local loop: invoke, the emulator, watch ----------------------------------------
@@ -206,22 +257,22 @@ def _invoke(fn: Function, ctx: RunContext, options: dict[str, Any]) -> TaskFaile
     inv = invoke.for_function(fn, ctx, aws=credentials)
     sys.stdout.flush()
     sys.stderr.flush()
-    result = invoke.run(inv, text, ctx.build_dir)
-    say(result.report_line())
-    if result.ok:
-        print(result.payload, flush=True)
+    outcome = invoke.run(inv, text, ctx.build_dir)
+    say(outcome.report_line())
+    if outcome.ok:
+        result(outcome.payload)
         return None
     # doit prints a failure's message last, after "TaskFailed - taskid:invoke:NAME": the
     # error shape itself, so that the last line of stdout is Lambda's answer either way
-    return TaskFailed(result.payload)
+    return TaskFailed(outcome.payload)
 
 
 def _emulator_stop(ctx: RunContext) -> None:
     from . import emulator
 
     stopped = emulator.stop(ctx.build_dir)
-    say(f"emulator: stopped the server at {stopped.url} (pid {stopped.pid})" if stopped
-        else "emulator: no server running for this project")
+    result(f"emulator: stopped the server at {stopped.url} (pid {stopped.pid})" if stopped
+           else "emulator: no server running for this project")
 
 
 def _change_line(change: Any) -> str:
@@ -255,7 +306,7 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
         w.prepare()
         if w.deploy_changes:  # start from what is deployed: layers first, then the functions
             for change in w.deploy_all():
-                say(_change_line(change))
+                result(_change_line(change))
         # from here on one line per change: the steps' progress notes would interleave
         # (warnings still show)
         logger.setLevel(logging.WARNING)
@@ -269,7 +320,7 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
         for batch in watch.batches(w.folders, stop, ready, poll=bool(options.get("poll")),
                                    skip=[ctx.build_dir], files=w.files):
             for change in w.handle(batch):
-                say(_change_line(change))
+                result(_change_line(change))
     except KeyboardInterrupt:
         say("watch: stopped")
     finally:
@@ -282,10 +333,11 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
 _STEPS: dict[str, Callable[..., Any]] = {
     "npm": npm.install, "bundle": _bundle, "package": _package, "upload": _upload,
     "deploy": _deploy, "layer": _layer, "plan": _plan, "rollback": _rollback,
-    "summary": _summary, "invoke": _invoke, "watch": _watch, "emulator-stop": _emulator_stop,
+    "summary": _summary, "logs": _logs, "invoke": _invoke, "watch": _watch,
+    "emulator-stop": _emulator_stop,
 }
 # steps given the task's command-line options (doit params); a step may return TaskFailed
-_WITH_OPTIONS = {"plan", "invoke", "watch"}
+_WITH_OPTIONS = {"plan", "logs", "invoke", "watch"}
 
 
 def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
@@ -360,6 +412,7 @@ def _bundle_task(fn: Function, ctx: RunContext) -> TaskDict:
         "targets": [str(layout.bundle_record)],
         "uptodate": [(bundle.is_bundled, [fn, ctx])],
         "clean": [(_remove_bundle, [fn, ctx])],
+        "verbosity": 2,  # its result line (see result())
     }
 
 
@@ -383,6 +436,7 @@ def _package_task(item: Item, ctx: RunContext) -> TaskDict:
         "uptodate": [(build.is_packaged, [item, ctx])],
         "clean": [(build.clean_package, [item, ctx])],
         "task_dep": [f"bundle:{item.name}"] if _bundled(item) else [],
+        "verbosity": 2,  # its size and file count (see result())
     }
 
 
@@ -396,6 +450,7 @@ def _upload_task(fn: Function, ctx: RunContext) -> TaskDict:
         "file_dep": [str(layout.zip), str(layout.manifest)],
         "targets": [str(layout.uploaded)],
         "uptodate": [(records.upload_is_recorded, [fn, ctx])],
+        "verbosity": 2,
     }
 
 
@@ -411,6 +466,7 @@ def _layer_task(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> T
         "targets": [str(layout.published)],
         "uptodate": [(records.layer_is_recorded, [layer, ctx])],
         "teardown": [(run_step, ["summary", ((layer,), ctx, False)])],
+        "verbosity": 2,  # the summary line its teardown prints
     }
 
 
@@ -431,6 +487,7 @@ def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
         "targets": [str(layout.deployed)],
         "uptodate": [(records.deploy_is_recorded, [fn, ctx])],
         "teardown": [(run_step, ["summary", ((fn,), ctx, False)])],
+        "verbosity": 2,  # the summary line its teardown prints
     }
 
 
@@ -442,6 +499,25 @@ def _rollback_task(fn: Function, ctx: RunContext) -> TaskDict:
         if fn.alias else f"{label(fn)}: has no alias to roll back",
         "actions": [(run_step, ["rollback", (fn, ctx)])],
         "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+def _logs_task(fn: Function, ctx: RunContext) -> TaskDict:
+    return {
+        "basename": "logs",
+        "name": fn.name,
+        "doc": f"{label(fn)}: its recent log events ({logs.group_name(fn.name)}); --since 10m"
+               " (s, m, h, d), --follow",
+        "actions": [(run_step, ["logs", (fn, ctx)])],
+        "uptodate": [False],
+        "verbosity": 2,  # events as they come, on stdout
+        "params": [
+            {"name": "since", "long": "since", "type": str, "default": "10m",
+             "help": "how far back to start: a number and a unit (s, m, h, d), e.g. 30s, 2h"},
+            {"name": "follow", "long": "follow", "short": "f", "type": bool, "default": False,
+             "help": "keep printing new events as they arrive (polling; Ctrl-C to stop)"},
+        ],
     }
 
 
@@ -514,8 +590,8 @@ def _steps(item: Any) -> tuple[str, ...]:
     if isinstance(item, Layer):
         return ("package", "layer")
     if isinstance(item, Function) and item.bundle is not None and item.bundle is not False:
-        return ("bundle", "package", "deploy", "rollback")
-    return ("package", "deploy", "rollback")
+        return ("bundle", "package", "deploy", "rollback", "logs")
+    return ("package", "deploy", "rollback", "logs")
 
 
 def _users(layer: Layer, items: tuple[Any, ...]) -> tuple[Function, ...]:
@@ -595,9 +671,31 @@ def _failing(basename: str, item: Any, message: str) -> TaskDict:
     }
 
 
+def _role_name_problem(role_name: object) -> str | None:
+    if role_name is None or (isinstance(role_name, str) and rules.ROLE_RE.fullmatch(role_name)
+                             and not role_name.startswith("arn:")):
+        return None
+    return (f"lambda_tasks(role_name={role_name!r}) is not an IAM role name (1-64 letters,"
+            " digits and +=,.@_-); fix role_name=")
+
+
+def _lambda_group(name: str, used: set[str]) -> TaskDict:
+    """``doit lambda``: what the README's ``task_lambda`` promises, packaging and
+    deploying everything (doit names groups after the tasks' basenames, not after the
+    task_ function that yields them, so without this ``doit lambda`` is not a task)."""
+    return {
+        "basename": name,
+        "doc": "package and deploy every function and layer (like `doit deploy`, and layers"
+               " no function uses)",
+        "actions": None,
+        "task_dep": [b for b in ("package", "upload", "layer", "deploy") if b in used],
+    }
+
+
 def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
                  region: str | None = None, endpoint: str | None = None, emulator: bool = False,
-                 direct_upload_limit: int = DIRECT_UPLOAD_LIMIT, verify: bool = False
+                 direct_upload_limit: int = DIRECT_UPLOAD_LIMIT, verify: bool = False,
+                 role_name: str | None = None, group: str | None = "lambda"
                  ) -> Iterator[TaskDict]:
     """doit tasks for the given Functions and Layers::
 
@@ -606,20 +704,25 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
 
     gives ``npm:<name>``, ``bundle:<name>`` (functions with ``bundle=``),
     ``package:<name>``, ``upload:<name>`` (functions with a bucket), ``layer:<name>``,
-    ``deploy:<name>``, ``rollback:<name>``, ``invoke:<name>`` (functions), their
-    groups, ``plan`` (``--json``, ``--check``), ``watch`` and ``watch:<name>``
-    (functions), and ``emulator-stop`` (with ``emulator=True``).
+    ``deploy:<name>``, ``rollback:<name>``, ``logs:<name>`` (``--since``, ``--follow``),
+    ``invoke:<name>`` (``--event``), their groups, ``plan`` (``--json``, ``--check``),
+    ``watch`` and ``watch:<name>`` (``--no-deploy``, ``--poll``), ``emulator-stop`` (with
+    ``emulator=True``) and ``group`` (default ``lambda``: ``doit lambda`` packages and
+    deploys everything; None for no such task).
     Paths are relative to the directory doit runs in. AWS access follows boto3's
     standard chain; ``profile``, ``region`` and ``endpoint`` override it for
     this project. ``emulator=True`` deploys to the project's local moto server
     instead of AWS (started when needed and kept running between runs; needs the
     ``local`` extra). ``verify=True`` (or
     DODO_LAMBDA_VERIFY=1) makes every deploy task compare with AWS and repair what
-    differs, even when the local records say up to date (for CI).
+    differs, even when the local records say up to date (for CI). A function to create
+    without ``role=`` runs as a role dodo_lambda creates: ``dodo-lambda-<function>``, or
+    ``role_name`` for all of them (see iam.py).
     """
     show_core_messages()
     ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
-                     direct_limit=direct_upload_limit, verify=verify)
+                     direct_limit=direct_upload_limit, verify=verify, role_name=role_name)
+    role_name_problem = _role_name_problem(role_name)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
     problems: list[tuple[str, str, str]] = []  # (kind, name, why) of items not taken
@@ -627,6 +730,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         if any(item is v or item == v for v in valid):
             continue  # the same item passed twice
         problem = _problem(item, items, valid, ctx)
+        if problem is None and isinstance(item, Function) and role_name_problem:
+            problem = f"{label(item)}: {role_name_problem}"
         if problem:
             problems.append((getattr(item, "kind", "item"), str(getattr(item, "name", "?")),
                              problem))
@@ -651,6 +756,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
                 tasks.append(_upload_task(item, ctx))
             tasks.append(_deploy_task(item, ctx))
             tasks.append(_rollback_task(item, ctx))
+            tasks.append(_logs_task(item, ctx))
             tasks.append(_invoke_task(item, ctx))
     if emulator:
         tasks.append(_emulator_stop_task(ctx))
@@ -660,10 +766,13 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():
         if basename in used:
-            group: TaskDict = {"basename": basename, "name": None, "doc": doc}
+            group_task: TaskDict = {"basename": basename, "name": None, "doc": doc}
             if basename == "deploy":  # the run's summary, after every other task
-                group["teardown"] = [(run_step, ["summary", (tuple(valid), ctx, True)])]
-            yield group
+                group_task["teardown"] = [(run_step, ["summary", (tuple(valid), ctx, True)])]
+                group_task["verbosity"] = 2
+            yield group_task
+    if group and group not in used | {"plan"}:
+        yield _lambda_group(group, used)
     yield from tasks
     yield {
         "basename": "plan",

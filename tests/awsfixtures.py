@@ -77,7 +77,8 @@ class Request:
 class MotoServer:
     """``moto_server`` in a subprocess, with its request log collected by a thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, **settings: str) -> None:
+        """``settings``: extra environment for the server (e.g. MOTO_IAM_LOAD_MANAGED_POLICIES)."""
         exe = Path(sys.executable).with_name("moto_server")
         command = str(exe) if exe.exists() else shutil.which("moto_server")
         if command is None:
@@ -85,6 +86,7 @@ class MotoServer:
         # The server needs no AWS settings of ours; unbuffered so lines arrive at once.
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env["PYTHONUNBUFFERED"] = "1"
+        env.update(settings)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._sync_ids = itertools.count(1)
@@ -425,6 +427,9 @@ def _error_response(client: Any, request: Any, status: int, code: str, message: 
             f"<Message>{message}</Message><RequestId>fault</RequestId></Error>"
         ).encode()
         headers = HeadersDict({"Content-Type": "application/xml"})
+    elif protocol == "json":  # CloudWatch Logs, ...: the code is in the body
+        body = json.dumps({"__type": code, "message": message}).encode()
+        headers = HeadersDict({"Content-Type": "application/x-amz-json-1.1"})
     else:
         body = json.dumps({"Type": "User", "message": message}).encode()
         headers = HeadersDict({"Content-Type": "application/json", "x-amzn-ErrorType": code})

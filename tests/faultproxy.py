@@ -50,11 +50,16 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)
     times: int = 1  # how many matches get the fault; later ones pass through
     transform: Callable[[Any], Any] | None = None  # forward, then rewrite the JSON answer
+    # also a regex searched in the request's body (query-protocol services such as IAM
+    # and STS name the action there, not in the path)
+    request_body: str | None = None
     hits: int = 0  # matches answered by this rule so far
     seen: int = 0  # all matches, answered or passed through
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method in ("*", method)) and re.search(self.path, path) is not None
+    def matches(self, method: str, path: str, body: bytes = b"") -> bool:
+        return (self.method in ("*", method)) and re.search(self.path, path) is not None and (
+            self.request_body is None
+            or re.search(self.request_body, body.decode("utf-8", "replace")) is not None)
 
 
 def lambda_error(status: int, code: str, message: str = "injected by faultproxy") -> dict:
@@ -134,10 +139,10 @@ class FaultProxy:
         with self._lock:
             return sum(1 for m, p, _ in self.log if m == method and re.search(path, p))
 
-    def _pick(self, method: str, path: str) -> Rule | None:
+    def _pick(self, method: str, path: str, body: bytes = b"") -> Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, path):
+                if rule.matches(method, path, body):
                     rule.seen += 1
                     if rule.hits < rule.times:
                         rule.hits += 1
@@ -176,7 +181,7 @@ class FaultProxy:
 
             def _handle(self) -> None:
                 body = self._body()
-                rule = proxy._pick(self.command, self.path)
+                rule = proxy._pick(self.command, self.path, body)
                 if rule is not None and rule.transform is None:
                     self._answer(rule.status, dict(rule.headers), rule.body)
                     return

@@ -120,7 +120,7 @@ def client_error(code: str, op: str = "UpdateFunctionCode", status: int = 400) -
         ("UnrecognizedClientException", "check the AWS credentials"),
         ("InvalidClientTokenId", "allow lambda:UpdateFunctionCode"),
         ("ExpiredToken", "credentials have expired"),
-        ("ResourceNotFoundException", "give role= so dodo_lambda creates it"),
+        ("ResourceNotFoundException", "deploy again and dodo_lambda creates it"),
         ("TooManyRequestsException", "kept throttling"),
         ("ServiceException", "UpdateFunctionCode failed: ServiceException: the message"),
     ],

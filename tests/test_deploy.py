@@ -142,14 +142,6 @@ def test_over_the_direct_limit_without_bucket_sends_nothing(project: Project, aw
     assert aws_env.requests(mark) == []
 
 
-def test_missing_function_without_role(project: Project, aws_env) -> None:
-    project.configure([FUNCTION])
-    run = project.doit("deploy")
-    assert run.rc != 0 and "Traceback" not in run.text
-    line = next(ln for ln in run.text.splitlines() if "function 'demo'" in ln and "role=" in ln)
-    assert "does not exist" in line
-
-
 def test_publish_and_alias_only_when_something_changed(project: Project, aws_env,
                                                        fn: dict) -> None:
     lam = aws_env.boto("lambda")
@@ -319,7 +311,8 @@ def test_example_deploys_to_the_embedded_emulator(tmp_path, monkeypatch) -> None
         emulator.stop(root / ".dodo_lambda")  # the server outlives doit: stop it here
     assert run.rc == 0, run.text
     assert "LOCAL EMULATOR" in run.err and "NOT to AWS" in run.err
-    assert "function 'dodo-lambda-hello': created, version $LATEST, CodeSha256" in run.err
+    assert "function 'dodo-lambda-hello': created with a new execution role, version $LATEST," \
+        " CodeSha256" in run.out
     record = Project(root).record("deployed", "dodo-lambda-hello")
     assert record["arn"] == "arn:aws:lambda:us-east-1:123456789012:function:dodo-lambda-hello"
 

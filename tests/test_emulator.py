@@ -107,7 +107,7 @@ def test_state_kept_across_runs_until_emulator_stop(emu: Project) -> None:
     first = emu.doit("deploy")
     assert first.rc == 0, first.text
     assert "LOCAL EMULATOR" in first.err and "NOT to AWS" in first.err
-    assert "function 'hello': created" in first.err
+    assert "function 'hello': created" in first.out
     server = emulator.running(build_dir)
     assert server is not None and _server_pids(build_dir) == [server.pid]
 
@@ -118,15 +118,15 @@ def test_state_kept_across_runs_until_emulator_stop(emu: Project) -> None:
     # not the records: the server itself remembers the function
     emu.layout("hello").deployed.unlink()
     third = emu.doit("deploy")
-    assert "function 'hello': unchanged, version $LATEST" in third.err, third.text
+    assert "function 'hello': unchanged, version $LATEST" in third.out, third.text
     assert emulator.running(build_dir) == server  # the same server throughout
 
     stop = emu.doit("emulator-stop")
-    assert stop.rc == 0 and f"stopped the server at {server.url}" in stop.err, stop.text
+    assert stop.rc == 0 and f"stopped the server at {server.url}" in stop.out, stop.text
     assert _wait_gone([server.pid]) and not emu.paths.emulator_state.exists()
-    assert "no server running" in emu.doit("emulator-stop").err
+    assert "no server running" in emu.doit("emulator-stop").out
     again = emu.doit("deploy")  # a new server is a new target: deploy runs and creates
-    assert "function 'hello': created" in again.err, again.text
+    assert "function 'hello': created" in again.out, again.text
 
 
 def test_parallel_workers_share_one_server(emu: Project) -> None:

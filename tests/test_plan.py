@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -278,17 +279,19 @@ def test_layer_change_and_retention_of_unused_versions(lab: Lab, tmp_path: Path)
 
 
 def test_refusal_is_decided_before_any_request(lab: Lab) -> None:
-    fn = Function("orders", source=str(lab.root / "orders"), handler="index.handler")
-    lab.function()  # writes the source
+    fn = lab.function(runtime="nodejs22.x")  # Lambda creates no nodejs22.x function from June 2027
     ctx = lab.run(fn)
+    ctx.today = date(2027, 6, 15)
     (plan,) = planner.plan_items([fn], ctx, ctx.clients())
     assert plan.action == "refused"
-    assert planner.describe(plan) == [
-        "function 'orders': deploy would be refused: the Lambda function does not exist;"
-        " create it, or set role= (an IAM role ARN) so dodo_lambda creates it"]
+    assert planner.describe(plan)[0].startswith("function 'orders': deploy would be refused:"
+                                                " Lambda refuses to create functions on runtime"
+                                                " nodejs22.x since 2027-06-01")
     mark = lab.aws.mark()
-    with pytest.raises(DodoLambdaError, match="does not exist; create it, or set role="):
-        executor.deploy_function(fn, lab.run(fn))
+    ctx = lab.run(fn)
+    ctx.today = date(2027, 6, 15)
+    with pytest.raises(DodoLambdaError, match="create functions on runtime nodejs22.x"):
+        executor.deploy_function(fn, ctx)
     assert writes(lab.aws, mark) == []
 
 

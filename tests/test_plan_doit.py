@@ -24,7 +24,7 @@ def test_plan_json_is_what_deploy_does_for_a_layer_change(project: Project, aws_
     project.configure([fn], layers=[LAYER])
     run = project.doit("deploy")
     assert run.rc == 0, run.text
-    tail = run.err.strip().splitlines()[-2:]  # the summary, at the end of the run
+    tail = run.out.strip().splitlines()[-2:]  # the summary, at the end of the run
     assert tail[0].startswith("layer 'shared': published, version 1, CodeSha256 ")
     assert tail[1].startswith("function 'demo': created, version 1, alias live (new) → 1,"
                               " CodeSha256 ")
@@ -32,7 +32,7 @@ def test_plan_json_is_what_deploy_does_for_a_layer_change(project: Project, aws_
     mark = aws_env.mark()
     again = project.doit("deploy")
     assert again.rc == 0 and again.executed == set(), again.text
-    assert again.err.strip().splitlines()[-1] == \
+    assert again.out.strip().splitlines()[-1] == \
         "deploy: nothing changed (1 function and 1 layer up to date)"
     assert aws_env.requests(mark) == []
     assert project.doit("plan", "--check").rc == 0
@@ -80,7 +80,7 @@ def test_verify_repairs_drift_and_a_plain_noop_stays_local(project: Project, aws
 
     run = project.doit("deploy", env={**aws_env.env(), "DODO_LAMBDA_VERIFY": "1"})
     assert run.rc == 0 and run.executed == {"deploy:demo"}, run.text
-    assert "function 'demo': updated (settings), version $LATEST, CodeSha256 " in run.err
+    assert "function 'demo': updated (settings), version $LATEST, CodeSha256 " in run.out
     config = aws_env.boto("lambda").get_function_configuration(FunctionName="demo")
     assert config["MemorySize"] == 128
     assert "function 'demo': nothing to do (unchanged)" in project.doit("plan").out
@@ -93,14 +93,14 @@ def test_rollback_task(project: Project, aws_env) -> None:
     run = project.doit("-n", "2", "-P", "process", "deploy")
     assert run.rc == 0, run.text
     for name in ("demo", "plain"):  # said once, whichever worker ran the teardown
-        assert run.err.count(f"function '{name}': created, version ") == 1, run.err
+        assert run.out.count(f"function '{name}': created, version ") == 1, run.out
     (project.fn / "lib" / "util.js").write_text("exports.wrap = (s) => `<${s}>`;\n")
     assert project.doit("deploy").rc == 0
 
     mark = aws_env.mark()
     run = project.doit("rollback:demo")
     assert run.rc == 0, run.text
-    assert "function 'demo': alias live rolled back from version 2 to version 1" in run.err
+    assert "function 'demo': alias live rolled back from version 2 to version 1" in run.out
     assert [(r.method, r.path) for r in aws_env.requests(mark)] == [
         ("PUT", "/2015-03-31/functions/demo/aliases/live")]
     assert not {"npm:demo", "package:demo", "upload:demo"} & run.executed
@@ -114,12 +114,15 @@ def test_rollback_task(project: Project, aws_env) -> None:
     assert "function 'plain': has no alias to roll back; rollback moves an alias: set alias=" \
         in run.text
 
+    # without role=, a function to create gets a role: plan says so (an existing one
+    # keeps its role and asks IAM nothing)
     project.configure([{**fn, "role": None}, {**plain, "name": "absent", "role": None}])
     run = project.doit("plan")
-    assert run.rc != 0 and "Traceback" not in run.text
-    assert "function 'absent': deploy would be refused: the Lambda function does not exist;" \
+    assert run.rc == 0, run.text
+    assert "function 'absent': create (new)\n  create role: dodo-lambda-absent: trusted by" \
+        " lambda.amazonaws.com, with AWSLambdaBasicExecutionRole; tagged created-by:" \
+        " dodo_lambda\n  create: does not exist in us-east-1; runs as role dodo-lambda-absent" \
         in run.out
-    assert "plan: deploy would refuse 1 item(s): function 'absent'" in run.text
 
 
 def test_rotating_keys_or_switching_profiles_reruns_nothing(project: Project, aws_env,

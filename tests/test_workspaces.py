@@ -403,7 +403,7 @@ def test_monorepo_example_deploys_after_its_checks(tmp_path: Path, monkeypatch) 
             "layer:acme-common", "deploy:acme-orders", "deploy:acme-invoices"} <= set(order)
     first_deploy = min(order.index(t) for t in order if t.startswith(("deploy:", "layer:")))
     assert order.index("lint") < first_deploy and order.index("test") < first_deploy
-    assert "function 'acme-invoices': created" in run.err
+    assert "function 'acme-invoices': created" in run.text
     orders = project.names("acme-orders")
     assert "node_modules/@acme/money/index.js" in orders  # from the workspace
     assert "node_modules/round-half-even/index.js" in orders  # its external dependency

@@ -9,8 +9,9 @@ deployed to a local AWS emulator — no AWS account needed.
     doit emulator-stop   # stop the local emulator (it otherwise stops when idle)
     doit list --all  # every task
 
-To deploy to your real AWS account instead, drop ``emulator=True`` and set
-``role=`` to an IAM role that Lambda may assume.
+To deploy to your real AWS account instead, drop ``emulator=True``: the first deploy
+creates the function's execution role (dodo-lambda-dodo-lambda-hello), or set ``role=``
+to the ARN of an IAM role of yours that Lambda may assume.
 """
 
 from dodo_lambda import Function, lambda_tasks
@@ -27,8 +28,7 @@ hello = Function(
     memory=256,
     timeout=10,
     environment={"GREETING_STYLE": "friendly"},
-    # The emulator creates this role; on AWS use your own role's ARN.
-    role="arn:aws:iam::123456789012:role/dodo-lambda-local",
+    # no role=: the first deploy creates the function's execution role
 )
 
 
