@@ -7,6 +7,7 @@ re-derived by hand.
     <build_dir>/dist/<name>.manifest.json         what is in it (sizes, digests)
     <build_dir>/dist/<name>.{uploaded,deployed}.json   what the AWS steps did
     <build_dir>/cache/<name>.entries              per-entry records for incremental rebuilds
+    <build_dir>/cache/<name>.multipart.json       a multipart upload in flight (s3.py)
     <build_dir>/npm/functions/<name>/             the staged production install
     <build_dir>/npm/functions/<name>.json         its install record
 
@@ -77,6 +78,16 @@ class Layout:
     @property
     def deploy_lock(self) -> Path:
         return self._dist(".deploy.lock")
+
+    @property
+    def upload_lock(self) -> Path:
+        """Held while the zip goes to S3: one upload of an item at a time."""
+        return self._dist(".upload.lock")
+
+    @property
+    def upload_journal(self) -> Path:
+        """What a multipart upload began (s3.py): what a killed one left open."""
+        return self.build_dir / "cache" / f"{self._sub}{self.name}.multipart.json"
 
     # -- the bundle step (functions with bundle=)
     @property
