@@ -23,7 +23,7 @@ from .aws import Clients
 from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError, NextStep
-from .files import locked, remove_dead_temps
+from .files import locked
 from .planner import NEW, Plan, Step, plan_function, plan_layer
 
 log = logging.getLogger("dodo_lambda")
@@ -215,7 +215,6 @@ def deploy_function(fn: Function, ctx: RunContext) -> Outcome:
     desired.settings(fn, ctx)  # every layer published
     layout = ctx.layout(fn)
     with locked(layout.deploy_lock):
-        sweep(fn, ctx)
         c = deploy.clients(ctx, who)
         target = records.identity(c)
         record = records.for_target(records.read(layout.deployed), target)
@@ -288,7 +287,6 @@ def publish_layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...] = (
     m = desired.manifest(layer, ctx)
     layout = ctx.layout(layer)
     with locked(layout.deploy_lock):
-        sweep(layer, ctx)
         c = deploy.clients(ctx, who)
         target = records.identity(c)
         record = records.for_target(records.read(layout.published), target)
@@ -330,7 +328,6 @@ def upload(fn: Function, ctx: RunContext) -> UploadResult | None:
     if loc is None:
         return None
     c = deploy.clients(ctx, label(fn))
-    sweep(fn, ctx)
     sent = _send_zip(c, fn, ctx, loc, m["sha256"])
     records.write_uploaded(ctx, fn, records.identity(c), bucket=loc[0], key=loc[1],
                            sha256=m["sha256"], sent=sent)
@@ -384,10 +381,3 @@ def rollback(fn: Function, ctx: RunContext) -> Rollback:
         records.write_deployed(ctx, fn, target, body=body)
     return done
 
-
-def sweep(item: Function | Layer, ctx: RunContext) -> list[Path]:
-    """Remove the temporary files killed runs left beside the item's records, install
-    record and caches (``doit clean`` does it too); what was removed."""
-    layout = ctx.layout(item)
-    return remove_dead_temps(layout.deployed.parent, layout.entries.parent,
-                             layout.install_record.parent, ctx.build_dir / "cache")

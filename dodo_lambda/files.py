@@ -55,10 +55,11 @@ def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[in
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def remove_dead_temps(*folders: Path) -> list[Path]:
+def remove_dead_temps(*folders: Path, skip: tuple[str, ...] = ()) -> list[Path]:
     """Remove the temporary files (``.<name>.<pid>.tmp``) of writers that were killed:
     those whose process is gone. A live writer's pid is alive, so its file stays (a
-    reused pid only keeps a dead writer's file a little longer). What was removed."""
+    reused pid only keeps a dead writer's file a little longer). ``skip``: endings of
+    ``<name>`` left to their own step. What was removed."""
     removed = []
     for folder in folders:
         try:
@@ -67,7 +68,12 @@ def remove_dead_temps(*folders: Path) -> list[Path]:
             continue
         for name in names:
             match = _TEMP.match(name)
-            if match and not _alive(int(match.group(1))) and (folder / name).is_file():
+            if match is None:
+                continue
+            target = name[1:match.start(1) - 1]  # .<target>.<pid>.tmp
+            if skip and target.endswith(skip):
+                continue
+            if not _alive(int(match.group(1))) and (folder / name).is_file():
                 (folder / name).unlink(missing_ok=True)
                 removed.append(folder / name)
     return removed

@@ -143,3 +143,11 @@ class Layout:
     @property
     def install_old(self) -> Path:
         return self._npm / f".{self.name}.old"
+
+
+def written_folders(build_dir: str | Path) -> list[Path]:
+    """Every folder where files are replaced atomically (a killed writer leaves its
+    temporary file there: files.remove_dead_temps)."""
+    root = Path(build_dir)
+    return [root / "dist", root / "dist" / "layers", root / "cache", root / "cache" / "layers",
+            root / "npm" / "functions", root / "npm" / "layers"]

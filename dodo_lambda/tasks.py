@@ -26,8 +26,9 @@ from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError, NextStep
-from .files import locked
+from .files import locked, remove_dead_temps
 from .lambdas import DIRECT_UPLOAD_LIMIT
+from .layout import written_folders
 
 Item = Function | Layer
 TaskDict = dict[str, Any]
@@ -240,10 +241,14 @@ def _remove_staging(item: Item, ctx: RunContext) -> None:
         layout.install_record.unlink(missing_ok=True)
 
 
+# a zip's and manifest's temporary files: the package step's (build.remove_stale_temps)
+PACKAGE_STEPS_OWN = (".zip", ".manifest.json")
+
+
 def _remove_temps(item: Item, ctx: RunContext) -> None:
     """`doit clean` of an AWS step: the temporary files killed runs left (the records,
     what happened in AWS, stay)."""
-    executor.sweep(item, ctx)
+    remove_dead_temps(*written_folders(ctx.build_dir), skip=PACKAGE_STEPS_OWN)
 
 
 def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
@@ -473,6 +478,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
                      direct_limit=direct_upload_limit, verify=verify)
     _check_doit_backend(ctx)
+    # what killed runs left half-written
+    remove_dead_temps(*written_folders(ctx.build_dir), skip=PACKAGE_STEPS_OWN)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
     problems: list[tuple[str, str, str]] = []  # (kind, name, why) of items not taken

@@ -60,6 +60,7 @@ class Rule:
     headers: dict[str, str] = field(default_factory=dict)
     times: int = 1  # how many matches get the fault; later ones pass through
     transform: Callable[[Any], Any] | None = None  # forward, then rewrite the JSON answer
+    rewrite: Callable[[bytes], bytes] | None = None  # forward, then rewrite the raw answer
     drop: bool = False  # forward, then close the connection without an answer
     hold: str | None = None  # "before" or "after" forwarding: wait until release()
     hits: int = 0  # matches answered by this rule so far
@@ -211,8 +212,8 @@ class FaultProxy:
                     rule.arrived.set()
                     rule.released.wait()
                     rule = None  # released: the request goes through
-                if rule is not None and rule.transform is None and not rule.drop \
-                        and rule.hold is None:
+                if rule is not None and rule.transform is None and rule.rewrite is None \
+                        and not rule.drop and rule.hold is None:
                     self._answer(rule.status, dict(rule.headers), rule.body)
                     return
                 status, headers, answer = self._forward(body)
@@ -225,9 +226,12 @@ class FaultProxy:
                 if rule is not None and rule.hold == "after":
                     rule.arrived.set()
                     rule.released.wait()
-                if rule is not None and rule.transform is not None and status == 200:
-                    doc = rule.transform(json.loads(answer or b"null"))
-                    answer = json.dumps(doc).encode()
+                if rule is not None and (rule.transform or rule.rewrite) and status == 200:
+                    if rule.rewrite is not None:
+                        answer = rule.rewrite(answer)
+                    else:
+                        assert rule.transform is not None
+                        answer = json.dumps(rule.transform(json.loads(answer or b"null"))).encode()
                     headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
                     headers.append(("Content-Length", str(len(answer))))
                 self._answer(status, headers, answer, relay=True)
