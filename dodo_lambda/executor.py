@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import deploy, desired, lambdas, records, s3
+from . import deploy, desired, lambdas, records, releases, s3
 from .aws import Clients
 from .config import Function, Layer, label
 from .context import RunContext
@@ -120,7 +120,7 @@ def _update_settings(p: Progress, step: Step) -> None:
 def _publish_version(p: Progress, step: Step) -> None:
     state = p.plan.state
     known = [str(v["Version"]) for v in getattr(state, "versions", None) or []]
-    p.version = lambdas.publish_version(p.c, p.name, who=p.who, known=known,
+    p.version = releases.publish_version(p.c, p.name, who=p.who, known=known,
                                         code_sha256=p.plan.manifest["code_sha256"])
 
 
@@ -129,13 +129,13 @@ def _point_alias(p: Progress, step: Step) -> None:
     if to == NEW:
         assert p.version is not None, "point_alias to a new version needs publish_version first"
         to = str(p.version["Version"])
-    lambdas.point_alias(p.c, p.name, step.args["alias"], to, who=p.who,
+    releases.point_alias(p.c, p.name, step.args["alias"], to, who=p.who,
                         exists=step.args["exists"])
     p.alias = (step.args["alias"], step.args["previous"], to)
 
 
 def _delete_version(p: Progress, step: Step) -> None:
-    lambdas.delete_version(p.c, p.name, step.args["version"], who=p.who)
+    releases.delete_version(p.c, p.name, step.args["version"], who=p.who)
 
 
 def _upload(p: Progress, step: Step) -> None:
@@ -158,7 +158,7 @@ def _publish_layer_version(p: Progress, step: Step) -> None:
     layer = p.plan.item
     assert isinstance(layer, Layer)
     latest = getattr(p.plan.state, "latest", None)
-    p.version = lambdas.publish_layer(
+    p.version = releases.publish_layer(
         p.c, layer.name, who=p.who, runtimes=layer.runtimes, architectures=layer.architectures,
         description=layer.description, code_sha256=p.plan.manifest["code_sha256"],
         newest_before=int(latest["Version"]) if latest else None, **_code(p))
@@ -173,7 +173,7 @@ def _republish_layer(p: Progress, step: Step) -> None:
 
 
 def _delete_layer_version(p: Progress, step: Step) -> None:
-    lambdas.delete_layer_version(p.c, p.name, step.args["version"], who=p.who)
+    releases.delete_layer_version(p.c, p.name, step.args["version"], who=p.who)
 
 
 HANDLERS: dict[str, Callable[[Progress, Step], None]] = {
@@ -371,7 +371,7 @@ def rollback(fn: Function, ctx: RunContext) -> Rollback:
         if record.get("target") != target:
             raise DodoLambdaError(f"{who}: the deploy record is for {record.get('target')}, not"
                                   f" {target}; switch back to that account and region to roll back")
-        lambdas.point_alias(c, fn.name, fn.alias, known["previous"], who=who, exists=True)
+        releases.point_alias(c, fn.name, fn.alias, known["previous"], who=who, exists=True)
         lambdas.invalidate(c, fn.name)
         done = Rollback(fn.alias, known["version"], known["previous"])
         body = {k: v for k, v in record.items() if k not in ("format", "target", "seen_as")}

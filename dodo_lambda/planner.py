@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from . import desired, lambdas, records, remote, rules, s3
+from . import desired, records, releases, remote, rules, s3
 from .aws import Clients
 from .config import Function, Layer, label
 from .context import RunContext
@@ -209,7 +209,7 @@ def _layers_there(plan: Plan, fn: Function, c: Clients) -> None:
     if at == len(plan.steps):
         return
     for layer, arn in zip(fn.layers, plan.wanted.get("Layers") or [], strict=False):
-        if isinstance(layer, Layer) and not lambdas.layer_version_exists(c, arn, who=label(fn)):
+        if isinstance(layer, Layer) and not releases.layer_version_exists(c, arn, who=label(fn)):
             plan.steps.insert(at, Step("republish_layer", f"layer '{layer.name}': {arn} (its"
                                        " recorded version) is gone from AWS: publish the layer"
                                        " again", {"layer": layer}))
