@@ -234,7 +234,9 @@ def _remove_staging(item: Item, ctx: RunContext) -> None:
     if not layout.install_record.parent.is_dir():
         return
     # under the install lock: the npm of a killed run still writing there is waited for
-    with locked(layout.install_lock):
+    with locked(layout.install_lock, on_wait=lambda: say(
+            f"{label(item)}: waiting for {layout.install_work}: another run is installing"
+            " there, or the npm of a killed run still is")):
         # a killed install's folders too: they may hold the project's .npmrc
         for folder in (layout.staging, layout.install_work, layout.install_old):
             shutil.rmtree(folder, ignore_errors=True)

@@ -303,3 +303,17 @@ def test_warns_once_about_a_backend_that_concurrent_doit_corrupts(
         (project.root / "release").touch()
         holder.wait(timeout=60)
     assert warning not in project.doit("package").text  # alone again
+
+
+def test_every_example_and_the_readme_set_sqlite3() -> None:
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme[readme.index("```python\n# dodo.py"):]
+    sources = {"README.md": block[:block.index("```", 3)]}
+    sources.update({str(p.relative_to(root)): p.read_text()
+                    for p in sorted((root / "examples").glob("*/dodo.py"))})
+    assert len(sources) >= 3
+    for name, text in sources.items():
+        at = text.index("DOIT_CONFIG = {")
+        assert '"backend": "sqlite3"' in text[at:text.index("}", at)], name
+        assert "corrupt .doit.db" in text[:at].rsplit("\n\n", 1)[-1], name  # the reason

@@ -12,6 +12,8 @@ To deploy to your real AWS account instead, drop ``emulator=True`` and set
 
 from dodo_lambda import Function, lambda_tasks
 
+# sqlite3: doit's only state backend that survives `doit -n N` and two doit runs at
+# once (its default dbm, and json, corrupt .doit.db); dodo_lambda warns about the others
 DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["deploy"]}
 
 hello = Function(

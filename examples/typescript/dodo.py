@@ -28,6 +28,8 @@ from pathlib import Path
 
 from dodo_lambda import Function, Layer, lambda_tasks
 
+# sqlite3: doit's only state backend that survives `doit -n N` and two doit runs at
+# once (its default dbm, and json, corrupt .doit.db); dodo_lambda warns about the others
 DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["deploy"]}
 
 shared = Layer(
