@@ -68,12 +68,14 @@ def point_alias(c: Clients, name: str, alias: str, version: str, *, who: str,
         try:
             made = sent_once(lambda: c.lam.create_alias(**args), lambda: _clean_or_none(
                 c.lam.get_alias, FunctionName=name, Name=alias), who=who)
-        except ClientError as exc:  # 409: it exists (Lambda's ResourceConflictException,
+        except ClientError as exc:
+            # 409: it exists (Lambda's ResourceConflictException; moto's ConflictException)
             if _error_code(exc) not in ("ResourceConflictException", "ConflictException"):
-                raise  # moto's ConflictException)
-            log.info("%s: alias %s exists already; pointing it at version %s", who, alias,
-                     version)
-            return None
+                raise
+            made = _clean_or_none(c.lam.get_alias, FunctionName=name, Name=alias) or {}
+            if str(made.get("FunctionVersion")) != str(version):
+                log.info("%s: alias %s exists already (at version %s); pointing it at version"
+                         " %s", who, alias, made.get("FunctionVersion"), version)
         return made if str(made.get("FunctionVersion")) == str(version) else None
 
     with translating(who, c=c):

@@ -65,6 +65,7 @@ class Rule:
     hold: str | None = None  # "before" or "after" forwarding: wait until release()
     hits: int = 0  # matches answered by this rule so far
     seen: int = 0  # all matches, answered or passed through
+    forward_held: bool = True  # release(forward=False) drops requests held "before"
     arrived: threading.Event = field(default_factory=threading.Event, repr=False)
     released: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -77,7 +78,10 @@ class Rule:
         if not self.arrived.wait(timeout):
             raise AssertionError(f"no {self.method} {self.path} came within {timeout} s")
 
-    def release(self) -> None:
+    def release(self, forward: bool = True) -> None:
+        """Let held requests go on; ``forward=False``: a request held before forwarding
+        is dropped instead (its client is gone: nothing reaches moto late)."""
+        self.forward_held = forward
         self.released.set()
 
 
@@ -137,7 +141,8 @@ class FaultProxy:
 
     def stop(self) -> None:
         for rule in self.rules:
-            rule.release()  # held requests end (their clients are gone or gave up)
+            # held requests end without reaching moto (the next test's moto, maybe)
+            rule.release(forward=False)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
@@ -211,6 +216,10 @@ class FaultProxy:
                 if rule is not None and rule.hold == "before":
                     rule.arrived.set()
                     rule.released.wait()
+                    if not rule.forward_held:
+                        proxy._record(self.command, self.path, 0)
+                        self.close_connection = True
+                        return
                     rule = None  # released: the request goes through
                 if rule is not None and rule.transform is None and rule.rewrite is None \
                         and not rule.drop and rule.hold is None:

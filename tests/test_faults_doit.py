@@ -116,12 +116,13 @@ def test_killed_after_publish_version_reached_aws(project: Project, aws_env,
     assert record["alias"] == {"name": "live", "version": "2", "previous": "1"}
 
 
+@pytest.mark.slow
 def test_plan_fails_when_aws_cannot_be_read(project: Project, aws_env, fault_proxy: FaultProxy,
                                             plain: dict) -> None:
     project.configure([plain])
     fault_proxy.add("GET", r"^/2015-03-31/functions/demo/configuration$", hold="before",
                     times=99)
-    run = project.doit("plan", env=aws_env.env(DODO_LAMBDA_AWS_TIMEOUT="0.02"))
+    run = project.doit("plan", env=aws_env.env(DODO_LAMBDA_AWS_TIMEOUT="0.04"))
     assert run.rc != 0 and "Traceback" not in run.text
     assert ("function 'demo': no answer from AWS at" in run.text
             and "(GetFunctionConfiguration, 3 attempts)" in run.text), run.text
@@ -276,6 +277,7 @@ def _backend(project: Project, backend: str, more: str = "") -> None:
     (project.root / "dodo.py").write_text(DODO.replace('"sqlite3"', f'"{backend}"') + more)
 
 
+@pytest.mark.slow
 def test_warns_once_about_a_backend_that_concurrent_doit_corrupts(
         project: Project, plain: dict) -> None:
     project.configure([plain])
