@@ -87,9 +87,20 @@ class Clients:
     def sts(self) -> Any:
         """An STS client, made only when an account id is really needed."""
         # Only an explicit endpoint is passed: AWS_ENDPOINT_URL(_STS) are botocore's own.
-        return self.session.create_client(
+        return guard(self.session.create_client(
             "sts", **_client_kwargs(self.target.endpoint, self.region)
-        )
+        ))
+
+    @cached_property
+    def lam_big(self) -> Any:
+        """A Lambda client for calls with a big ZipFile body (BIG_CALLS' budget)."""
+        return guard(self.session.create_client(
+            "lambda", **_client_kwargs(self.target.endpoint, self.region, BIG_CALLS)))
+
+    def lam_for(self, body: dict[str, Any]) -> Any:
+        """The Lambda client for a call carrying ``body`` (Code/Content arguments)."""
+        data = body.get("ZipFile")
+        return self.lam_big if isinstance(data, bytes) and len(data) > BIG_BODY else self.lam
 
     @cached_property
     def iam(self) -> Any:
@@ -118,15 +129,53 @@ def _env_endpoint() -> str | None:
     return env.get("AWS_ENDPOINT_URL_LAMBDA") or env.get("AWS_ENDPOINT_URL") or None
 
 
-def _client_kwargs(endpoint: str | None, region: str) -> dict[str, Any]:
+# -- time bounds: any single AWS call gives up within CALL_BOUND seconds ------------
+#
+# A call that gets no answer costs at most attempts × (connect + read timeout) plus
+# botocore's back-off between attempts (standard mode: rand × 50 ms·2^i, or 1 s·2^i
+# when throttled, raised to an x-amz-retry-after of up to 5 s more: ≤ 13 s over two
+# pauses). Lambda's waits are many calls and keep their own bound (lambdas.WAIT_TIMEOUT).
+CALL_BOUND = 180.0
+
+
+@dataclass(frozen=True)
+class Budget:
+    connect: float  # seconds to open the connection
+    read: float  # seconds of silence while sending the body or awaiting the answer
+    attempts: int  # botocore's total_max_attempts
+    backoff: float  # the most botocore pauses between those attempts
+
+    def bound(self, scale: float = 1.0) -> float:
+        """The longest a call that never gets an answer can take."""
+        return self.attempts * (self.connect + self.read) * scale + self.backoff
+
+
+CALLS = Budget(connect=10, read=45, attempts=3, backoff=13)
+# A direct upload's body (up to ~67 MB of base64) is sent by one sendall(), which the
+# read timeout bounds as a whole: one long attempt (at least 0.4 MB/s) for Lambda calls
+# carrying a ZipFile bigger than BIG_BODY, made through their own client.
+BIG_CALLS = Budget(connect=10, read=165, attempts=1, backoff=0)
+BIG_BODY = 8 * MiB
+
+
+def timeout_scale() -> float:
+    """DODO_LAMBDA_AWS_TIMEOUT (default 1) multiplies the connect and read timeouts
+    (tests make a hung endpoint fail in seconds); the number of attempts stays."""
+    try:
+        return max(0.001, float(os.environ.get("DODO_LAMBDA_AWS_TIMEOUT") or 1.0))
+    except ValueError:
+        return 1.0
+
+
+def _client_kwargs(endpoint: str | None, region: str, budget: Budget = CALLS) -> dict[str, Any]:
     from botocore.config import Config
 
+    scale = timeout_scale()
     config = Config(
         region_name=region,
-        retries={"mode": "standard", "total_max_attempts": 8},
-        connect_timeout=10,
-        # Lambda may take a while to answer an UpdateFunctionCode of 50 MiB.
-        read_timeout=120,
+        retries={"mode": "standard", "total_max_attempts": budget.attempts},
+        connect_timeout=budget.connect * scale,
+        read_timeout=budget.read * scale,
         user_agent_extra=USER_AGENT,
         max_pool_connections=16,
     )
@@ -134,6 +183,66 @@ def _client_kwargs(endpoint: str | None, region: str) -> dict[str, Any]:
     if endpoint:
         kwargs["endpoint_url"] = endpoint
     return kwargs
+
+
+# -- writes that must not be repeated blindly ---------------------------------------
+#
+# botocore retries a call whose answer was lost (a dropped connection, a read
+# timeout) or that got a 5xx; for these operations a repeat can make a second
+# layer version, version, function, alias or multipart upload. guard() stops
+# botocore there and raises Unconfirmed; the caller reads the state and continues
+# from what is there (lambdas.py, s3.py). A request that never left (no connection)
+# or that was throttled did nothing: botocore may repeat those.
+GUARDED = {
+    "lambda": ("CreateFunction", "PublishVersion", "CreateAlias", "PublishLayerVersion"),
+    "s3": ("CreateMultipartUpload",),
+}
+
+
+class Unconfirmed(Exception):
+    """A guarded write failed in a way that leaves its effect unknown (its answer was
+    lost, or AWS answered 5xx); botocore did not repeat it."""
+
+    def __init__(self, operation: str, detail: str) -> None:
+        super().__init__(f"{operation}: {detail}")
+        self.operation = operation
+        self.detail = detail
+
+
+def _stop_blind_retry(response: Any = None, operation: Any = None, caught_exception: Any = None,
+                      **_: Any) -> None:
+    """needs-retry handler of a GUARDED operation (runs before botocore's own)."""
+    from botocore.exceptions import ConnectionError as NeverSent
+
+    if caught_exception is not None:
+        if isinstance(caught_exception, NeverSent):
+            return  # no connection: nothing reached AWS
+        raise Unconfirmed(operation.name, " ".join(str(caught_exception).split())
+                          ) from caught_exception
+    if response is not None and response[0].status_code >= 500:
+        error = (response[1] or {}).get("Error", {})
+        raise Unconfirmed(operation.name, f"HTTP {response[0].status_code}"
+                          f" {error.get('Code') or ''}".rstrip())
+
+
+def _name_the_call(caught_exception: Any = None, operation: Any = None, attempts: int = 0,
+                   **_: Any) -> None:
+    """needs-retry handler of every call: a failure without an AWS answer (a timeout,
+    a dropped connection) remembers which call it was and after how many attempts."""
+    if caught_exception is not None and operation is not None:
+        with contextlib.suppress(AttributeError):
+            caught_exception.dodo_call = (operation.name, attempts)
+
+
+def guard(client: Any) -> Any:
+    """Register the handlers above on a new client; the client."""
+    events = client.meta.events
+    service = client.meta.service_model.service_id.hyphenize()
+    for op in GUARDED.get(service, ()):
+        events.register_first(f"needs-retry.{service}.{op}", _stop_blind_retry,
+                              unique_id=f"dodo-guard-{service}-{op}")
+    events.register(f"needs-retry.{service}", _name_the_call, unique_id=f"dodo-name-{service}")
+    return client
 
 
 def _prefix(who: str | None) -> str:
@@ -188,8 +297,8 @@ def connect(target: AwsTarget | None = None, *, who: str | None = None,
         if not endpoint:
             _check_region_known(session, region, pre)
         kwargs = _client_kwargs(target.endpoint, region)
-        s3 = session.create_client("s3", **kwargs)
-        lam = session.create_client("lambda", **kwargs)
+        s3 = guard(session.create_client("s3", **kwargs))
+        lam = guard(session.create_client("lambda", **kwargs))
         credentials = session.get_credentials()
     except ProfileNotFound as exc:
         profile = target.profile or os.environ.get("AWS_PROFILE", "")
@@ -293,14 +402,23 @@ def aws_error(
             f"{pre}no AWS credentials found; set AWS_PROFILE or AWS_ACCESS_KEY_ID/"
             "AWS_SECRET_ACCESS_KEY, or run `aws configure`"
         )
+    call, tries = getattr(exc, "dodo_call", (None, 0))
+    how = f" ({call}, {tries} attempt{'s' if tries != 1 else ''})" if call else ""
+    if isinstance(exc, Unconfirmed):
+        return DodoLambdaError(f"{pre}{exc.operation} failed ({exc.detail}) and AWS does not show"
+                               " it done; run again")
     if isinstance(exc, EndpointConnectionError):
         url = getattr(exc, "kwargs", {}).get("endpoint_url", "")
         return DodoLambdaError(
-            f"{pre}cannot reach AWS at {url}; check the network, the region, and"
+            f"{pre}cannot reach AWS at {url}{how}; check the network, the region, and"
             " AWS_ENDPOINT_URL or endpoint= in lambda_tasks"
         )
-    if isinstance(exc, (ConnectionClosedError, ReadTimeoutError)):
-        return DodoLambdaError(f"{pre}connection to AWS failed ({exc}); run again")
+    if isinstance(exc, ReadTimeoutError):
+        url = getattr(exc, "kwargs", {}).get("endpoint_url", "")
+        return DodoLambdaError(f"{pre}no answer from AWS at {url}{how}; check the network and"
+                               " the endpoint, and run again")
+    if isinstance(exc, ConnectionClosedError):
+        return DodoLambdaError(f"{pre}connection to AWS failed{how} ({exc}); run again")
     if isinstance(exc, WaiterError):
         return DodoLambdaError(f"{pre}gave up waiting: {exc}")
     if type(exc).__name__ in _SSO_ERRORS:
@@ -363,5 +481,5 @@ def translating(
 
     try:
         yield
-    except (ClientError, BotoCoreError) as exc:
+    except (ClientError, BotoCoreError, Unconfirmed) as exc:
         raise aws_error(exc, who, bucket=bucket, c=c) from exc

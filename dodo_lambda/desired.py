@@ -47,8 +47,10 @@ def layer_arns(fn: Function, ctx: RunContext, pending: Mapping[str, str] | None 
             arns.append(pending[layer.name])
         else:
             record = read_json(ctx.layout(layer).published)
-            if not isinstance(record, dict) or "arn" not in record:
-                raise DodoLambdaError(f"{label(fn)}: layer '{layer.name}' is not published",
+            if not isinstance(record, dict) or "arn" not in record or "in_progress" in record:
+                how = "did not finish publishing" if isinstance(record, dict) and "arn" in record \
+                    else "is not published"
+                raise DodoLambdaError(f"{label(fn)}: layer '{layer.name}' {how}",
                                       next_step=NextStep("layer", layer.name))
             arns.append(record["arn"])
     return arns

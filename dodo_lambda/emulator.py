@@ -250,6 +250,7 @@ def clients(server: Emulator, who: str, *, loader: Any = None) -> Clients:
     target = aws.AwsTarget(region=REGION, endpoint=server.url)
     kwargs = aws._client_kwargs(server.url, REGION)
     with aws.translating(who):
-        return aws.Clients(session=session, s3=session.create_client("s3", **kwargs),
-                           lam=session.create_client("lambda", **kwargs), region=REGION,
-                           endpoint=server.url, profile=None, target=target)
+        # guarded as aws.connect's are: writes that must not be repeated blindly
+        return aws.Clients(session=session, s3=aws.guard(session.create_client("s3", **kwargs)),
+                           lam=aws.guard(session.create_client("lambda", **kwargs)),
+                           region=REGION, endpoint=server.url, profile=None, target=target)

@@ -5,7 +5,8 @@ other what they learn (the function's configuration, the version just published)
 through ``Progress``, as Chalice's executor does through its variables. The deploy
 entry points (``deploy_function``, ``publish_layer``, ``upload``, ``rollback``) hold
 the item's lock, ask STS which account they are in (once per run, only here), plan,
-execute and write the record.
+execute and write the record: "in progress" before the first write request, "done"
+when every step has (see records).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import deploy, desired, iam, lambdas, records, s3
+from . import deploy, desired, iam, lambdas, records, releases, s3
 from .aws import Clients
 from .config import Function, Layer, label
 from .context import RunContext
@@ -41,6 +42,7 @@ class Progress:
     alias: tuple[str, str | None, str] | None = None  # (name, from, to) when it moved
     role: str | None = None  # the ARN of the execution role create_role made
     done: list[Step] = field(default_factory=list)
+    ctx: RunContext | None = None  # for steps that act on another item (republish_layer)
 
     @property
     def name(self) -> str:
@@ -72,12 +74,6 @@ def _code(p: Progress) -> dict[str, Any]:
     return {"zip_path": p.zip}
 
 
-def _need_s3_object(p: Progress) -> None:
-    if p.plan.s3 and not s3.s3_object_exists(p.c, *p.plan.s3, who=p.who):
-        raise DodoLambdaError(f"{p.who}: s3://{p.plan.s3[0]}/{p.plan.s3[1]} is missing",
-                              next_step=NextStep("upload", p.name))
-
-
 def _create_role(p: Progress, step: Step) -> None:
     p.role = iam.create_role(p.c, step.args["name"], who=p.who,
                              policies=list(step.args["policies"]), function=p.name)
@@ -86,29 +82,52 @@ def _create_role(p: Progress, step: Step) -> None:
 def _create(p: Progress, step: Step) -> None:
     fn = p.plan.item
     assert isinstance(fn, Function)
-    _need_s3_object(p)
     role = step.args.get("role") or p.role or fn.role or ""  # p.role: made by create_role
     p.config = lambdas.create_function(
         p.c, fn.name, who=p.who, role=role, runtime=fn.runtime, handler=fn.handler,
         architecture=fn.architecture, settings=fn.settings(), layers=p.plan.wanted.get("Layers"),
         **_code(p))
+    _make_it_ours(p, fn)
+
+
+def _make_it_ours(p: Progress, fn: Function) -> None:
+    """CreateFunction found the function there (made meanwhile, elsewhere): continue
+    from what is there, updating what differs from the plan."""
+    assert p.config is not None
+    local = desired.fields(p.plan.manifest["code_sha256"], fn.architecture, p.plan.wanted)
+    there = desired.deployed_fields(p.config, local)
+    if there == local:
+        return
+    log.info("%s: it was there already, not as planned: updating it", p.who)
+    if (there[desired.CODE], there[desired.ARCH]) != (local[desired.CODE], local[desired.ARCH]):
+        p.config = lambdas.update_code(p.c, fn.name, who=p.who, architecture=fn.architecture,
+                                       config=p.config, **_code(p))
+    changes = {k: v for k, v in local.items()
+               if k not in (desired.CODE, desired.ARCH) and there[k] != v}
+    if changes:
+        p.config = lambdas.update_configuration(p.c, fn.name, who=p.who, changes=changes,
+                                                config=p.config)
 
 
 def _update_code(p: Progress, step: Step) -> None:
     fn = p.plan.item
     assert isinstance(fn, Function)
-    _need_s3_object(p)
     p.config = lambdas.update_code(p.c, fn.name, who=p.who, architecture=fn.architecture,
                                    config=p.config, **_code(p))
 
 
 def _update_settings(p: Progress, step: Step) -> None:
-    p.config = lambdas.update_configuration(p.c, p.name, who=p.who, changes=dict(
-        step.args["changes"]), config=p.config)
+    changes = dict(step.args["changes"])
+    if "Layers" in changes:  # a republish_layer step before may have moved them
+        changes["Layers"] = p.plan.wanted["Layers"]
+    p.config = lambdas.update_configuration(p.c, p.name, who=p.who, changes=changes,
+                                            config=p.config)
 
 
 def _publish_version(p: Progress, step: Step) -> None:
-    p.version = lambdas.publish_version(p.c, p.name, who=p.who,
+    state = p.plan.state
+    known = [str(v["Version"]) for v in getattr(state, "versions", None) or []]
+    p.version = releases.publish_version(p.c, p.name, who=p.who, known=known,
                                         code_sha256=p.plan.manifest["code_sha256"])
 
 
@@ -117,31 +136,51 @@ def _point_alias(p: Progress, step: Step) -> None:
     if to == NEW:
         assert p.version is not None, "point_alias to a new version needs publish_version first"
         to = str(p.version["Version"])
-    lambdas.point_alias(p.c, p.name, step.args["alias"], to, who=p.who,
+    releases.point_alias(p.c, p.name, step.args["alias"], to, who=p.who,
                         exists=step.args["exists"])
     p.alias = (step.args["alias"], step.args["previous"], to)
 
 
 def _delete_version(p: Progress, step: Step) -> None:
-    lambdas.delete_version(p.c, p.name, step.args["version"], who=p.who)
+    releases.delete_version(p.c, p.name, step.args["version"], who=p.who)
 
 
 def _upload(p: Progress, step: Step) -> None:
-    assert p.plan.s3 is not None
-    s3.upload_zip(p.c, who=p.who, bucket=p.plan.s3[0], key=p.plan.s3[1], zip_path=p.zip,
-                  sha256_hex=p.plan.manifest["sha256"])
+    assert p.plan.s3 is not None and p.ctx is not None
+    _send_zip(p.c, p.plan.item, p.ctx, p.plan.s3, p.plan.manifest["sha256"])
+
+
+def _send_zip(c: Clients, item: Function | Layer, ctx: RunContext, where: tuple[str, str],
+              sha256_hex: str) -> bool:
+    """The zip to its S3 key, one upload of the item at a time; True when sent."""
+    layout = ctx.layout(item)
+    who = label(item)
+    with locked(layout.upload_lock, on_wait=lambda: log.info(
+            "%s: waiting for another upload of %s", who, layout.zip.name)):
+        return s3.upload_zip(c, who=who, bucket=where[0], key=where[1], zip_path=layout.zip,
+                             sha256_hex=sha256_hex, journal=layout.upload_journal)
 
 
 def _publish_layer_version(p: Progress, step: Step) -> None:
     layer = p.plan.item
     assert isinstance(layer, Layer)
-    p.version = lambdas.publish_layer(
+    latest = getattr(p.plan.state, "latest", None)
+    p.version = releases.publish_layer(
         p.c, layer.name, who=p.who, runtimes=layer.runtimes, architectures=layer.architectures,
-        description=layer.description, **_code(p))
+        description=layer.description, code_sha256=p.plan.manifest["code_sha256"],
+        newest_before=int(latest["Version"]) if latest else None, **_code(p))
+
+
+def _republish_layer(p: Progress, step: Step) -> None:
+    """A layer version the function needs is gone: publish the layer (its own lock,
+    plan and record), then send the version that leaves."""
+    assert p.ctx is not None and isinstance(p.plan.item, Function)
+    publish_layer(step.args["layer"], p.ctx, check_aws=True)
+    p.plan.wanted["Layers"] = desired.layer_arns(p.plan.item, p.ctx)
 
 
 def _delete_layer_version(p: Progress, step: Step) -> None:
-    lambdas.delete_layer_version(p.c, p.name, step.args["version"], who=p.who)
+    releases.delete_layer_version(p.c, p.name, step.args["version"], who=p.who)
 
 
 HANDLERS: dict[str, Callable[[Progress, Step], None]] = {
@@ -150,6 +189,7 @@ HANDLERS: dict[str, Callable[[Progress, Step], None]] = {
     "publish_version": _publish_version, "point_alias": _point_alias,
     "delete_version": _delete_version, "upload": _upload,
     "publish_layer_version": _publish_layer_version, "delete_layer_version": _delete_layer_version,
+    "republish_layer": _republish_layer,
 }
 
 
@@ -157,7 +197,7 @@ def execute(plan: Plan, c: Clients, ctx: RunContext) -> Progress:
     """Run the plan's steps in order, each through its handler; nothing else is sent."""
     config = getattr(plan.state, "config", None)
     p = Progress(c, plan, label(plan.item), ctx.layout(plan.item).zip,
-                 dict(config) if config else None)
+                 dict(config) if config else None, ctx=ctx)
     for step in plan.steps:
         log.info("%s: %s: %s", p.who, step.kind.replace("_", " "), step.reason)
         HANDLERS[step.kind](p, step)
@@ -194,6 +234,8 @@ def deploy_function(fn: Function, ctx: RunContext) -> Outcome:
         plan = plan_function(fn, ctx, c, record=record, expected=_expected(ctx))
         if plan.refused is not None:
             raise plan.refused
+        if plan.steps:  # intent before action: a run stopped from here on is not "done"
+            records.mark_started(layout.deployed, ctx, target, _intent(plan))
         p = execute(plan, c, ctx)
         if p.done:
             lambdas.invalidate(c, fn.name)
@@ -208,13 +250,29 @@ def deploy_function(fn: Function, ctx: RunContext) -> Outcome:
     return outcome
 
 
+def _intent(plan: Plan) -> dict[str, Any]:
+    """What an in-progress record says the deploy set out to do."""
+    fn = plan.item
+    local = desired.fields(plan.manifest["code_sha256"], fn.architecture, plan.wanted) \
+        if isinstance(fn, Function) else {}
+    return {"code_sha256": plan.manifest["code_sha256"], "steps": [s.kind for s in plan.steps],
+            "fields": desired.fingerprint(local), "alias_from": plan.alias_from}
+
+
 def _deployed_body(o: Outcome, record: dict[str, Any] | None) -> dict[str, Any]:
     fn = o.plan.item
     assert isinstance(fn, Function)
     known = dict((record or {}).get("alias") or {})
+    # where the alias was before a deploy that did not finish (it may have moved it)
+    start = ((record or {}).get("in_progress") or {}).get("alias_from")
     alias = None
+    moved = o.alias is not None
     if o.alias is not None:
-        alias = {"name": o.alias[0], "version": o.alias[2], "previous": o.alias[1]}
+        back = start if start not in (None, o.alias[2]) else o.alias[1]
+        alias = {"name": o.alias[0], "version": o.alias[2], "previous": back}
+    elif fn.alias and start is not None and o.plan.alias_from not in (None, start):
+        alias = {"name": fn.alias, "version": o.plan.alias_from, "previous": start}
+        moved = True  # by the deploy this one finished
     elif fn.alias and known.get("name") == fn.alias and known.get("version") == o.plan.alias_from:
         alias = known  # unmoved: the way back stays recorded
     elif fn.alias and o.plan.alias_from is not None:
@@ -223,11 +281,13 @@ def _deployed_body(o: Outcome, record: dict[str, Any] | None) -> dict[str, Any]:
     return {"arn": o.arn, "version": o.version, "code_sha256": o.code_sha256,
             "fields": desired.fingerprint(local), "action": o.action,
             "steps": [s.kind for s in o.executed], "alias": alias,
-            "alias_moved": o.alias is not None, "seconds": round(o.seconds, 3)}
+            "alias_moved": moved, "seconds": round(o.seconds, 3)}
 
 
-def publish_layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...] = ()) -> Outcome:
-    """Publish a layer version unless the newest one has the same CodeSha256."""
+def publish_layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...] = (),
+                  check_aws: bool = False) -> Outcome:
+    """Publish a layer version unless the newest one has the same CodeSha256.
+    ``check_aws``: compare with AWS even when the record says it is published."""
     started = time.monotonic()
     who = label(layer)
     for fn in users:
@@ -238,7 +298,8 @@ def publish_layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...] = (
         c = deploy.clients(ctx, who)
         target = records.identity(c)
         record = records.for_target(records.read(layout.published), target)
-        if not records.verifying(ctx) and record and record.get("code_sha256") == m["code_sha256"]:
+        if not (records.verifying(ctx) or check_aws) and records.finished(record) and record \
+                and record.get("code_sha256") == m["code_sha256"]:
             records.remember_key(layout.published, ctx, target)
             return Outcome(Plan(layer, known=True), (), record.get("arn"),
                            str(record.get("version")), m["code_sha256"], None,
@@ -246,6 +307,8 @@ def publish_layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...] = (
         plan = plan_layer(layer, ctx, c, record=record)
         if plan.refused is not None:
             raise plan.refused
+        if plan.steps:
+            records.mark_started(layout.published, ctx, target, _intent(plan))
         p = execute(plan, c, ctx)
         state = plan.state
         version = p.version or getattr(state, "latest", None)
@@ -273,8 +336,7 @@ def upload(fn: Function, ctx: RunContext) -> UploadResult | None:
     if loc is None:
         return None
     c = deploy.clients(ctx, label(fn))
-    sent = s3.upload_zip(c, who=label(fn), bucket=loc[0], key=loc[1],
-                         zip_path=ctx.layout(fn).zip, sha256_hex=m["sha256"])
+    sent = _send_zip(c, fn, ctx, loc, m["sha256"])
     records.write_uploaded(ctx, fn, records.identity(c), bucket=loc[0], key=loc[1],
                            sha256=m["sha256"], sent=sent)
     return UploadResult(loc[0], loc[1], sent)
@@ -302,6 +364,11 @@ def rollback(fn: Function, ctx: RunContext) -> Rollback:
             raise DodoLambdaError(f"{who}: no deploy of alias {fn.alias} is recorded in"
                                   f" {layout.deployed}; rollback goes back from a deploy made here",
                                   next_step=NextStep("deploy", fn.name))
+        if not records.finished(record):
+            raise DodoLambdaError(f"{who}: the deploy begun at"
+                                  f" {record['in_progress'].get('at', '?')} did not finish; deploy"
+                                  " first (it compares with AWS and finishes it), then roll back",
+                                  next_step=NextStep("deploy", fn.name))
         if not known.get("previous"):
             earlier = f" (it already went back from version {known['rolled_back_from']})" \
                 if known.get("rolled_back_from") else ""
@@ -312,7 +379,7 @@ def rollback(fn: Function, ctx: RunContext) -> Rollback:
         if record.get("target") != target:
             raise DodoLambdaError(f"{who}: the deploy record is for {record.get('target')}, not"
                                   f" {target}; switch back to that account and region to roll back")
-        lambdas.point_alias(c, fn.name, fn.alias, known["previous"], who=who, exists=True)
+        releases.point_alias(c, fn.name, fn.alias, known["previous"], who=who, exists=True)
         lambdas.invalidate(c, fn.name)
         done = Rollback(fn.alias, known["version"], known["previous"])
         body = {k: v for k, v in record.items() if k not in ("format", "target", "seen_as")}
@@ -321,3 +388,4 @@ def rollback(fn: Function, ctx: RunContext) -> Rollback:
                     action="rollback", steps=["point_alias"])
         records.write_deployed(ctx, fn, target, body=body)
     return done
+

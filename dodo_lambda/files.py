@@ -6,10 +6,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+# write_atomic's (and the zip writer's) temporary files: .<name>.<pid>.tmp
+_TEMP = re.compile(r"^\..+\.(\d+)\.tmp$")
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -33,12 +37,55 @@ def read_json(path: Path) -> Any:
 
 
 @contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (created if needed) across processes."""
+def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[int]:
+    """Hold an exclusive lock on ``path`` (created if needed) across processes; the
+    lock file's descriptor (a child given it keeps the lock while it lives).
+    ``on_wait`` is called once when the lock is busy, before waiting for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield f.fileno()
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def remove_dead_temps(*folders: Path, skip: tuple[str, ...] = ()) -> list[Path]:
+    """Remove the temporary files (``.<name>.<pid>.tmp``) of writers that were killed:
+    those whose process is gone. A live writer's pid is alive, so its file stays (a
+    reused pid only keeps a dead writer's file a little longer). ``skip``: endings of
+    ``<name>`` left to their own step. What was removed."""
+    removed = []
+    for folder in folders:
+        try:
+            names = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in names:
+            match = _TEMP.match(name)
+            if match is None:
+                continue
+            target = name[1:match.start(1) - 1]  # .<target>.<pid>.tmp
+            if skip and target.endswith(skip):
+                continue
+            if not _alive(int(match.group(1))) and (folder / name).is_file():
+                (folder / name).unlink(missing_ok=True)
+                removed.append(folder / name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

@@ -1,5 +1,7 @@
-"""The Lambda calls a deploy needs (functions, versions, aliases, layers), each waiting
-out Pending and InProgress states and update conflicts before it returns."""
+"""The Lambda calls that put a function in place (create, update code and
+configuration), each waiting out Pending and InProgress states and update conflicts
+before it returns; ``sent_once`` for the writes botocore must not repeat blindly.
+Versions, aliases and layer versions are in ``releases``."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .aws import Clients, MiB, _error_code, aws_error, translating
+from .aws import Clients, MiB, Unconfirmed, _error_code, aws_error, translating
 from .errors import DodoLambdaError
 
 # Lambda's cap on a direct (ZipFile) upload: a 69,905,067-byte request body is
@@ -30,6 +32,10 @@ CONFLICT_MAX_DELAY = 20.0
 # seconds: 35 s in all, and never past ROLE_WAIT_LIMIT seconds.
 ROLE_RETRY_STEPS = (1, 2, 3, 4, 5, 5, 5, 5, 5)
 ROLE_WAIT_LIMIT = 40.0
+
+# Writes botocore does not repeat blindly (aws.GUARDED): how many times we send one
+# when AWS shows it did not take effect.
+SEND_ATTEMPTS = 3
 
 log = logging.getLogger("dodo_lambda")
 
@@ -217,6 +223,28 @@ def retry_conflicts(call: Callable[[], T], *, c: Clients, name: str, who: str,
     raise AssertionError("unreachable")
 
 
+def sent_once(send: Callable[[], T], check: Callable[[], T | None], *, who: str) -> T:
+    """``send()`` a write that must not be repeated blindly (aws.GUARDED). When its
+    effect is unknown (aws.Unconfirmed: the answer was lost, or AWS answered 5xx),
+    ``check()`` reads what is there: its result when the write took effect, else None
+    and the write is sent again (SEND_ATTEMPTS in all)."""
+    for attempt in range(SEND_ATTEMPTS):
+        try:
+            return send()
+        except Unconfirmed as exc:
+            found = check()
+            if found is not None:
+                log.info("%s: %s got no clear answer (%s) but took effect; continuing from"
+                         " what AWS shows", who, exc.operation, exc.detail)
+                return found
+            if attempt == SEND_ATTEMPTS - 1:
+                raise
+            log.info("%s: %s failed (%s) and did not take effect; sending it again", who,
+                     exc.operation, exc.detail)
+        pause(min(CONFLICT_BASE_DELAY * 2**attempt, CONFLICT_MAX_DELAY))
+    raise AssertionError("unreachable")
+
+
 def _settled(c: Clients, name: str, who: str, answer: dict, what: str) -> dict:
     """The configuration after a write: the answer itself when Lambda says it is done,
     else what it is once the waiters say so."""
@@ -262,8 +290,8 @@ def update_code(
         wait_ready(c, name, who=who, config=config)
     with translating(who, bucket=s3[0] if s3 else None, c=c):
         answer = retry_conflicts(
-            lambda: c.lam.update_function_code(FunctionName=name, Architectures=[architecture],
-                                               **code),
+            lambda: c.lam_for(code).update_function_code(
+                FunctionName=name, Architectures=[architecture], **code),
             c=c, name=name, who=who)
     return _settled(c, name, who, answer, "the update")
 
@@ -302,21 +330,34 @@ def create_function(
     with translating(who, c=c):
         arn = role_arn(c, role)
     waited = 0.0  # seconds of pauses at the real pace (DODO_LAMBDA_WAIT_SCALE aside)
+
+    def send() -> dict:
+        return c.lam_for(code).create_function(
+            FunctionName=name, Role=arn, Runtime=runtime, Handler=handler,
+            Architectures=[architecture], PackageType="Zip", Code=code,
+            Layers=list(layers or []), **(settings or {}),
+        )
+
+    def there() -> dict | None:  # a lost answer: the function may exist now
+        with translating(who, c=c):
+            return get_function(c, name, who=who)
+
     for attempt in range(len(ROLE_RETRY_STEPS) + 1):
         try:
-            answer = c.lam.create_function(
-                FunctionName=name, Role=arn, Runtime=runtime, Handler=handler,
-                Architectures=[architecture], PackageType="Zip", Code=code,
-                Layers=list(layers or []), **(settings or {}),
-            )
+            answer = sent_once(send, there, who=who)
             break
         except ClientError as exc:
             code_ = _error_code(exc)
             message = str(exc.response.get("Error", {}).get("Message", ""))
             if code_ == "ResourceConflictException":
-                raise DodoLambdaError(
-                    f"{who}: the function was created meanwhile (by another deploy?); run again"
-                ) from exc
+                # it exists (created meanwhile, or by our own attempt whose answer was
+                # lost): continue from what is there; the caller makes it what it wants
+                found = there()
+                if found is None:
+                    raise aws_error(exc, who, c=c) from exc
+                log.info("%s: exists already (409 on CreateFunction); continuing from it", who)
+                answer = found
+                break
             if code_ == "InvalidParameterValueException" and "role" in message.lower():
                 step = ROLE_RETRY_STEPS[attempt] if attempt < len(ROLE_RETRY_STEPS) else None
                 if "cannot be assumed" in message and step is not None \
@@ -334,7 +375,7 @@ def create_function(
                     " again if the role was created moments ago"
                 ) from exc
             raise aws_error(exc, who, bucket=s3[0] if s3 else None, c=c) from exc
-        except BotoCoreError as exc:
+        except (BotoCoreError, Unconfirmed) as exc:
             raise aws_error(exc, who, c=c) from exc
     return _settled(c, name, who, answer, "activation")
 
@@ -350,77 +391,3 @@ def update_configuration(
             lambda: c.lam.update_function_configuration(FunctionName=name, **changes),
             c=c, name=name, who=who)
     return _settled(c, name, who, answer, "the update")
-
-
-def publish_version(
-    c: Clients, name: str, *, who: str, code_sha256: str, description: str | None = None,
-) -> dict:
-    """Publish $LATEST as a version, refused by AWS unless its CodeSha256 is ``code_sha256``."""
-    kwargs: dict[str, Any] = {"FunctionName": name, "CodeSha256": code_sha256}
-    if description is not None:
-        kwargs["Description"] = description
-    with translating(who, c=c):
-        version = _clean(retry_conflicts(lambda: c.lam.publish_version(**kwargs),
-                                         c=c, name=name, who=who))
-    if version.get("State", "Active") != "Active":
-        _wait(c, "published_version_active", who=who,
-              what=f"activation of version {version['Version']}", FunctionName=name,
-              Qualifier=version["Version"])
-    return version
-
-
-def point_alias(c: Clients, name: str, alias: str, version: str, *, who: str,
-                exists: bool | None = None) -> dict:
-    """Point ``alias`` at ``version``; the alias. ``exists`` says whether the alias is
-    there (one UpdateAlias or one CreateAlias); None: try to update, create when missing."""
-    from botocore.exceptions import ClientError
-
-    args = {"FunctionName": name, "Name": alias, "FunctionVersion": version}
-    with translating(who, c=c):
-        if exists is False:
-            return _clean(retry_conflicts(lambda: c.lam.create_alias(**args), c=c, name=name,
-                                          who=who))
-        try:
-            found = retry_conflicts(lambda: c.lam.update_alias(**args), c=c, name=name, who=who)
-        except ClientError as exc:
-            if exists or _error_code(exc) != "ResourceNotFoundException":
-                raise
-            found = retry_conflicts(lambda: c.lam.create_alias(**args), c=c, name=name, who=who)
-    return _clean(found)
-
-
-def delete_version(c: Clients, name: str, version: str, *, who: str) -> None:
-    """Delete one published version (never $LATEST: the qualifier must be a number)."""
-    if not str(version).isdigit():
-        raise ValueError(f"not a published version: {version!r}")
-    with translating(who, c=c):
-        retry_conflicts(lambda: c.lam.delete_function(FunctionName=name, Qualifier=str(version)),
-                        c=c, name=name, who=who)
-
-
-def delete_layer_version(c: Clients, layer_name: str, version: int, *, who: str) -> None:
-    with translating(who, c=c):
-        c.lam.delete_layer_version(LayerName=layer_name, VersionNumber=int(version))
-
-
-def publish_layer(
-    c: Clients,
-    layer_name: str,
-    *,
-    who: str,
-    zip_path: Path | None = None,
-    s3: tuple[str, str] | None = None,
-    runtimes: list[str] | tuple[str, ...] = (),
-    architectures: list[str] | tuple[str, ...] = (),
-    description: str | None = None,
-) -> dict:
-    """Publish a new layer version from a zip or an S3 object; PublishLayerVersion's answer."""
-    kwargs: dict[str, Any] = {"LayerName": layer_name, "Content": _code(who, zip_path, s3)}
-    if runtimes:
-        kwargs["CompatibleRuntimes"] = list(runtimes)
-    if architectures:
-        kwargs["CompatibleArchitectures"] = list(architectures)
-    if description is not None:
-        kwargs["Description"] = description
-    with translating(who, bucket=s3[0] if s3 else None, c=c):
-        return _clean(c.lam.publish_layer_version(**kwargs))

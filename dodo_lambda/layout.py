@@ -7,6 +7,7 @@ re-derived by hand.
     <build_dir>/dist/<name>.manifest.json         what is in it (sizes, digests)
     <build_dir>/dist/<name>.{uploaded,deployed}.json   what the AWS steps did
     <build_dir>/cache/<name>.entries              per-entry records for incremental rebuilds
+    <build_dir>/cache/<name>.multipart.json       a multipart upload in flight (s3.py)
     <build_dir>/npm/functions/<name>/             the staged production install
     <build_dir>/npm/functions/<name>.json         its install record
     <build_dir>/npm/functions/<name>.local.json   stats of its workspace packages' sources
@@ -85,6 +86,16 @@ class Layout:
     def deploy_lock(self) -> Path:
         return self._dist(".deploy.lock")
 
+    @property
+    def upload_lock(self) -> Path:
+        """Held while the zip goes to S3: one upload of an item at a time."""
+        return self._dist(".upload.lock")
+
+    @property
+    def upload_journal(self) -> Path:
+        """What a multipart upload began (s3.py): what a killed one left open."""
+        return self.build_dir / "cache" / f"{self._sub}{self.name}.multipart.json"
+
     # -- the bundle step (functions with bundle=)
     @property
     def bundle_folder(self) -> Path:
@@ -145,6 +156,14 @@ class Layout:
     @property
     def install_old(self) -> Path:
         return self._npm / f".{self.name}.old"
+
+
+def written_folders(build_dir: str | Path) -> list[Path]:
+    """Every folder where files are replaced atomically (a killed writer leaves its
+    temporary file there: files.remove_dead_temps)."""
+    root = Path(build_dir)
+    return [root / "dist", root / "dist" / "layers", root / "cache", root / "cache" / "layers",
+            root / "npm" / "functions", root / "npm" / "layers", BuildDir(root).emulator]
 
 
 @dataclass(frozen=True)

@@ -372,8 +372,9 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
         raise DodoLambdaError(f"{who}: npm {versions['npm']} cannot pick platform binaries"
                               " (--os/--cpu); install npm 10 or newer (`npm i -g npm@10`)")
     key = install_key(item, versions, ctx)
-    # two doit processes must not install into the same staging folder at once
-    with locked(layout.install_lock):
+    # two doit processes must not install into the same staging folder at once; npm
+    # holds the lock too (see _run_npm): the npm of a killed run is waited for
+    with locked(layout.install_lock, on_wait=lambda: _say_waiting(who, layout)) as lock_fd:
         if is_installed(item, ctx):
             return  # another run installed the same thing while we waited
         if ws is not None and _tree_installed(item, ctx):
@@ -397,7 +398,7 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
             try:  # the .npmrc may hold a token: it lives only as long as npm runs
                 if (project / ".npmrc").is_file():
                     npmpolicy.stage_npmrc(project / ".npmrc", work / ".npmrc")
-                _run_npm(["npm", "ci", *flags(item)], work, who, lock_path, env)
+                _run_npm(["npm", "ci", *flags(item)], work, who, lock_path, env, lock_fd)
             finally:
                 (work / ".npmrc").unlink(missing_ok=True)
             shutil.rmtree(work / PACKED, ignore_errors=True)
@@ -459,9 +460,18 @@ def npm_env(source: Path) -> dict[str, str]:
     return npmpolicy.child_env(os.environ, npmpolicy.npmrc_variables(files))
 
 
+def _say_waiting(who: str, layout: Layout) -> None:
+    log.info("%s: waiting for %s: another run is installing there, or the npm of a killed run"
+             " still is", who, layout.install_work)
+
+
 def _run_npm(cmd: list[str], cwd: Path, who: str, lock_path: Path,
-             env: dict[str, str]) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+             env: dict[str, str], lock_fd: int | None = None) -> None:
+    """Run npm; it inherits the install lock (``lock_fd``), so that when this process
+    is killed the lock stays held until the orphaned npm exits and a rerun waits for
+    it rather than clearing a folder npm still writes into."""
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False,
+                          pass_fds=() if lock_fd is None else (lock_fd,))
     if proc.returncode == 0:
         return
     tail = _npm_reason(proc.stderr or proc.stdout) or f"exit code {proc.returncode}"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
-from . import desired, iam, records, remote, rules, s3
+from . import desired, iam, records, releases, remote, rules, s3
 from .aws import Clients
 from .config import Function, Layer, label
 from .context import RunContext
@@ -35,7 +35,7 @@ log = logging.getLogger("dodo_lambda")
 class Step:
     kind: str  # create_role, create, update_code, update_settings, publish_version,
     #            point_alias, delete_version, upload, publish_layer_version,
-    #            delete_layer_version
+    #            delete_layer_version, republish_layer
     reason: str
     args: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -159,11 +159,17 @@ def plan_function(fn: Function, ctx: RunContext, c: Clients, *, record: Mapping[
         _updates(plan, local, desired.deployed_fields(state.config, local), record, ctx.today)
     if plan.s3 and any(s.kind in ("create", "update_code") for s in plan.steps):
         try:  # the code goes through a bucket: one that does not exist is a refusal now
-            s3.s3_object_exists(c, *plan.s3, who=label(fn))
+            _object_there(plan, c)
         except DodoLambdaError as exc:
             plan.refused = Refused(str(exc))
             plan.steps.clear()
             return plan
+    if pending is None:
+        _layers_there(plan, fn, c)
+    if record is not None and not records.finished(record):
+        began = (record.get("in_progress") or {}).get("at", "earlier")
+        plan.notes.append(f"the deploy begun at {began} did not finish: AWS is compared with the"
+                          " local files whatever the last finished deploy recorded")
     if fn.publish:
         _release(plan, fn, local, changes=bool(plan.steps), record=record)
     return plan
@@ -199,14 +205,54 @@ def _role_policies(fn: Function, ctx: RunContext) -> list[str]:
             for p in f.role_policies] or list(fn.role_policies)
 
 
+def _first(plan: Plan, kinds: Any) -> int:
+    """Where the first step that sends what ``kinds`` matches is (the end when none)."""
+    return next((i for i, s in enumerate(plan.steps) if kinds(s)), len(plan.steps))
+
+
+def _object_there(plan: Plan, c: Clients) -> None:
+    """The code goes through S3: when the object at its content-addressed key is
+    missing or holds other bytes (compared by checksum), upload it first."""
+    assert plan.s3 is not None
+    m = plan.manifest
+    state = s3.object_state(c, *plan.s3, sha256_hex=m["sha256"], size=m["zip_size"],
+                            who=label(plan.item))
+    if state == "same":
+        return
+    why = "is missing" if state == "missing" else \
+        "holds other bytes than the zip (its checksum differs)"
+    plan.steps.insert(_first(plan, lambda s: s.kind in ("create", "update_code")), Step(
+        "upload", f"s3://{plan.s3[0]}/{plan.s3[1]} {why}: put the zip there first"))
+
+
+def _layers_there(plan: Plan, fn: Function, c: Clients) -> None:
+    """A layer version the plan sends (creating the function, or a new layer list) that
+    is gone from AWS: publish that layer again first (Lambda refuses a missing one)."""
+    def sends(s: Step) -> bool:
+        return s.kind == "create" or s.kind == "update_settings" and "Layers" in s.args["changes"]
+
+    at = _first(plan, sends)
+    if at == len(plan.steps):
+        return
+    for layer, arn in zip(fn.layers, plan.wanted.get("Layers") or [], strict=False):
+        if isinstance(layer, Layer) and not releases.layer_version_exists(c, arn, who=label(fn)):
+            plan.steps.insert(at, Step("republish_layer", f"layer '{layer.name}': {arn} (its"
+                                       " recorded version) is gone from AWS: publish the layer"
+                                       " again", {"layer": layer}))
+            at += 1
+
+
 def _updates(plan: Plan, local: dict[str, Any], deployed: dict[str, Any],
              record: Mapping[str, Any] | None, today: date | None = None) -> None:
     if record is not None:
         plan.known = True
         rec = record.get("fields") or {}
         ours, theirs = desired.fingerprint(local), desired.fingerprint(deployed)
+        # a deploy that did not finish may have set its fields: that is no drift
+        meant = (record.get("in_progress") or {}).get("fields") or {}
         plan.changed = [_name(k) for k in local if ours[k] != rec.get(k)]
-        plan.drifted = [_name(k) for k in local if k in rec and theirs[k] != rec[k]]
+        plan.drifted = [_name(k) for k in local if k in rec and theirs[k] != rec[k]
+                        and theirs[k] != meant.get(k)]
 
     def why(key: str) -> str:
         line = desired.change(key, deployed[key], local[key])
@@ -249,7 +295,8 @@ def _release(plan: Plan, fn: Function, local: dict[str, Any], *, changes: bool,
     if fn.alias:
         alias = (state.aliases or {}).get(fn.alias)
         now = plan.alias_from = None if alias is None else str(alias["FunctionVersion"])
-        if known.get("name") == fn.alias and known.get("version") not in (None, now):
+        if known.get("name") == fn.alias and known.get("version") not in (None, now) \
+                and records.finished(record):
             plan.drifted.append("alias")
         if now != plan.version:
             _point(plan, fn.alias, now, exists=alias is not None, known=known)
@@ -316,8 +363,13 @@ def plan_layer(layer: Layer, ctx: RunContext, c: Clients, *, record: Mapping[str
     local, latest = m["code_sha256"], state.latest_sha
     if record is not None:
         plan.known = True
+        meant = (record.get("in_progress") or {}).get("code_sha256")
         plan.changed = ["code"] if record.get("code_sha256") != local else []
-        plan.drifted = ["code"] if latest != record.get("code_sha256") else []
+        plan.drifted = ["code"] if latest not in (record.get("code_sha256"), meant) else []
+        if meant is not None:
+            plan.notes.append("the publish begun at"
+                              f" {record['in_progress'].get('at', 'earlier')} did not finish:"
+                              " the newest version in AWS decides")
     if latest != local:
         if plan.s3:
             plan.steps.append(Step("upload", f"put the zip at s3://{plan.s3[0]}/{plan.s3[1]}"

@@ -23,6 +23,18 @@ region reruns. The deploy record (``<name>.deployed.json``) adds
     alias       {"name", "version", "previous", "rolled_back_from"}: where the alias
                 points, where it pointed before the last deploy that moved it
                 (``doit rollback`` goes there), and the version a rollback left
+
+A deploy or layer record has two states. *Done*: written when a deploy finished.
+*In progress*: written before the first write request of a deploy (``mark_started``),
+the done record's fields kept and ``in_progress`` added
+
+    in_progress {"run", "at", "code_sha256", "steps", "fields", "alias_from"}: what
+                the unfinished deploy set out to do
+
+so that a run killed (or failed) half-way is never taken as up to date: the next
+deploy plans against AWS, whatever the local source says, and writes a done record
+when it has finished. Upload records are written after the upload only: a
+deploy checks the object's checksum itself.
 """
 
 from __future__ import annotations
@@ -82,10 +94,28 @@ def _write(path: Path, ctx: RunContext, target: Mapping[str, Any], body: Mapping
            stamp: bool = True) -> None:
     old = for_target(read(path), target)
     seen = [k for k in (old or {}).get("seen_as", []) if k != local_key(ctx)]
-    meta = {"run": ctx.run_id, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} \
-        if stamp else {}
+    meta = {"run": ctx.run_id, "at": _now()} if stamp else {}
     write_json(path, {**body, **meta, "format": FORMAT, "target": dict(target),
                       "seen_as": [local_key(ctx), *seen][:MAX_SEEN]})
+
+
+def finished(record: Mapping[str, Any] | None) -> bool:
+    """The record is a done one (not left by a deploy that did not finish)."""
+    return record is not None and "in_progress" not in record
+
+
+def mark_started(path: Path, ctx: RunContext, target: Mapping[str, Any],
+                 intent: Mapping[str, Any]) -> None:
+    """Before a deploy's first write request: the record says in progress (see the
+    module's docstring); what it said of the last finished deploy stays."""
+    old = for_target(read(path), target) or {}
+    body = {k: v for k, v in old.items() if k not in ("format", "target", "seen_as")}
+    body["in_progress"] = {"run": ctx.run_id, "at": _now(), **intent}
+    _write(path, ctx, target, body, stamp=False)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def remember_key(path: Path, ctx: RunContext, target: Mapping[str, Any]) -> None:
@@ -134,7 +164,7 @@ def deploy_is_recorded(fn: Function, ctx: RunContext) -> bool:
         return False
     record = read(ctx.layout(fn).deployed)
     m = read_json(ctx.layout(fn).manifest)
-    return (here(record, ctx) and record is not None and isinstance(m, dict)
+    return (here(record, ctx) and finished(record) and record is not None and isinstance(m, dict)
             and record.get("code_sha256") == m.get("code_sha256")
             and record.get("settings_digest") == settings_digest(fn, ctx))
 
@@ -145,7 +175,7 @@ def same_deploy(record: Mapping[str, Any] | None, fn: Function, ctx: RunContext,
     unless verifying."""
     from .desired import settings_digest
 
-    return (record is not None and record.get("code_sha256") == code_sha256
+    return (finished(record) and record is not None and record.get("code_sha256") == code_sha256
             and record.get("settings_digest") == settings_digest(fn, ctx))
 
 
@@ -163,8 +193,8 @@ def layer_is_recorded(layer: Layer, ctx: RunContext) -> bool:
         return False
     record = read(ctx.layout(layer).published)
     m = read_json(ctx.layout(layer).manifest)
-    return here(record, ctx) and record is not None and isinstance(m, dict) and \
-        record.get("code_sha256") == m.get("code_sha256")
+    return here(record, ctx) and finished(record) and record is not None and \
+        isinstance(m, dict) and record.get("code_sha256") == m.get("code_sha256")
 
 
 # -- this run's results, for the summary ---------------------------------------------
@@ -201,7 +231,7 @@ def first_to_report(ctx: RunContext, what: str) -> bool:
 def done_in_this_run(item: Function | Layer, ctx: RunContext) -> Done | None:
     layout = ctx.layout(item)
     record = read(layout.published if isinstance(item, Layer) else layout.deployed)
-    if record is None or record.get("run") != ctx.run_id:
+    if not finished(record) or record is None or record.get("run") != ctx.run_id:
         return None
     return Done(item, record.get("action", "none"), record.get("steps") or [],
                 None if record.get("version") is None else str(record["version"]),

@@ -1,9 +1,19 @@
 """Zip uploads to S3 at content-addressed keys: skipped when the same bytes are there,
-checked by SHA-256, in parallel parts when big, with progress lines."""
+checked by SHA-256, in parallel parts when big, with progress lines.
+
+No multipart upload is left open: a multipart upload's ``journal`` (a local file,
+written before CreateMultipartUpload) names the uploads at the key before it began,
+so that any other one there afterwards is its own — a lost CreateMultipartUpload
+answer, a failed abort, a killed run — and is aborted (right away, or by the next
+upload of the item). Uploads under the item's prefix older than STALE_UPLOAD_AGE
+that no journal explains (another machine's killed run) are aborted too. The
+caller holds the item's upload lock (one upload of an item at a time).
+"""
 
 from __future__ import annotations
 
 import base64
+import calendar
 import hashlib
 import logging
 import re
@@ -13,13 +23,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .aws import Clients, MiB, _no_bucket, _prefix, translating
+from .aws import Clients, MiB, Unconfirmed, _error_code, _no_bucket, _prefix, translating
 from .errors import DodoLambdaError
+from .files import read_json, write_json
 
 log = logging.getLogger("dodo_lambda")
 
 PROGRESS_MIN_SIZE = 8 * MiB  # smaller uploads are quick: no progress lines
 PROGRESS_INTERVAL = 10.0  # seconds; also a line at each 25% step
+# A multipart upload under an item's prefix this old (seconds, by S3's clock) that no
+# journal of ours explains is abandoned: a killed run of another machine.
+STALE_UPLOAD_AGE = 15 * 60
+UPLOAD_ATTEMPTS = 2  # a transfer whose CreateMultipartUpload answer was lost is sent again
 
 
 def s3_key(prefix: str, name: str, sha256_hex: str) -> str:
@@ -43,6 +58,7 @@ def upload_zip(
     multipart_threshold: int = 64 * MiB,
     part_size: int = 16 * MiB,
     progress: Callable[[str], None] | None = None,
+    journal: Path | None = None,
 ) -> bool:
     """Put ``zip_path`` at s3://bucket/key unless identical bytes are there; True when sent.
 
@@ -50,13 +66,23 @@ def upload_zip(
     put carries the checksum (S3 refuses other bytes); a multipart upload reads the
     file it hashed through the same open handle (zips are replaced by rename, never
     rewritten in place). boto3's transfer manager (s3transfer) does the sending.
+    ``journal``: where a multipart upload notes what it began (see the module's docstring).
     """
     zip_path = Path(zip_path)
     size = zip_path.stat().st_size
     with translating(who, bucket=bucket, c=c):
+        if journal is not None:
+            finish_journal(c, journal, who=who)
         if _object_matches(c, bucket, key, sha256_hex, size):
             return False
         _require_bucket(c, who, bucket)
+        multipart = size > multipart_threshold
+        before: set[str] | None = None  # the uploads at the key before ours (multipart)
+        if multipart:
+            abort_abandoned(c, bucket, key.rsplit("/", 1)[0] + "/", who=who)
+            before = _uploads_at(c, bucket, key)
+            if journal is not None and before is not None:
+                write_json(journal, {"bucket": bucket, "key": key, "before": sorted(before)})
         report = _Progress(progress or _log_progress, f"{zip_path.name} to s3://{bucket}/{key}",
                            size)
         extra: dict[str, Any] = {
@@ -75,10 +101,105 @@ def upload_zip(
             else:
                 extra["ChecksumSHA256"] = b64_sha256(sha256_hex)
             extra["ChecksumAlgorithm"] = "SHA256"  # multipart: per part, S3 checks each
-            _transfer(c, fh, bucket, key, extra, report,
-                      multipart_threshold=multipart_threshold, part_size=part_size, size=size)
+            for attempt in range(UPLOAD_ATTEMPTS):
+                fh.seek(0)
+                try:
+                    _transfer(c, fh, bucket, key, extra, report,
+                              multipart_threshold=multipart_threshold, part_size=part_size,
+                              size=size)
+                    break
+                except Exception as exc:
+                    if before is not None:
+                        _abort_uploads(c, bucket, key, before, who=who)
+                    if _object_matches(c, bucket, key, sha256_hex, size):
+                        break  # the answer to CompleteMultipartUpload was lost: it is there
+                    if attempt == UPLOAD_ATTEMPTS - 1 or not isinstance(exc, Unconfirmed):
+                        raise
+                    log.info("%s: %s; sending %s again", who, exc, zip_path.name)
+        if journal is not None and before is not None and \
+                _abort_uploads(c, bucket, key, before, who=who):
+            journal.unlink(missing_ok=True)
         report.done()
     return True
+
+
+# -- multipart uploads that must not stay open ---------------------------------------
+
+
+def _list_uploads(c: Clients, bucket: str, prefix: str) -> list[dict[str, Any]] | None:
+    """Open multipart uploads under ``prefix``; None when the credentials may not list
+    them (s3:ListBucketMultipartUploads): nothing is aborted then."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return [u for page in c.s3.get_paginator("list_multipart_uploads").paginate(
+            Bucket=bucket, Prefix=prefix) for u in page.get("Uploads", [])]
+    except ClientError as exc:
+        if _http_status(exc) == 403:
+            return None
+        raise
+
+
+def _uploads_at(c: Clients, bucket: str, key: str) -> set[str] | None:
+    listed = _list_uploads(c, bucket, key)
+    return None if listed is None else {u["UploadId"] for u in listed if u.get("Key") == key}
+
+
+def _abort(c: Clients, bucket: str, key: str, upload_id: str, *, who: str) -> bool:
+    """Abort one multipart upload (botocore retries a failed abort); False when it
+    could not be (the journal keeps it for the next upload)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        c.s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if _error_code(exc) != "NoSuchUpload" and _http_status(exc) != 404:
+            log.warning("%s: could not abort multipart upload %s of s3://%s/%s (%s); the next"
+                        " upload of this item tries again", who, upload_id[:16], bucket, key,
+                        _error_code(exc) or exc)
+            return False
+    except BotoCoreError as exc:
+        log.warning("%s: could not abort multipart upload %s of s3://%s/%s (%s); the next"
+                    " upload of this item tries again", who, upload_id[:16], bucket, key, exc)
+        return False
+    return True
+
+
+def _abort_uploads(c: Clients, bucket: str, key: str, before: set[str], *, who: str) -> bool:
+    """Abort every upload at ``key`` not among ``before`` (ours); True when none is left."""
+    now = _uploads_at(c, bucket, key)
+    if now is None:
+        return False
+    return all([_abort(c, bucket, key, u, who=who) for u in sorted(now - before)])
+
+
+def finish_journal(c: Clients, journal: Path, *, who: str) -> None:
+    """Abort what a multipart upload that did not finish (a killed run) left open."""
+    noted = read_json(journal)
+    if not isinstance(noted, dict):
+        journal.unlink(missing_ok=True)
+        return
+    bucket, key = str(noted.get("bucket")), str(noted.get("key"))
+    if _abort_uploads(c, bucket, key, set(noted.get("before") or ()), who=who):
+        journal.unlink(missing_ok=True)
+
+
+_CONTENT_KEY = re.compile(r"/[0-9a-f]{64}\.zip$")
+
+
+def abort_abandoned(c: Clients, bucket: str, prefix: str, *, who: str) -> None:
+    """Abort content-addressed uploads under ``prefix`` (an item's keys) begun more than
+    STALE_UPLOAD_AGE ago: a run that died elsewhere."""
+    listed = _list_uploads(c, bucket, prefix) or []
+    for upload in listed:
+        started = upload.get("Initiated")
+        if not _CONTENT_KEY.search(upload.get("Key", "")) or started is None:
+            continue
+        age = time.time() - calendar.timegm(started.utctimetuple())
+        if age > STALE_UPLOAD_AGE:
+            log.info("%s: aborting multipart upload of s3://%s/%s begun %.0f minutes ago and"
+                     " never finished", who, bucket, upload["Key"], age / 60)
+            _abort(c, bucket, upload["Key"], upload["UploadId"], who=who)
 
 
 def _sha256_of(fh: Any) -> str:
@@ -122,6 +243,31 @@ def _object_matches(c: Clients, bucket: str, key: str, sha256_hex: str, size: in
         if _http_status(exc) in (403, 404):
             return False
         raise
+    return _holds(head, sha256_hex, size)
+
+
+def object_state(c: Clients, bucket: str, key: str, *, sha256_hex: str, size: int,
+                 who: str) -> str:
+    """"same" when s3://bucket/key holds the zip (by its checksum, not its existence),
+    "missing" or "differs"; a missing bucket or no permission is an error."""
+    from botocore.exceptions import ClientError
+
+    with translating(who, bucket=bucket, c=c):
+        try:
+            head = c.s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            status = _http_status(exc)
+            if status == 403:
+                raise _denied(who, bucket, key) from exc
+            if status != 404:
+                raise
+            _require_bucket(c, who, bucket)
+            return "missing"
+    return "same" if _holds(head, sha256_hex, size) else "differs"
+
+
+def _holds(head: dict[str, Any], sha256_hex: str, size: int) -> bool:
+    """Whether a HeadObject answer (with ChecksumMode) is of the zip's bytes."""
     if head.get("ContentLength") != size:
         return False
     checksum = head.get("ChecksumSHA256")
@@ -150,15 +296,17 @@ def s3_object_exists(c: Clients, bucket: str, key: str, *, who: str) -> bool:
         except ClientError as exc:
             status = _http_status(exc)
             if status == 403:
-                raise DodoLambdaError(
-                    f"{_prefix(who)}access denied reading s3://{bucket}/{key}; the credentials"
-                    " need s3:GetObject on it (and s3:ListBucket, or S3 answers 403 for a"
-                    " missing key)"
-                ) from exc
+                raise _denied(who, bucket, key) from exc
             if status != 404:
                 raise
         _require_bucket(c, who, bucket)
         return False
+
+
+def _denied(who: str, bucket: str, key: str) -> DodoLambdaError:
+    return DodoLambdaError(
+        f"{_prefix(who)}access denied reading s3://{bucket}/{key}; the credentials need"
+        " s3:GetObject on it (and s3:ListBucket, or S3 answers 403 for a missing key)")
 
 
 def _require_bucket(c: Clients, who: str, bucket: str) -> None:

@@ -38,7 +38,9 @@ from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError, NextStep
+from .files import locked, remove_dead_temps
 from .lambdas import DIRECT_UPLOAD_LIMIT
+from .layout import written_folders
 
 Item = Function | Layer
 TaskDict = dict[str, Any]
@@ -372,11 +374,27 @@ def fail(message: str) -> TaskFailed:
 
 def _remove_staging(item: Item, ctx: RunContext) -> None:
     layout = ctx.layout(item)
-    # a killed install's folders too: they may hold the project's .npmrc
-    for folder in (layout.staging, layout.install_work, layout.install_old):
-        shutil.rmtree(folder, ignore_errors=True)
-    layout.install_record.unlink(missing_ok=True)
-    layout.local_stats.unlink(missing_ok=True)
+    if not layout.install_record.parent.is_dir():
+        return
+    # under the install lock: the npm of a killed run still writing there is waited for
+    with locked(layout.install_lock, on_wait=lambda: say(
+            f"{label(item)}: waiting for {layout.install_work}: another run is installing"
+            " there, or the npm of a killed run still is")):
+        # a killed install's folders too: they may hold the project's .npmrc
+        for folder in (layout.staging, layout.install_work, layout.install_old):
+            shutil.rmtree(folder, ignore_errors=True)
+        layout.install_record.unlink(missing_ok=True)
+        layout.local_stats.unlink(missing_ok=True)
+
+
+# a zip's and manifest's temporary files: the package step's (build.remove_stale_temps)
+PACKAGE_STEPS_OWN = (".zip", ".manifest.json")
+
+
+def _remove_temps(item: Item, ctx: RunContext) -> None:
+    """`doit clean` of an AWS step: the temporary files killed runs left (the records,
+    what happened in AWS, stay)."""
+    remove_dead_temps(*written_folders(ctx.build_dir), skip=PACKAGE_STEPS_OWN)
 
 
 def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
@@ -451,6 +469,7 @@ def _upload_task(fn: Function, ctx: RunContext) -> TaskDict:
         "targets": [str(layout.uploaded)],
         "uptodate": [(records.upload_is_recorded, [fn, ctx])],
         "verbosity": 2,
+        "clean": [(_remove_temps, [fn, ctx])],
     }
 
 
@@ -467,6 +486,7 @@ def _layer_task(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> T
         "uptodate": [(records.layer_is_recorded, [layer, ctx])],
         "teardown": [(run_step, ["summary", ((layer,), ctx, False)])],
         "verbosity": 2,  # the summary line its teardown prints
+        "clean": [(_remove_temps, [layer, ctx])],
     }
 
 
@@ -488,6 +508,7 @@ def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
         "uptodate": [(records.deploy_is_recorded, [fn, ctx])],
         "teardown": [(run_step, ["summary", ((fn,), ctx, False)])],
         "verbosity": 2,  # the summary line its teardown prints
+        "clean": [(_remove_temps, [fn, ctx])],
     }
 
 
@@ -723,6 +744,9 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
                      direct_limit=direct_upload_limit, verify=verify, role_name=role_name)
     role_name_problem = _role_name_problem(role_name)
+    _check_doit_backend(ctx)
+    # what killed runs left half-written
+    remove_dead_temps(*written_folders(ctx.build_dir), skip=PACKAGE_STEPS_OWN)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
     problems: list[tuple[str, str, str]] = []  # (kind, name, why) of items not taken
@@ -789,3 +813,61 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
              "help": "exit nonzero when deploy would change anything (a CI gate)"},
         ],
     }
+
+
+# -- doit's own state: only its sqlite3 backend survives concurrent use -------------
+
+
+def _doit_run() -> tuple[Any, str | None, int]:
+    """doit's dependency manager, backend name and -n of the command loading this
+    dodo.py: the command's options as doit resolved them (command line over
+    DOIT_CONFIG), found on the stack, with doit's Globals registry for the manager.
+    (None, None, 0) when not loaded by a doit command."""
+    from doit import Globals
+
+    frame = sys._getframe(1)
+    while frame is not None:
+        params = frame.f_locals.get("params")
+        if frame.f_code.co_name == "execute" and isinstance(params, dict) and "backend" in params:
+            return Globals.dep_manager, str(params["backend"]), int(params.get("num_process") or 0)
+        frame = frame.f_back  # type: ignore[assignment]
+    return None, None, 0
+
+
+def _check_doit_backend(ctx: RunContext) -> None:
+    """Warn once per doit command when doit's state is kept by a backend other than
+    sqlite3 while doit runs in parallel (-n > 1) or another doit process of this project
+    runs: dbm and json lose or corrupt .doit.db then (seen in testing)."""
+    manager, backend, jobs = _doit_run()
+    if manager is None or backend in (None, "sqlite3") or \
+            getattr(manager, "_dodo_lambda_checked", False):
+        return
+    manager._dodo_lambda_checked = True
+    others = _other_doit_running(ctx.build_dir / "cache" / "doit-processes.lock")
+    if jobs > 1 or others:
+        why = f"-n {jobs}" if jobs > 1 else "another doit process runs in this project"
+        logging.getLogger("dodo_lambda").warning(
+            "doit keeps its state with the %r backend and %s: only sqlite3 survives concurrent"
+            " use (dbm and json lose or corrupt the state file); set DOIT_CONFIG ="
+            ' {"backend": "sqlite3"} in dodo.py', backend, why)
+
+
+def _other_doit_running(path: Path) -> bool:
+    """Whether another process holds ``path``'s presence lock, which this process then
+    holds (shared) until it exits. POSIX record locks belong to the process, so calls
+    in the same process never see each other; the descriptor stays open on purpose."""
+    import fcntl
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        others = False
+    except OSError:
+        others = True
+    with contextlib.suppress(OSError):  # busy: another process checking right now
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    return others

@@ -5,13 +5,22 @@ at ``proxy.url``. Everything is forwarded byte for byte (headers, bodies, the
 Host header the client signed) except requests matching a rule, which get the
 rule's answer for their first ``times`` matches. A rule may instead forward the
 request and rewrite the JSON answer (e.g. to report LastUpdateStatus InProgress,
-which moto never does).
+which moto never does), forward it and drop the answer (``drop=True``: the request
+took effect, the client sees the connection closed), or hold it until the test
+releases it (``hold="before"``: moto has not seen it, a hung endpoint; ``hold="after"``:
+forwarded, the answer held back); ``rule.wait_arrived()`` is the test's sync point.
 
     with FaultProxy(moto_url) as proxy:
         rule = proxy.add("PUT", r"^/2015-03-31/functions/orders/code$",
                          **lambda_error(409, "ResourceConflictException"), times=2)
         ...
         assert rule.hits == 2
+
+        held = proxy.add("PUT", CODE_PATH, hold="after")
+        ...                       # start the client (a doit process)
+        held.wait_arrived()       # the request reached moto; its answer is held
+        ...                       # kill the client
+        held.release()            # (stop() releases every held request too)
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,13 +63,31 @@ class Rule:
     # also a regex searched in the request's body (query-protocol services such as IAM
     # and STS name the action there, not in the path)
     request_body: str | None = None
+    rewrite: Callable[[bytes], bytes] | None = None  # forward, then rewrite the raw answer
+    drop: bool = False  # forward, then close the connection without an answer
+    hold: str | None = None  # "before" or "after" forwarding: wait until release()
     hits: int = 0  # matches answered by this rule so far
     seen: int = 0  # all matches, answered or passed through
+    forward_held: bool = True  # release(forward=False) drops requests held "before"
+    arrived: threading.Event = field(default_factory=threading.Event, repr=False)
+    released: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def matches(self, method: str, path: str, body: bytes = b"") -> bool:
         return (self.method in ("*", method)) and re.search(self.path, path) is not None and (
             self.request_body is None
             or re.search(self.request_body, body.decode("utf-8", "replace")) is not None)
+
+    def wait_arrived(self, timeout: float = 60) -> None:
+        """Until a request this rule holds (or drops) has come (and, for hold="after"
+        or drop, reached moto)."""
+        if not self.arrived.wait(timeout):
+            raise AssertionError(f"no {self.method} {self.path} came within {timeout} s")
+
+    def release(self, forward: bool = True) -> None:
+        """Let held requests go on; ``forward=False``: a request held before forwarding
+        is dropped instead (its client is gone: nothing reaches moto late)."""
+        self.forward_held = forward
+        self.released.set()
 
 
 def lambda_error(status: int, code: str, message: str = "injected by faultproxy") -> dict:
@@ -89,6 +117,11 @@ def function_state(**fields: Any) -> Callable[[Any], Any]:
     return rewrite
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that gave up on a held answer: nothing to report
+
+
 class FaultProxy:
     """A threaded loopback proxy forwarding to ``upstream`` with fault rules."""
 
@@ -99,7 +132,7 @@ class FaultProxy:
         self.rules: list[Rule] = []
         self.log: list[tuple[str, str, int]] = []  # (method, path, status) of every request
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _QuietServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         # A short poll interval: shutdown() waits for the serve loop to notice.
@@ -112,6 +145,9 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        for rule in self.rules:
+            # held requests end without reaching moto (the next test's moto, maybe)
+            rule.release(forward=False)
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=10)
@@ -182,13 +218,34 @@ class FaultProxy:
             def _handle(self) -> None:
                 body = self._body()
                 rule = proxy._pick(self.command, self.path, body)
-                if rule is not None and rule.transform is None:
+                if rule is not None and rule.hold == "before":
+                    rule.arrived.set()
+                    rule.released.wait()
+                    if not rule.forward_held:
+                        proxy._record(self.command, self.path, 0)
+                        self.close_connection = True
+                        return
+                    rule = None  # released: the request goes through
+                if rule is not None and rule.transform is None and rule.rewrite is None \
+                        and not rule.drop and rule.hold is None:
                     self._answer(rule.status, dict(rule.headers), rule.body)
                     return
                 status, headers, answer = self._forward(body)
-                if rule is not None and rule.transform is not None and status == 200:
-                    doc = rule.transform(json.loads(answer or b"null"))
-                    answer = json.dumps(doc).encode()
+                if rule is not None and rule.drop:
+                    proxy._record(self.command, self.path, 0)  # 0: no answer went out
+                    rule.arrived.set()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if rule is not None and rule.hold == "after":
+                    rule.arrived.set()
+                    rule.released.wait()
+                if rule is not None and (rule.transform or rule.rewrite) and status == 200:
+                    if rule.rewrite is not None:
+                        answer = rule.rewrite(answer)
+                    else:
+                        assert rule.transform is not None
+                        answer = json.dumps(rule.transform(json.loads(answer or b"null"))).encode()
                     headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
                     headers.append(("Content-Length", str(len(answer))))
                 self._answer(status, headers, answer, relay=True)

@@ -16,7 +16,7 @@ from awsfixtures import (
 )
 from awsfixtures import create_function as create
 
-from dodo_lambda import Layer, aws, lambdas, remote
+from dodo_lambda import Layer, aws, lambdas, releases, remote
 from dodo_lambda import s3 as s3mod
 from dodo_lambda.errors import DodoLambdaError
 
@@ -195,7 +195,7 @@ def test_throttling_without_end(aws_env: AwsEnv) -> None:
                       code="TooManyRequestsException", times=99) as fault, \
             pytest.raises(DodoLambdaError, match=f"^{WHO}: AWS kept throttling"):
         lambdas.get_function(c, "orders", who=WHO)
-    assert fault.calls == 8  # total_max_attempts
+    assert fault.calls == aws.CALLS.attempts == 3  # total_max_attempts: bounded in time
 
 
 def test_in_progress_is_waited_out(aws_env: AwsEnv, make_zip: MakeZip) -> None:
@@ -286,19 +286,19 @@ def test_waiting_gives_up(aws_env: AwsEnv, make_zip: MakeZip,
 def test_publish_version_and_alias(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     c = aws.connect()
     first = create(aws_env, make_zip("v1"))
-    v1 = lambdas.publish_version(c, "orders", who=WHO, code_sha256=first["CodeSha256"])
+    v1 = releases.publish_version(c, "orders", who=WHO, code_sha256=first["CodeSha256"])
     mark = aws_env.mark()
-    alias = lambdas.point_alias(c, "orders", "live", v1["Version"], who=WHO)
+    alias = releases.point_alias(c, "orders", "live", v1["Version"], who=WHO)
     assert alias["FunctionVersion"] == v1["Version"]
     assert aws_env.count("POST", r"^/2015-03-31/functions/orders/aliases$", since=mark) == 1
 
     second = lambdas.update_code(c, "orders", who=WHO, architecture="x86_64",
                              zip_path=make_zip("v2"))
-    v2 = lambdas.publish_version(c, "orders", who=WHO, code_sha256=second["CodeSha256"])
+    v2 = releases.publish_version(c, "orders", who=WHO, code_sha256=second["CodeSha256"])
     assert v2["Version"] != v1["Version"]
     assert v2["CodeSha256"] == second["CodeSha256"]
     mark = aws_env.mark()
-    lambdas.point_alias(c, "orders", "live", v2["Version"], who=WHO)
+    releases.point_alias(c, "orders", "live", v2["Version"], who=WHO)
     assert aws_env.count("PUT", r"^/2015-03-31/functions/orders/aliases/live$", since=mark) == 1
     assert aws_env.count("POST", r"/aliases$", since=mark) == 0
     got = aws_env.boto("lambda").get_alias(FunctionName="orders", Name="live")
@@ -309,17 +309,17 @@ def test_versions_aliases_and_deleting_a_version(aws_env: AwsEnv, make_zip: Make
     c = aws.connect()
     first = create(aws_env, make_zip("v1"))
     assert remote.list_versions(c, "orders", who=WHO) == []  # nothing published yet
-    v1 = lambdas.publish_version(c, "orders", who=WHO, code_sha256=first["CodeSha256"])
+    v1 = releases.publish_version(c, "orders", who=WHO, code_sha256=first["CodeSha256"])
     second = lambdas.update_code(c, "orders", who=WHO, architecture="x86_64",
                                  zip_path=make_zip("v2"))
-    v2 = lambdas.publish_version(c, "orders", who=WHO, code_sha256=second["CodeSha256"])
+    v2 = releases.publish_version(c, "orders", who=WHO, code_sha256=second["CodeSha256"])
     listed = remote.list_versions(c, "orders", who=WHO)
     assert [v["Version"] for v in listed] == [v1["Version"], v2["Version"]]
     assert [v["CodeSha256"] for v in listed] == [first["CodeSha256"], second["CodeSha256"]]
 
     mark = aws_env.mark()  # a known alias: exactly one request, create or update
-    lambdas.point_alias(c, "orders", "live", v1["Version"], who=WHO, exists=False)
-    lambdas.point_alias(c, "orders", "live", v2["Version"], who=WHO, exists=True)
+    releases.point_alias(c, "orders", "live", v1["Version"], who=WHO, exists=False)
+    releases.point_alias(c, "orders", "live", v2["Version"], who=WHO, exists=True)
     assert [(r.method, r.path) for r in aws_env.requests(mark)] == [
         ("POST", "/2015-03-31/functions/orders/aliases"),
         ("PUT", "/2015-03-31/functions/orders/aliases/live")]
@@ -327,15 +327,15 @@ def test_versions_aliases_and_deleting_a_version(aws_env: AwsEnv, make_zip: Make
     assert aliases["live"]["FunctionVersion"] == v2["Version"]
     assert remote.aliased(aliases) == {v2["Version"]}
 
-    lambdas.delete_version(c, "orders", v1["Version"], who=WHO)
+    releases.delete_version(c, "orders", v1["Version"], who=WHO)
     assert [v["Version"] for v in remote.list_versions(c, "orders", who=WHO)] == [v2["Version"]]
     with pytest.raises(ValueError):
-        lambdas.delete_version(c, "orders", "$LATEST", who=WHO)
+        releases.delete_version(c, "orders", "$LATEST", who=WHO)
 
 
 def test_alias_of_missing_function(aws_env: AwsEnv) -> None:
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: the Lambda function does not exist"):
-        lambdas.point_alias(aws.connect(), "orders", "live", "1", who=WHO)
+        releases.point_alias(aws.connect(), "orders", "live", "1", who=WHO)
 
 
 def test_publish_layer_and_latest(aws_env: AwsEnv, make_zip: MakeZip) -> None:
@@ -345,13 +345,13 @@ def test_publish_layer_and_latest(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     assert remote.read_layer(c, layer).latest is None
     one = make_zip("one", {"nodejs/node_modules/a/index.js": "module.exports = 1;\n"})
     two = make_zip("two", {"nodejs/node_modules/a/index.js": "module.exports = 2;\n"})
-    first = lambdas.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs24.x"],
+    first = releases.publish_layer(c, "shared", who=who, zip_path=one, runtimes=["nodejs24.x"],
                               architectures=["x86_64"], description="shared libs")
     assert first["Version"] == 1
     bucket = aws_env.bucket("artifacts")
     key = s3mod.s3_key("layers/", "shared", sha(two)[0])
     s3mod.upload_zip(c, who=who, bucket=bucket, key=key, zip_path=two, sha256_hex=sha(two)[0])
-    second = lambdas.publish_layer(c, "shared", who=who, s3=(bucket, key))
+    second = releases.publish_layer(c, "shared", who=who, s3=(bucket, key))
     assert second["Version"] == 2
 
     state = remote.read_layer(c, layer)
@@ -359,5 +359,5 @@ def test_publish_layer_and_latest(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     assert state.latest["Version"] == 2 and [v["Version"] for v in state.versions] == [2, 1]
     assert state.latest["LayerVersionArn"] == second["LayerVersionArn"]
     assert state.latest_sha == sha(two)[1]
-    lambdas.delete_layer_version(c, "shared", 1, who=who)
+    releases.delete_layer_version(c, "shared", 1, who=who)
     assert [v["Version"] for v in remote.read_layer(c, layer).versions] == [2]

@@ -28,7 +28,10 @@ from pathlib import Path
 
 from dodo_lambda import Function, Layer, lambda_tasks
 
-# a bare `doit` builds the zips: it never deploys, nor starts a watch that runs until Ctrl-C
+# sqlite3: doit's only state backend that survives `doit -n N` and two doit runs at
+# once (its default dbm, and json, corrupt .doit.db); dodo_lambda warns about the others.
+# A bare `doit` builds the zips: it never deploys (`doit deploy` does), nor starts a
+# watch that runs until Ctrl-C.
 DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["package"]}
 ROLE = "arn:aws:iam::123456789012:role/dodo-lambda-local"  # created by the emulator
 

@@ -16,7 +16,9 @@ to the ARN of an IAM role of yours that Lambda may assume.
 
 from dodo_lambda import Function, lambda_tasks
 
-# a bare `doit` builds the zip: it never deploys, nor starts a watch that runs until Ctrl-C
+# sqlite3: doit's only state backend that survives `doit -n N` and two doit runs at
+# once (its default dbm, and json, corrupt .doit.db); dodo_lambda warns about the others.
+# A bare `doit` builds the zip: it never deploys, nor starts a watch that runs until Ctrl-C.
 DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["package"]}
 
 hello = Function(
