@@ -144,7 +144,8 @@ class App:
         if not result.ok:
             headers.append(("X-Amz-Function-Error", "Unhandled"))
         if environ.get("HTTP_X_AMZ_LOG_TYPE") == "Tail":
-            headers.append(("X-Amz-Log-Result", base64.b64encode(result.tail().encode()).decode()))
+            tail = result.tail(inv.version)
+            headers.append(("X-Amz-Log-Result", base64.b64encode(tail.encode()).decode()))
         return _answer(start_response, 200, result.payload.encode(), headers)
 
     def _run_logged(self, inv: Any, event: str, context: Any) -> None:
@@ -206,9 +207,33 @@ class _Tracked:
 
 
 def _log_invocation(inv: Any, result: Any) -> None:
+    """In the server's log, and in CloudWatch Logs as Lambda would (the log group
+    ``/aws/lambda/NAME``, a stream per invocation), so that ``doit logs:NAME`` and the
+    SDKs' FilterLogEvents see what the function printed."""
     logger = logging.getLogger("dodo_lambda.emulator")
     logger.info("invoke %s: %s", inv.name, "ok" if result.ok else result.payload[:300])
     logger.info("%s", result.report_line())
+    try:
+        _cloudwatch(inv, result)
+    except Exception as exc:  # noqa: BLE001 - the answer matters more than its log
+        logger.warning("invoke %s: its log was not written to CloudWatch Logs: %s", inv.name, exc)
+
+
+def _cloudwatch(inv: Any, result: Any) -> None:
+    import uuid
+
+    from moto.logs.exceptions import ResourceAlreadyExistsException
+    from moto.logs.models import logs_backends
+
+    backend = logs_backends[inv.account][inv.region]
+    group = f"/aws/lambda/{inv.name}"
+    stream = f"{time.strftime('%Y/%m/%d', time.gmtime())}/[{inv.version}]{uuid.uuid4().hex}"
+    with contextlib.suppress(ResourceAlreadyExistsException):
+        backend.create_log_group(group, {})
+    backend.create_log_stream(group, stream)
+    now = int(time.time() * 1000)
+    backend.put_log_events(group, stream, [{"timestamp": now, "message": message}
+                                           for message in result.log_events(inv.version)])
 
 
 def _body(environ: dict[str, Any]) -> bytes:

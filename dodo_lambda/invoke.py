@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import selectors
 import shutil
 import subprocess
@@ -52,6 +53,8 @@ KEEP_EXTRACTED = 4  # cached task roots (and /opt folders) kept besides the one 
 _MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}
 
 ZipSource = Path | bytes  # a zip on disk, or its bytes (the emulator's stored code)
+# how a log event begins: the runtime's timestamped line, or Lambda's own lines
+_EVENT_START = re.compile(r"^(\d{4}-\d\d-\d\dT[\d:.]+Z\t|(START|END|REPORT) RequestId: )")
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,25 @@ class InvokeResult:
         return (f"REPORT RequestId: {self.request_id}\tDuration: {self.duration_ms:.2f} ms"
                 f"\tMemory Size: {self.memory_mb} MB\tMax Memory Used: {self.max_memory_mb} MB{init}")
 
-    def tail(self) -> str:
-        """The last 4 KB of the log Lambda shows for this request (LogType=Tail)."""
-        text = (f"START RequestId: {self.request_id} Version: $LATEST\n{self.logs or ''}"
+    def log_text(self, version: str = "$LATEST") -> str:
+        """What Lambda logs for this request: START, the handler's lines, END, REPORT."""
+        return (f"START RequestId: {self.request_id} Version: {version}\n{self.logs or ''}"
                 f"END RequestId: {self.request_id}\n{self.report_line()}\n")
-        return text.encode()[-LOG_TAIL:].decode(errors="replace")
+
+    def tail(self, version: str = "$LATEST") -> str:
+        """The last 4 KB of the log Lambda shows for this request (LogType=Tail)."""
+        return self.log_text(version).encode()[-LOG_TAIL:].decode(errors="replace")
+
+    def log_events(self, version: str = "$LATEST") -> list[str]:
+        """``log_text`` as CloudWatch Logs events: one per line the runtime wrote (a
+        message over several lines stays one event), START, END and REPORT."""
+        events: list[str] = []
+        for line in self.log_text(version).splitlines():
+            if events and not _EVENT_START.match(line):
+                events[-1] += "\n" + line
+            else:
+                events.append(line)
+        return events
 
 
 # -- the extraction cache ------------------------------------------------------------

@@ -164,6 +164,11 @@ def test_boto3_invoke_runs_the_deployed_code(emu: Project) -> None:
     assert tail.startswith("START RequestId: ") and "\tINFO\thello log line" in tail
     assert "REPORT RequestId: " in tail
 
+    # what the function printed is in CloudWatch Logs, as on Lambda: `doit logs` shows it
+    logs = emu.doit("logs:hello")
+    assert logs.rc == 0, logs.text
+    assert "\tINFO\thello log line" in logs.out and "REPORT RequestId: " in logs.out, logs.text
+
     failed = lam.invoke(FunctionName="boom")
     assert failed["StatusCode"] == 200 and failed["FunctionError"] == "Unhandled"
     error = json.loads(failed["Payload"].read())
