@@ -24,6 +24,7 @@ import os
 import selectors
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -254,3 +255,18 @@ def clients(server: Emulator, who: str, *, loader: Any = None) -> Clients:
         return aws.Clients(session=session, s3=aws.guard(session.create_client("s3", **kwargs)),
                            lam=aws.guard(session.create_client("lambda", **kwargs)),
                            region=REGION, endpoint=server.url, profile=None, target=target)
+
+
+def keep_awake(build_dir: str | Path, stop: threading.Event, every: float = 60.0
+               ) -> threading.Thread:
+    """A status request every minute until ``stop``: the server counts it as activity,
+    so it does not stop itself for idleness (and forget what was deployed) under a
+    ``doit watch`` whose user is not saving for a while."""
+
+    def run() -> None:
+        while not stop.wait(every):
+            running(build_dir)  # asks the server itself when one is running
+
+    thread = threading.Thread(target=run, name="dodo_lambda-emulator-awake", daemon=True)
+    thread.start()
+    return thread

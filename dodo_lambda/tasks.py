@@ -299,7 +299,7 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
     redeploy) on every save, until Ctrl-C."""
     import threading
 
-    from . import watch
+    from . import filewatch, watch
 
     stop = threading.Event()
     logger = logging.getLogger("dodo_lambda")
@@ -313,14 +313,16 @@ def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) ->
         # (warnings still show)
         logger.setLevel(logging.WARNING)
         if ctx.emulator and w.deploy_changes:
-            watch.keep_emulator_awake(ctx.build_dir, stop)
+            from . import emulator
+
+            emulator.keep_awake(ctx.build_dir, stop)
         names = ", ".join(label(i) for i in items)
 
         def ready(how: str) -> None:
             say(f"watch: watching {names} through {how}; Ctrl-C to stop")
 
-        for batch in watch.batches(w.folders, stop, ready, poll=bool(options.get("poll")),
-                                   skip=[ctx.build_dir], files=w.files):
+        for batch in filewatch.batches(w.folders, stop, ready, poll=bool(options.get("poll")),
+                                       skip=[ctx.build_dir], files=w.files):
             for change in w.handle(batch):
                 result(_change_line(change))
     except KeyboardInterrupt:

@@ -207,12 +207,10 @@ def test_idle_server_stops_itself(emu: Project) -> None:
 def test_a_watch_keeps_its_server_awake(emu: Project) -> None:
     import threading
 
-    from dodo_lambda import watch
-
     build_dir = emu.build_dir
     server = emulator.ensure_running(build_dir, idle=1.0)
     stop = threading.Event()
-    watch.keep_emulator_awake(build_dir, stop, every=0.1)
+    emulator.keep_awake(build_dir, stop, every=0.1)
     try:
         # three idle times with the watch's status requests: the server is still there
         assert not _wait_until(lambda: not emulator._pid_alive(server.pid), timeout=3.0)
