@@ -57,6 +57,8 @@ class RunContext:
     direct_limit: int = DIRECT_UPLOAD_LIMIT  # bigger zips go through S3
     list_functions: bool = False  # several functions: one ListFunctions answers for all
     today: date | None = None  # the day Lambda's runtime schedule is read at (None: today)
+    # check every staged file, not only the staged tree's folder stamps (see npm.py)
+    verify_staging: bool = False
     caches: Caches = field(default_factory=Caches, repr=False)
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ re-derived by hand.
     <build_dir>/cache/<name>.entries              per-entry records for incremental rebuilds
     <build_dir>/npm/functions/<name>/             the staged production install
     <build_dir>/npm/functions/<name>.json         its install record
+    <build_dir>/npm/functions/<name>.state        how the staged tree was last checked
 
 Layers live under ``dist/layers/``, ``cache/layers/`` and ``npm/layers/``.
 """
@@ -119,6 +120,13 @@ class Layout:
     @property
     def install_record(self) -> Path:
         return self._npm / f"{self.name}.json"
+
+    @property
+    def install_state(self) -> Path:
+        """How the staged tree was last checked against the install record: its folder
+        stamps, its stats, when, and the tool stamp (marshal; not a doit file_dep, so
+        rewriting it never reruns a step)."""
+        return self._npm / f"{self.name}.state"
 
     @property
     def install_lock(self) -> Path:

@@ -8,6 +8,7 @@ doit's ``TaskFailed`` (one line, no traceback).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import build, bundle, deploy, npm, rules
+from . import npm, rules
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -28,6 +29,33 @@ from .lambdas import DIRECT_UPLOAD_LIMIT
 
 Item = Function | Layer
 TaskDict = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Deferred:
+    """A core function, imported when first called (picklable, for -P process)."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = importlib.import_module(f"{__package__}.{self.module}")
+        return getattr(module, self.name)(*args, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Later:
+    """Stands for a core module here: ``build.package`` is a ``_Deferred``, so that
+    `doit list` and a no-op run never load the zip writer, the deploy and AWS code or
+    esbuild's driver when they do not run them (Python start-up is most of a no-op)."""
+
+    module: str
+
+    def __getattr__(self, name: str) -> _Deferred:
+        return _Deferred(self.module, name)
+
+
+build, bundle, deploy = _Later("build"), _Later("bundle"), _Later("deploy")
 
 GROUP_DOCS = {
     "npm": "install production dependencies (npm ci --omit=dev) for the target platform",
@@ -168,6 +196,7 @@ def _remove_staging(item: Item, ctx: RunContext) -> None:
     for folder in (layout.staging, layout.install_work, layout.install_old):
         shutil.rmtree(folder, ignore_errors=True)
     layout.install_record.unlink(missing_ok=True)
+    layout.install_state.unlink(missing_ok=True)
 
 
 def _npm_task(item: Item, ctx: RunContext) -> TaskDict:
@@ -355,6 +384,21 @@ def _failing(basename: str, item: Any, message: str) -> TaskDict:
     }
 
 
+def _yes(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def verify_staging() -> bool:
+    """Whether this run checks every staged file (not only the staged trees' folder
+    stamps): ``doit ... verify_staging=1``, ``DODO_LAMBDA_VERIFY_STAGING=1``, or a CI
+    run (``CI`` set, as GitHub Actions, GitLab CI, CircleCI and others set it)."""
+    from doit import get_var
+
+    return any(_yes(v) for v in (get_var("verify_staging"),
+                                 os.environ.get("DODO_LAMBDA_VERIFY_STAGING"),
+                                 os.environ.get("CI")))
+
+
 def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
                  region: str | None = None, endpoint: str | None = None, emulator: bool = False,
                  direct_upload_limit: int = DIRECT_UPLOAD_LIMIT) -> Iterator[TaskDict]:
@@ -374,7 +418,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     show_core_messages()
     ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
                      direct_limit=direct_upload_limit,
-                     list_functions=sum(isinstance(i, Function) for i in items) > 2)
+                     list_functions=sum(isinstance(i, Function) for i in items) > 2,
+                     verify_staging=verify_staging())
     valid: list[Item] = []
     tasks: list[TaskDict] = []
     problems: list[str] = []
