@@ -80,7 +80,8 @@ class Entry(NamedTuple):
     problem: str | None = None
 
 
-def _mode(st_mode: int) -> int:
+def zip_mode(st_mode: int) -> int:
+    """The mode a file gets in the zip: 0755 with any execute bit, else 0644."""
     return 0o755 if st_mode & 0o111 else 0o644
 
 
@@ -88,9 +89,11 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def walk(root: Root, who: str = "") -> Iterator[Entry]:
+def walk(root: Root, who: str = "", stats: bool = True) -> Iterator[Entry]:
     """Every file under ``root`` (pruned folders skipped), symlinks resolved, in
     zip-path order: a tree can be packed as it is walked, never held whole.
+    Without ``stats`` a file's size is -1 and its mode and times 0 (the zip writer
+    learns them from the open file, off the walking thread).
 
     A link that is broken, leaves the root or loops is yielded with a
     ``problem``; selection decides whether that matters (an excluded broken
@@ -98,7 +101,7 @@ def walk(root: Root, who: str = "") -> Iterator[Entry]:
     """
     top = os.path.realpath(root.path)
     if os.path.isdir(top):
-        yield from _walk_dir(root, top, top, "", who, ())
+        yield from _walk_dir(root, top, top, "", who, (), stats)
 
 
 def _order(e: os.DirEntry[str]) -> str:
@@ -122,7 +125,7 @@ def _listing(folder: str, who: str) -> Iterator[os.DirEntry[str]]:
 
 
 def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str,
-              chain: tuple[str, ...]) -> Iterator[Entry]:
+              chain: tuple[str, ...], stats: bool = True) -> Iterator[Entry]:
     """Walk ``start`` depth first in zip-path order; ``chain`` holds the real folders
     whose symlinks led here, so that a link back to any of them is reported as a
     loop instead of followed."""
@@ -144,10 +147,14 @@ def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str,
                 if relname not in prune:
                     stack.append((_listing(e.path, who), relname + "/", e.path))
                     break  # its files come next; this folder's iterator resumes after
-            elif e.is_file(follow_symlinks=False):
+            elif not e.is_file(follow_symlinks=False):
+                continue
+            elif stats:
                 st = e.stat(follow_symlinks=False)
                 yield Entry(prefix + relname, e.path, st.st_size, st.st_mtime_ns,
-                            _mode(st.st_mode), st.st_ctime_ns)
+                            zip_mode(st.st_mode), st.st_ctime_ns)
+            else:
+                yield Entry(prefix + relname, e.path, -1, 0, 0)
         else:
             stack.pop()
 
@@ -195,7 +202,7 @@ def _link(root: Root, top: str, folder: str, path: str, relname: str,
         else:
             yield from _walk_dir(root, top, target, relname + "/", who, (*chain, here))
     elif stat.S_ISREG(st.st_mode):
-        yield Entry(arcname, target, st.st_size, st.st_mtime_ns, _mode(st.st_mode),
+        yield Entry(arcname, target, st.st_size, st.st_mtime_ns, zip_mode(st.st_mode),
                     st.st_ctime_ns)
 
 
@@ -491,7 +498,7 @@ def stream_staged(root: Root, patterns: Patterns, who: str) -> Iterator[Entry]:
     share a zip path, without holding the tree."""
     matcher = patterns.matcher(who)
     keep, ignore = matcher.keep, matcher.ignore
-    for entry in walk(root, who):
+    for entry in walk(root, who, stats=False):
         if not (keep is not None and keep(entry.arcname)) and ignore(entry.arcname):
             continue
         if entry.problem:
