@@ -19,7 +19,6 @@ import contextlib
 import hashlib
 import os
 import struct
-import sys
 import time
 import zlib
 from collections import deque
@@ -115,8 +114,9 @@ def _read(fd: int, size: int) -> bytes:
     return data
 
 
-def _pack(entry: Entry, cached: CachedEntry | None) -> Packed:
-    """Work for a thread: decide reuse, else read, hash and compress one file."""
+def _pack(entry: Entry, cached: CachedEntry | None, hashed: bool = True) -> Packed:
+    """Work for a thread: decide reuse, else read, hash and compress one file
+    (``hashed``: its SHA-256 too; a staged tree whose content is known skips it)."""
     if cached is not None and same_stat(cached, entry):
         return Packed(entry, cached.sha256, cached.crc, cached.method, cached.csize, entry.size,
                       entry.mode, old_offset=cached.offset)
@@ -131,7 +131,7 @@ def _pack(entry: Entry, cached: CachedEntry | None) -> Packed:
         data = _read(fd, size)
     finally:
         os.close(fd)
-    sha = hashlib.sha256(data).hexdigest()
+    sha = hashlib.sha256(data).hexdigest() if hashed else ""
     crc = _crc32(data)
     if cached is not None and cached.sha256 == sha and cached.size == len(data):
         return Packed(entry, sha, crc, cached.method, cached.csize, len(data), mode,
@@ -142,8 +142,9 @@ def _pack(entry: Entry, cached: CachedEntry | None) -> Packed:
     return Packed(entry, sha, crc, 8, len(comp), len(data), mode, data=comp)
 
 
-def _pack_batch(batch: Sequence[tuple[Entry, CachedEntry | None]]) -> list[Packed]:
-    return [_pack(entry, cached) for entry, cached in batch]
+def _pack_batch(batch: Sequence[tuple[Entry, CachedEntry | None]], hashed: bool = True
+                ) -> list[Packed]:
+    return [_pack(entry, cached, hashed) for entry, cached in batch]
 
 
 def _batches(entries: Iterable[Entry], cache: Mapping[str, CachedEntry]
@@ -165,39 +166,25 @@ def _batches(entries: Iterable[Entry], cache: Mapping[str, CachedEntry]
 
 
 WORKERS = max(1, min(8, os.cpu_count() or 1))
-# DODO_LAMBDA_ZIP_POOL: "threads" or "processes" instead of the choice below (for
-# benchmarks/bench_package.py, which measures both)
-POOL_VARIABLE = "DODO_LAMBDA_ZIP_POOL"
 
 
-def _pool(many: bool) -> Executor:
-    """Workers for packing. A staged tree written whole (``many`` files) goes to
-    forked processes where that is safe (Linux, no other thread running): the
-    per-file Python work of reading, hashing and batching then runs beside the
-    walk instead of taking turns with it under the GIL. Measured on the benchmark's
-    7,000-file tree on a busy 2-core machine: 0.9 s against 1.2 s with threads, for
-    a quarter more CPU. Everything else (an edit's few files) uses threads."""
-    import threading
-    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+def _pool() -> Executor:
+    """Threads: libdeflate and hashlib release the GIL. A pool of forked processes
+    was measured too (benchmarks/bench_package.py, this 2-core machine, interleaved):
+    no faster on 24,000 files, slower on 7,000 (fork and pickling), a quarter more
+    CPU; the per-file Python work left under the GIL is what was cut instead."""
+    from concurrent.futures import ThreadPoolExecutor  # not on a no-op's path
 
-    choice = os.environ.get(POOL_VARIABLE, "")
-    processes = choice == "processes" or (
-        choice != "threads" and many and sys.platform == "linux" and WORKERS > 1
-        and threading.active_count() == 1)
-    if processes:
-        import multiprocessing
-
-        return ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("fork"))
     return ThreadPoolExecutor(WORKERS, thread_name_prefix="dodo_lambda-zip")
 
 
-def _ordered(entries: Iterable[Entry], cache: Mapping[str, CachedEntry], pool: Executor
-             ) -> Iterator[Packed]:
+def _ordered(entries: Iterable[Entry], cache: Mapping[str, CachedEntry], pool: Executor,
+             hashed: bool = True) -> Iterator[Packed]:
     """Packed entries in order, computed ahead by the pool through a bounded window
     (``entries`` may be a walk in progress: it is consumed as the window moves)."""
     window: deque[Future[list[Packed]]] = deque()
     for batch in _batches(entries, cache):
-        window.append(pool.submit(_pack_batch, batch))
+        window.append(pool.submit(_pack_batch, batch, hashed))
         if len(window) > 2 * WORKERS:
             yield from window.popleft().result()
     while window:
@@ -207,11 +194,14 @@ def _ordered(entries: Iterable[Entry], cache: Mapping[str, CachedEntry], pool: E
 @dataclass
 class Staged:
     """A staged tree to write file by file (``entries`` sorted, and all under
-    ``prefix``), recorded as a segment under ``key``."""
+    ``prefix``), recorded as a segment under ``key``. ``content``, when the tree's
+    content is known (the npm step hashed it), is the segment's content digest, and
+    its files are not hashed again."""
 
     prefix: str
     key: str
     entries: Iterable[Entry]
+    content: str | None = None
 
 
 @dataclass
@@ -220,11 +210,14 @@ class _Sum:
 
     prefix: str
     key: str
+    known: str | None  # the content digest, when known beforehand
     files: int = 0
     unzipped: int = 0
     content: ContentDigest = field(default_factory=ContentDigest)
     packages: dict[str, int] = field(default_factory=dict)
     notable: list[tuple[str, str]] = field(default_factory=list)
+    # the package the previous file counted toward, and its folder's zip path
+    package: tuple[str, str] | None = None
 
 
 class _Writer:
@@ -248,12 +241,6 @@ class _Writer:
         self.buf = bytearray()  # small entries gathered into large writes
         # the zip's SHA-256, hashed as it is written (None once a header was patched)
         self.sha: Any = hashlib.sha256()
-
-    def _emit(self, *parts: bytes | bytearray) -> None:
-        for part in parts:
-            self.buf += part
-        if len(self.buf) >= _READ:
-            self._drain()
 
     def _drain(self) -> None:
         if self.buf:
@@ -297,9 +284,15 @@ class _Writer:
                 p = self._stream(p, name, flags)
                 self.pos = self.out.tell()
             else:
-                header = self._local(p, name, flags)
-                self._emit(header, p.data or b"")
-                self.pos += len(header) + p.csize
+                buf = self.buf  # inline: this runs once per file
+                buf += _LOCAL.pack(0x04034B50, 20, flags, p.method, self.time, self.date, p.crc,
+                                   p.csize, p.size, len(name), 0)
+                buf += name
+                if p.data:
+                    buf += p.data
+                self.pos += _LOCAL.size + len(name) + p.csize
+                if len(buf) >= _READ:
+                    self._drain()
         record = _CENTRAL.pack(
             0x02014B50, (3 << 8) | 20, 20, flags, p.method, self.time, self.date, p.crc,
             p.csize, p.size, len(name), 0, 0, 0, 0, (0o100000 | p.mode) << 16, offset) + name
@@ -315,19 +308,25 @@ class _Writer:
         self.staged_cd += record
         seg.files += 1
         seg.unzipped += p.size
-        seg.content.add(e.arcname, p.mode, p.sha256)
-        package = package_of(e.arcname)
-        if package:
-            seg.packages[package] = seg.packages.get(package, 0) + p.size
-        if e.arcname.endswith((".node", "/binding.gyp")):
-            seg.notable.append((e.arcname, e.path))
+        arcname = e.arcname
+        if seg.known is None:
+            seg.content.add(arcname, p.mode, p.sha256)
+        # files come in path order: a package's files one after the other
+        if seg.package is None or not arcname.startswith(seg.package[1]):
+            package = package_of(arcname)
+            seg.package = None if package is None else (
+                package, arcname[:arcname.find("node_modules/") + 13] + package + "/")
+        if seg.package is not None:
+            seg.packages[seg.package[0]] = seg.packages.get(seg.package[0], 0) + p.size
+        if arcname.endswith((".node", "/binding.gyp")):
+            seg.notable.append((arcname, e.path))
 
     def end(self, seg: _Sum) -> None:
         """The segment is written (it starts the zip: its offsets never move)."""
         self.prefix = seg.prefix
         self.segment = Segment(seg.prefix, seg.key, 0, self.pos, 0, len(self.staged_cd),
-                               seg.files, seg.unzipped, seg.content.hexdigest(), seg.packages,
-                               seg.notable)
+                               seg.files, seg.unzipped, seg.known or seg.content.hexdigest(),
+                               seg.packages, seg.notable)
 
     def copy_segment(self, seg: Segment) -> None:
         """The segment's entries and directory records from the previous zip, where
@@ -466,7 +465,8 @@ def check_size(entries: Sequence[Entry], who: str, limit: int = UNZIPPED_LIMIT) 
 
 
 def _unsafe(arcname: str) -> bool:
-    return arcname.startswith("/") or ".." in arcname.split("/") or "\\" in arcname
+    return arcname.startswith("/") or "\\" in arcname or (
+        ".." in arcname and ".." in arcname.split("/"))
 
 
 def _too_many(who: str, count: int) -> DodoLambdaError:
@@ -513,7 +513,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
     try:
         with open(tmp, "wb") as out, \
                 (open(dest, "rb") if cache or copied else contextlib.nullcontext()) as old, \
-                _pool(isinstance(staged, Staged)) as pool:
+                _pool() as pool:
             writer = _Writer(out, old, dostime or dos_timestamp())
             if isinstance(staged, Segment):
                 writer.copy_segment(staged)
@@ -560,8 +560,8 @@ def _write_staged(writer: _Writer, part: Staged, pool: Executor, who: str, known
                                       " the file")
             yield e
 
-    seg = _Sum(part.prefix, part.key)
-    for packed in _ordered(checked(), {}, pool):
+    seg = _Sum(part.prefix, part.key, part.content)
+    for packed in _ordered(checked(), {}, pool, hashed=part.content is None):
         writer.add(packed, seg)
         if writer.count > MAX_ENTRIES:
             raise _too_many(who, writer.count)

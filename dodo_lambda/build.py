@@ -118,6 +118,16 @@ def _segment_key(options: str, tree: str, prefix: str) -> str:
     return digest.value_digest([options, tree, prefix])
 
 
+def _segment_content(tree: str | None, rules: Patterns, prefix: str) -> str | None:
+    """The content digest of the staged files a zip holds, from what decides them: the
+    tree's content (hashed by the npm step, checked since) and the patterns that pick
+    from it (the default excludes do not apply there). None when the tree is not
+    trusted: then each file is hashed as it is packed."""
+    if not tree:
+        return None
+    return digest.value_digest(["segment", tree, prefix, rules.excludes, rules.includes])
+
+
 @dataclass
 class Scan:
     """What an uptodate check learnt, handed to the build that follows it in the
@@ -184,7 +194,8 @@ def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
             key = _segment_key(options, scan.tree, seg.prefix) if scan.tree else ""
             old = cache.segment if cache and key else None
             staged = old if old and old.prefix == seg.prefix and old.key == key else \
-                archive.Staged(seg.prefix, key, stream_staged(seg, rules, who))
+                archive.Staged(seg.prefix, key, stream_staged(seg, rules, who),
+                               _segment_content(scan.tree, rules, seg.prefix))
         layout.entries.unlink(missing_ok=True)  # stale the moment the zip changes
         result = archive.write_zip(entries, layout.zip, who=who, staged=staged,
                                    previous=cache.records if cache else None)

@@ -498,8 +498,9 @@ def stream_staged(root: Root, patterns: Patterns, who: str) -> Iterator[Entry]:
     share a zip path, without holding the tree."""
     matcher = patterns.matcher(who)
     keep, ignore = matcher.keep, matcher.ignore
+    picks = bool(patterns.excludes)  # else every file of the tree goes in
     for entry in walk(root, who, stats=False):
-        if not (keep is not None and keep(entry.arcname)) and ignore(entry.arcname):
+        if picks and not (keep is not None and keep(entry.arcname)) and ignore(entry.arcname):
             continue
         if entry.problem:
             raise DodoLambdaError(f"{who}: {entry.problem}")
