@@ -168,20 +168,40 @@ def _batches(entries: Iterable[Entry], cache: Mapping[str, CachedEntry]
 WORKERS = max(1, min(8, os.cpu_count() or 1))
 
 
-def _pool() -> Executor:
+_INLINE = 16  # files to read at most for a rebuild to pack them without workers
+
+
+def _pool(entries: Sequence[Entry], cache: Mapping[str, CachedEntry],
+          staged: Staged | Segment | None) -> contextlib.AbstractContextManager[Executor | None]:
     """Threads: libdeflate and hashlib release the GIL. A pool of forked processes
     was measured too (benchmarks/bench_package.py, this 2-core machine, interleaved):
     no faster on 24,000 files, slower on 7,000 (fork and pickling), a quarter more
-    CPU; the per-file Python work left under the GIL is what was cut instead."""
-    from concurrent.futures import ThreadPoolExecutor  # not on a no-op's path
+    CPU; the per-file Python work left under the GIL is what was cut instead. An
+    edit's rebuild, with a few files to read, packs them itself (no threads to start)."""
+    if not isinstance(staged, Staged):
+        todo = 0
+        for e in entries:
+            rec = cache.get(e.arcname)
+            if rec is None or rec.mode != e.mode or not same_stat(rec, e):
+                todo += 1
+                if todo > _INLINE:
+                    break
+        else:
+            return contextlib.nullcontext(None)
+    from concurrent.futures import ThreadPoolExecutor  # not on a no-op's or an edit's path
 
     return ThreadPoolExecutor(WORKERS, thread_name_prefix="dodo_lambda-zip")
 
 
-def _ordered(entries: Iterable[Entry], cache: Mapping[str, CachedEntry], pool: Executor,
+def _ordered(entries: Iterable[Entry], cache: Mapping[str, CachedEntry], pool: Executor | None,
              hashed: bool = True) -> Iterator[Packed]:
     """Packed entries in order, computed ahead by the pool through a bounded window
-    (``entries`` may be a walk in progress: it is consumed as the window moves)."""
+    (``entries`` may be a walk in progress: it is consumed as the window moves);
+    without a pool, here."""
+    if pool is None:
+        for batch in _batches(entries, cache):
+            yield from _pack_batch(batch, hashed)
+        return
     window: deque[Future[list[Packed]]] = deque()
     for batch in _batches(entries, cache):
         window.append(pool.submit(_pack_batch, batch, hashed))
@@ -513,7 +533,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
     try:
         with open(tmp, "wb") as out, \
                 (open(dest, "rb") if cache or copied else contextlib.nullcontext()) as old, \
-                _pool() as pool:
+                _pool(entries, cache, staged) as pool:
             writer = _Writer(out, old, dostime or dos_timestamp())
             if isinstance(staged, Segment):
                 writer.copy_segment(staged)
@@ -549,7 +569,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
     )
 
 
-def _write_staged(writer: _Writer, part: Staged, pool: Executor, who: str, known: int,
+def _write_staged(writer: _Writer, part: Staged, pool: Executor | None, who: str, known: int,
                   sizes: dict[str, int]) -> None:
     """Stream a staged tree into the zip, checking Lambda's limits as it goes."""
 
