@@ -267,7 +267,7 @@ class _Writer:
             self._write(self.buf)
             self.buf.clear()
 
-    def _write(self, data: bytes | bytearray) -> None:
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
         if self.sha is not None:
             self.sha.update(data)
         self.out.write(data)
@@ -407,14 +407,16 @@ class _Writer:
         self._flush_copy()
         cd_offset = self.pos
         split = len(self.central) if self.split is None else self.split
-        directory = self.central[:split] + self.staged_cd + self.central[split:]
         if self.segment is not None:
             self.segment = self.segment._replace(cd_start=cd_offset + split,
                                                  cd_end=cd_offset + split + len(self.staged_cd))
         self._drain()
         n = self.count
-        self._write(directory)
-        self._write(_END.pack(0x06054B50, 0, 0, n, n, len(directory), cd_offset, 0))
+        own = memoryview(self.central)
+        for part in (own[:split], self.staged_cd, own[split:]):  # written as they are, not joined
+            self._write(part)
+        size = len(self.central) + len(self.staged_cd)
+        self._write(_END.pack(0x06054B50, 0, 0, n, n, size, cd_offset, 0))
 
 
 def _copy_exact(src: Any, write: Callable[[bytes], Any], length: int) -> None:
