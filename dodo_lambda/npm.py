@@ -200,11 +200,11 @@ def staged_tree(item: Function | Layer, ctx: RunContext) -> str | None:
     says (the record's ``tree_content``), else None. Checked once per run and record:
     the cheap check, or the full one when it is due (see the module's docstring)."""
     layout = ctx.layout(item)
-    record = read_record(layout)
     try:
-        st = os.stat(layout.install_record)
+        st = os.stat(layout.install_record)  # before reading it: a newer record, a new key
     except OSError:
         return None
+    record = read_record(layout)
     if record is None:
         return None
     return ctx.once(("staged", item.kind, item.name, st.st_size, st.st_mtime_ns),
