@@ -78,12 +78,14 @@ TARGETS = {
     },
 }
 
-# Peers as measured on this benchmark's base tree in November 2026 (issue 18:
-# interleaved, medians of 7, Info-ZIP cold = 1.0x), shown when a run does not time
-# them itself (`--peers`, after `python benchmarks/peers.py --install`).
+# Peers as last timed on this benchmark's base tree with --peers (2026-11-30, this
+# 2-core machine under a load average of 6.7-10.3, medians of 5, Info-ZIP cold = 1.0x;
+# issue 18 had measured SAM at 6.4-6.6x and Serverless v3 at 6.6-7.3x earlier in
+# 2026-11), shown when a run does not time them itself.
 QUOTED_PEERS = {
-    "SAM `sam build --cached`": "6.4-6.6x for every case (measured 2026-11, issue 18)",
-    "Serverless v3 `serverless package`": "6.6-7.3x for every case (measured 2026-11, issue 18)",
+    "SAM `sam build --cached`": "1.170.0: cold 13.6x, no-op 9.3x, 1 edit 10.7x (2026-11-30)",
+    "Serverless v3 `serverless package`": "3.40.0: cold 8.3x, no-op 7.9x, 1 edit 7.6x"
+                                          " (2026-11-30)",
 }
 PEER_CASES = ("cold", "no-op", "1 edit")
 

@@ -48,6 +48,35 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "/.lambdaignore",
     ".doit.db*",  # doit's state, when dodo.py sits in the function's folder
 )
+# pathspec's regex for DEFAULT_EXCLUDES, one alternative per pattern: a build with no
+# patterns of its own then never imports pathspec (30-40 ms of CPU, most of a cold
+# build's fixed cost). tests/test_shape.py checks that it matches as pathspec does.
+_DEFAULT_SOURCE = "|".join((
+    r"(?:^(?:.+/)?\.git(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.env[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.pem(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.key(?:(?:/)|$))",
+    r"(?:^(?:.+/)?id_rsa[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?id_dsa[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?id_ecdsa[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?id_ed25519[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.ssh(?:/))",
+    r"(?:^(?:.+/)?\.aws(?:/))",
+    r"(?:^(?:.+/)?\.docker(?:/))",
+    r"(?:^(?:.+/)?\.npmrc(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.yarnrc\.yml(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.netrc(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.git\-credentials(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.pypirc(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.p12(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.pfx(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.tfvars(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.tfvars\.json(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.tfstate[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.DS_Store(?:(?:/)|$))",
+    r"(?:^\.lambdaignore(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.doit\.db[^/]*(?:(?:/)|$))",
+))
 # A default-excluded file with one of these endings may be code someone meant to
 # ship (.env.example.js): it is named in a warning, not only in the manifest.
 CODE_SUFFIXES = (".js", ".mjs", ".cjs", ".json", ".ts", ".mts", ".cts")
@@ -270,6 +299,8 @@ def _source(lines: Iterable[str], ignore_case: bool = False) -> str | None:
     lines = tuple(lines)
     if not lines:
         return ""
+    if ignore_case and lines == DEFAULT_EXCLUDES:
+        return _DEFAULT_SOURCE
     import pathspec  # imported late: a no-op or an edit rebuild never needs it
 
     spec = pathspec.GitIgnoreSpec.from_lines(lines)
