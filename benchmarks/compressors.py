@@ -60,7 +60,7 @@ def isal_raw(level: int) -> Compressor:
 COMPRESSORS: dict[str, Compressor] = {
     "zlib 6": zlib_raw(6),
     "zlib 9": zlib_raw(9),
-    **{f"libdeflate {lvl}": libdeflate_raw(lvl) for lvl in (6, 7, 8, 9, 10, 12)},
+    **{f"libdeflate {lvl}": libdeflate_raw(lvl) for lvl in (4, 5, 6, 7, 8, 9, 10, 12)},
     **{f"isal {lvl}": isal_raw(lvl) for lvl in (1, 2, 3)},
 }
 

@@ -9,6 +9,7 @@ Layout of the work folder (default ``benchmarks/.work/``)::
                                                library's staging does not exist yet
     ref_tree/                                  the zip's layout as plain files, for Info-ZIP
     zip_out/                                   Info-ZIP outputs
+    triple/...                                 the same for the three-times tree (``TRIPLE``)
 """
 
 from __future__ import annotations
@@ -45,6 +46,32 @@ DEPENDENCIES = {
     "zod": "^3.23.8",
 }
 DEV_DEPENDENCIES = {"jest": "^29.7.0", "typescript": "^5.4.5"}
+# The three-times tree: three times the source modules and a backend's worth more of
+# dependencies: about 24,000 files and 120 MB in production.
+TRIPLE_DEPENDENCIES = {
+    **DEPENDENCIES,
+    **{f"@aws-sdk/client-{name}": "^3.600.0" for name in (
+        "sqs", "sns", "lambda", "secrets-manager", "ssm", "eventbridge", "cloudwatch-logs",
+        "sfn", "ec2", "kinesis")},
+    "date-fns": "^3.6.0", "rxjs": "^7.8.1", "uuid": "^9.0.1", "pg": "^8.12.0",
+    "ioredis": "^5.4.1", "jsonwebtoken": "^9.0.2", "ajv": "^8.16.0", "pino": "^9.2.0",
+    "luxon": "^3.4.4", "graphql": "^16.9.0", "knex": "^3.1.0", "winston": "^3.13.0",
+    "joi": "^17.13.3", "mongodb": "^6.8.0",
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a benchmark tree holds: its generated modules and its dependencies."""
+
+    name: str
+    modules: int
+    dependencies: dict[str, str]
+    subdir: str  # under the work folder ("" for the base tree)
+
+
+BASE = Spec("base", MODULE_COUNT, DEPENDENCIES, "")
+TRIPLE = Spec("three-times", 3 * MODULE_COUNT, TRIPLE_DEPENDENCIES, "triple")
 
 DODO_PY = """\
 from dodo_lambda import Function, lambda_tasks
@@ -85,6 +112,11 @@ class Workspace:
     """Paths of the benchmark work folder."""
 
     root: Path
+    spec: Spec = BASE
+
+    @classmethod
+    def of(cls, workdir: Path, spec: Spec) -> Workspace:
+        return cls(workdir / spec.subdir if spec.subdir else workdir, spec)
 
     @property
     def lock_dir(self) -> Path:
@@ -228,13 +260,13 @@ def registry_js() -> str:
     return f"'use strict';\n\nmodule.exports = {{\n{entries},\n}};\n"
 
 
-def package_json() -> str:
+def package_json(spec: Spec = BASE) -> str:
     manifest = {
         "name": "bench-fn",
         "version": "1.0.0",
         "private": True,
         "main": "index.js",
-        "dependencies": DEPENDENCIES,
+        "dependencies": spec.dependencies,
         "devDependencies": DEV_DEPENDENCIES,
     }
     return json.dumps(manifest, indent=2) + "\n"
@@ -252,10 +284,10 @@ def write_if_changed(path: Path, text: str) -> bool:
     return True
 
 
-def source_files() -> dict[str, str]:
+def source_files(modules: int = MODULE_COUNT) -> dict[str, str]:
     """Relative path -> content of every generated source file (package.json aside)."""
     files = {"index.js": INDEX_JS, "src/registry.js": registry_js()}
-    for i in range(MODULE_COUNT):
+    for i in range(modules):
         files[f"src/lib/mod_{i:03d}.js"] = module_js(i)
     return files
 
@@ -293,7 +325,7 @@ def ensure_lock(ws: Workspace) -> None:
     cached_lock = ws.lock_dir / "package-lock.json"
     if not cached_lock.is_file():
         ws.lock_dir.mkdir(parents=True, exist_ok=True)
-        write_if_changed(cached_manifest, package_json())
+        write_if_changed(cached_manifest, package_json(ws.spec))
         print("Resolving the dependency tree (first run only)...", flush=True)
         run(["npm", "install", "--package-lock-only", "--no-audit", "--no-fund"], ws.lock_dir)
     write_if_changed(ws.fn_dir / "package.json", cached_manifest.read_text())
@@ -303,7 +335,7 @@ def ensure_lock(ws: Workspace) -> None:
 def ensure_project(ws: Workspace) -> None:
     """Create or refresh the project; files already right are left untouched."""
     ws.fn_dir.mkdir(parents=True, exist_ok=True)
-    for rel, text in source_files().items():
+    for rel, text in source_files(ws.spec.modules).items():
         write_if_changed(ws.fn_dir / rel, text)
     ensure_lock(ws)
     write_if_changed(ws.project / "dodo.py", DODO_PY)

@@ -7,7 +7,10 @@ threads (the compressors release the GIL) through a bounded window, so memory
 stays flat. A rebuild copies the unchanged entries' bytes from the previous
 zip, as ``zip -FS`` does, and recompresses only what changed; the output is
 identical to a cold build because each entry's bytes depend only on its path,
-content and mode.
+content and mode. A staged dependency tree is written as a *segment*, first in
+the file (the central directory still lists every entry in path order): streamed
+from its walk, nothing kept per file but its directory record's bytes, and
+copied whole, entries and directory records, while it stays the same.
 """
 
 from __future__ import annotations
@@ -19,22 +22,25 @@ import struct
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import deflate
 
-from .entrycache import CachedEntry
+from .digest import ContentDigest, content_digest, same_stat, segment_line
+from .entrycache import CachedEntry, Segment
 from .errors import DodoLambdaError
-from .selection import Entry
+from .selection import Entry, zip_mode
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
 
 UNZIPPED_LIMIT = 262_144_000  # Lambda: function code plus layers, unzipped
 MAX_ENTRIES = 0xFFFF  # without ZIP64
 STREAM_THRESHOLD = 16 << 20  # larger files are streamed, never read whole
-FORMAT = 1  # bump whenever the bytes written for the same inputs change
+FORMAT = 2  # bump whenever the bytes written for the same inputs change
 _BATCH_BYTES = 1 << 20
 _BATCH_FILES = 64
 _READ = 1 << 20
@@ -86,6 +92,7 @@ class Packed:
     method: int
     csize: int
     size: int
+    mode: int  # 0o644 or 0o755
     data: bytes | bytearray | None = None
     old_offset: int | None = None
     stream: bool = False
@@ -96,45 +103,51 @@ def _name_bytes(arcname: str) -> tuple[bytes, int]:
     return raw, (0 if raw.isascii() else _UTF8_FLAG)
 
 
-def _read(path: str, size: int) -> bytes:
+def _read(fd: int, size: int) -> bytes:
     """A whole (small) file; os-level calls, as this runs once per file."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.read(fd, size + 1)
-        while len(data) <= size:  # short read, or the file grew: read to the end
-            more = os.read(fd, _READ)
-            if not more:
-                break
-            data += more
-    finally:
-        os.close(fd)
+    data = os.read(fd, size + 1)
+    while len(data) <= size:  # short read, or the file grew: read to the end
+        more = os.read(fd, _READ)
+        if not more:
+            break
+        data += more
     return data
 
 
-def _pack(entry: Entry, cached: CachedEntry | None) -> Packed:
-    """Work for a thread: decide reuse, else read, hash and compress one file."""
-    if cached is not None and cached.size == entry.size and cached.mtime_ns == entry.mtime_ns:
+def _pack(entry: Entry, cached: CachedEntry | None, hashed: bool = True) -> Packed:
+    """Work for a thread: decide reuse, else read, hash and compress one file
+    (``hashed``: its SHA-256 too; a staged tree whose content is known skips it)."""
+    if cached is not None and same_stat(cached, entry):
         return Packed(entry, cached.sha256, cached.crc, cached.method, cached.csize, entry.size,
-                      old_offset=cached.offset)
-    if entry.size > STREAM_THRESHOLD:
-        return Packed(entry, "", 0, 8, 0, entry.size, stream=True)
-    data = _read(entry.path, entry.size)
-    sha = hashlib.sha256(data).hexdigest()
+                      entry.mode, old_offset=cached.offset)
+    size, mode = entry.size, entry.mode
+    fd = os.open(entry.path, os.O_RDONLY)
+    try:
+        if size < 0:  # walked without stats (a staged tree): learnt here, off the walk
+            st = os.fstat(fd)
+            size, mode = st.st_size, zip_mode(st.st_mode)
+        if size > STREAM_THRESHOLD:
+            return Packed(entry, "", 0, 8, 0, size, mode, stream=True)
+        data = _read(fd, size)
+    finally:
+        os.close(fd)
+    sha = hashlib.sha256(data).hexdigest() if hashed else ""
     crc = _crc32(data)
     if cached is not None and cached.sha256 == sha and cached.size == len(data):
-        return Packed(entry, sha, crc, cached.method, cached.csize, len(data),
+        return Packed(entry, sha, crc, cached.method, cached.csize, len(data), mode,
                       old_offset=cached.offset)
     comp = _compress(data) if data else b""
     if len(comp) >= len(data):
-        return Packed(entry, sha, crc, 0, len(data), len(data), data=data)
-    return Packed(entry, sha, crc, 8, len(comp), len(data), data=comp)
+        return Packed(entry, sha, crc, 0, len(data), len(data), mode, data=data)
+    return Packed(entry, sha, crc, 8, len(comp), len(data), mode, data=comp)
 
 
-def _pack_batch(batch: Sequence[tuple[Entry, CachedEntry | None]]) -> list[Packed]:
-    return [_pack(entry, cached) for entry, cached in batch]
+def _pack_batch(batch: Sequence[tuple[Entry, CachedEntry | None]], hashed: bool = True
+                ) -> list[Packed]:
+    return [_pack(entry, cached, hashed) for entry, cached in batch]
 
 
-def _batches(entries: Sequence[Entry], cache: Mapping[str, CachedEntry]
+def _batches(entries: Iterable[Entry], cache: Mapping[str, CachedEntry]
              ) -> Iterator[list[tuple[Entry, CachedEntry | None]]]:
     batch: list[tuple[Entry, CachedEntry | None]] = []
     size = 0
@@ -143,8 +156,8 @@ def _batches(entries: Sequence[Entry], cache: Mapping[str, CachedEntry]
         if cached is not None and cached.mode != e.mode:
             cached = None
         batch.append((e, cached))
-        if cached is None or cached.mtime_ns != e.mtime_ns:
-            size += e.size
+        if cached is None or not same_stat(cached, e):
+            size += max(e.size, 0)  # unknown (-1): batches go by count
         if size >= _BATCH_BYTES or len(batch) >= _BATCH_FILES:
             yield batch
             batch, size = [], 0
@@ -152,17 +165,79 @@ def _batches(entries: Sequence[Entry], cache: Mapping[str, CachedEntry]
         yield batch
 
 
-def _ordered(entries: Sequence[Entry], cache: Mapping[str, CachedEntry]) -> Iterator[Packed]:
-    """Packed entries in order, computed ahead by a bounded pool of threads."""
-    workers = max(1, min(8, os.cpu_count() or 1))
-    window: deque[Future[list[Packed]]] = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="dodo_lambda-zip") as pool:
+WORKERS = max(1, min(8, os.cpu_count() or 1))
+
+
+_INLINE = 16  # files to read at most for a rebuild to pack them without workers
+
+
+def _pool(entries: Sequence[Entry], cache: Mapping[str, CachedEntry],
+          staged: Staged | Segment | None) -> contextlib.AbstractContextManager[Executor | None]:
+    """Threads: libdeflate and hashlib release the GIL. A pool of forked processes
+    was measured too (benchmarks/bench_package.py, this 2-core machine, interleaved):
+    no faster on 24,000 files, slower on 7,000 (fork and pickling), a quarter more
+    CPU; the per-file Python work left under the GIL is what was cut instead. An
+    edit's rebuild, with a few files to read, packs them itself (no threads to start)."""
+    if not isinstance(staged, Staged):
+        todo = 0
+        for e in entries:
+            rec = cache.get(e.arcname)
+            if rec is None or rec.mode != e.mode or not same_stat(rec, e):
+                todo += 1
+                if todo > _INLINE:
+                    break
+        else:
+            return contextlib.nullcontext(None)
+    from concurrent.futures import ThreadPoolExecutor  # not on a no-op's or an edit's path
+
+    return ThreadPoolExecutor(WORKERS, thread_name_prefix="dodo_lambda-zip")
+
+
+def _ordered(entries: Iterable[Entry], cache: Mapping[str, CachedEntry], pool: Executor | None,
+             hashed: bool = True) -> Iterator[Packed]:
+    """Packed entries in order, computed ahead by the pool through a bounded window
+    (``entries`` may be a walk in progress: it is consumed as the window moves);
+    without a pool, here."""
+    if pool is None:
         for batch in _batches(entries, cache):
-            window.append(pool.submit(_pack_batch, batch))
-            if len(window) > 2 * workers:
-                yield from window.popleft().result()
-        while window:
+            yield from _pack_batch(batch, hashed)
+        return
+    window: deque[Future[list[Packed]]] = deque()
+    for batch in _batches(entries, cache):
+        window.append(pool.submit(_pack_batch, batch, hashed))
+        if len(window) > 2 * WORKERS:
             yield from window.popleft().result()
+    while window:
+        yield from window.popleft().result()
+
+
+@dataclass
+class Staged:
+    """A staged tree to write file by file (``entries`` sorted, and all under
+    ``prefix``), recorded as a segment under ``key``. ``content``, when the tree's
+    content is known (the npm step hashed it), is the segment's content digest, and
+    its files are not hashed again."""
+
+    prefix: str
+    key: str
+    entries: Iterable[Entry]
+    content: str | None = None
+
+
+@dataclass
+class _Sum:
+    """The segment being written."""
+
+    prefix: str
+    key: str
+    known: str | None  # the content digest, when known beforehand
+    files: int = 0
+    unzipped: int = 0
+    content: ContentDigest = field(default_factory=ContentDigest)
+    packages: dict[str, int] = field(default_factory=dict)
+    notable: list[tuple[str, str]] = field(default_factory=list)
+    # the package the previous file counted toward, and its folder's zip path
+    package: tuple[str, str] | None = None
 
 
 class _Writer:
@@ -171,8 +246,15 @@ class _Writer:
     def __init__(self, out: Any, old: Any, dostime: tuple[int, int]) -> None:
         self.out, self.old = out, old
         self.time, self.date = dostime
-        self.central: list[bytes] = []
-        self.records: dict[str, CachedEntry] = {}
+        self.central = bytearray()  # the own files' directory records, in path order
+        self.count = 0
+        self.records: dict[str, CachedEntry] = {}  # the item's own files
+        # the staged segment: its directory records, where they go among the own
+        # files' (the first own record past its prefix), and its record
+        self.staged_cd = bytearray()
+        self.prefix: str | None = None
+        self.split: int | None = None
+        self.segment: Segment | None = None
         self.unzipped = 0  # bytes as packed (a file may change after the walk)
         self.pending: tuple[int, int] | None = None  # a run of old bytes to copy
         self.pos = 0  # where the next entry starts (tell() is slow, and pending is unwritten)
@@ -180,18 +262,12 @@ class _Writer:
         # the zip's SHA-256, hashed as it is written (None once a header was patched)
         self.sha: Any = hashlib.sha256()
 
-    def _emit(self, *parts: bytes | bytearray) -> None:
-        for part in parts:
-            self.buf += part
-        if len(self.buf) >= _READ:
-            self._drain()
-
     def _drain(self) -> None:
         if self.buf:
             self._write(self.buf)
             self.buf.clear()
 
-    def _write(self, data: bytes | bytearray) -> None:
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
         if self.sha is not None:
             self.sha.update(data)
         self.out.write(data)
@@ -204,18 +280,22 @@ class _Writer:
             _copy_exact(self.old, self._write, length)
             self.pending = None
 
-    def add(self, p: Packed) -> None:
+    def _copy_run(self, start: int, length: int) -> None:
+        """Copy ``length`` bytes of the previous zip from ``start``, joined with the
+        run before when they are adjacent."""
+        if self.pending and self.pending[0] + self.pending[1] == start:
+            self.pending = (self.pending[0], self.pending[1] + length)
+        else:
+            self._flush_copy()
+            self.pending = (start, length)
+        self.pos += length
+
+    def add(self, p: Packed, seg: _Sum | None = None) -> None:
         e = p.entry
         name, flags = _name_bytes(e.arcname)
         offset = self.pos
         if p.old_offset is not None:
-            span = _LOCAL.size + len(name) + p.csize
-            if self.pending and self.pending[0] + self.pending[1] == p.old_offset:
-                self.pending = (self.pending[0], self.pending[1] + span)
-            else:
-                self._flush_copy()
-                self.pending = (p.old_offset, span)
-            self.pos += span
+            self._copy_run(p.old_offset, _LOCAL.size + len(name) + p.csize)
         else:
             if self.pending is not None:
                 self._flush_copy()
@@ -224,15 +304,65 @@ class _Writer:
                 p = self._stream(p, name, flags)
                 self.pos = self.out.tell()
             else:
-                header = self._local(p, name, flags)
-                self._emit(header, p.data or b"")
-                self.pos += len(header) + p.csize
-        self.central.append(_CENTRAL.pack(
+                buf = self.buf  # inline: this runs once per file
+                buf += _LOCAL.pack(0x04034B50, 20, flags, p.method, self.time, self.date, p.crc,
+                                   p.csize, p.size, len(name), 0)
+                buf += name
+                if p.data:
+                    buf += p.data
+                self.pos += _LOCAL.size + len(name) + p.csize
+                if len(buf) >= _READ:
+                    self._drain()
+        record = _CENTRAL.pack(
             0x02014B50, (3 << 8) | 20, 20, flags, p.method, self.time, self.date, p.crc,
-            p.csize, p.size, len(name), 0, 0, 0, 0, (0o100000 | e.mode) << 16, offset) + name)
-        self.records[e.arcname] = CachedEntry(e.size, e.mtime_ns, e.mode, p.sha256, p.crc,
-                                              p.method, p.csize, offset)
+            p.csize, p.size, len(name), 0, 0, 0, 0, (0o100000 | p.mode) << 16, offset) + name
+        self.count += 1
         self.unzipped += p.size
+        if seg is None:
+            if self.split is None and self.prefix is not None and e.arcname > self.prefix:
+                self.split = len(self.central)
+            self.central += record
+            self.records[e.arcname] = CachedEntry(e.size, e.mtime_ns, e.ctime_ns, p.mode,
+                                                  p.sha256, p.crc, p.method, p.csize, offset)
+            return
+        self.staged_cd += record
+        seg.files += 1
+        seg.unzipped += p.size
+        arcname = e.arcname
+        if seg.known is None:
+            seg.content.add(arcname, p.mode, p.sha256)
+        # files come in path order: a package's files one after the other
+        if seg.package is None or not arcname.startswith(seg.package[1]):
+            package = package_of(arcname)
+            seg.package = None if package is None else (
+                package, arcname[:arcname.find("node_modules/") + 13] + package + "/")
+        if seg.package is not None:
+            seg.packages[seg.package[0]] = seg.packages.get(seg.package[0], 0) + p.size
+        if arcname.endswith((".node", "/binding.gyp")):
+            seg.notable.append((arcname, e.path))
+
+    def end(self, seg: _Sum) -> None:
+        """The segment is written (it starts the zip: its offsets never move)."""
+        self.prefix = seg.prefix
+        self.segment = Segment(seg.prefix, seg.key, 0, self.pos, 0, len(self.staged_cd),
+                               seg.files, seg.unzipped, seg.known or seg.content.hexdigest(),
+                               seg.packages, seg.notable)
+
+    def copy_segment(self, seg: Segment) -> None:
+        """The segment's entries and directory records from the previous zip, where
+        it also started the zip: both copied as they are."""
+        self.old.seek(seg.cd_start)
+        records = self.old.read(seg.cd_end - seg.cd_start)
+        if self.pos != 0 or seg.start != 0 or len(records) != seg.cd_end - seg.cd_start or (
+                seg.files and records[:4] != b"PK\x01\x02"):
+            raise DodoLambdaError(f"{self.old.name} does not match its entry cache; delete"
+                                  " the build dir's cache/ folder and run again")
+        self.staged_cd += records
+        self._copy_run(seg.start, seg.end - seg.start)
+        self.count += seg.files
+        self.unzipped += seg.unzipped
+        self.prefix = seg.prefix
+        self.segment = seg
 
     def _local(self, p: Packed, name: bytes, flags: int) -> bytes:
         return _LOCAL.pack(0x04034B50, 20, flags, p.method, self.time, self.date, p.crc,
@@ -256,7 +386,7 @@ class _Writer:
         tail = comp.flush()
         csize += len(tail)
         self.out.write(tail)
-        done = Packed(p.entry, sha.hexdigest(), crc, 8, csize, size)
+        done = Packed(p.entry, sha.hexdigest(), crc, 8, csize, size, p.mode)
         if csize >= size:  # incompressible: store it instead, as the small path does
             self.out.seek(start)
             self.out.truncate()
@@ -272,12 +402,21 @@ class _Writer:
         return done
 
     def finish(self) -> None:
+        """The central directory, in path order: the segment's records among the own
+        files' where its prefix sorts."""
         self._flush_copy()
         cd_offset = self.pos
-        directory = b"".join(self.central)
+        split = len(self.central) if self.split is None else self.split
+        if self.segment is not None:
+            self.segment = self.segment._replace(cd_start=cd_offset + split,
+                                                 cd_end=cd_offset + split + len(self.staged_cd))
         self._drain()
-        n = len(self.central)
-        self._write(directory + _END.pack(0x06054B50, 0, 0, n, n, len(directory), cd_offset, 0))
+        n = self.count
+        own = memoryview(self.central)
+        for part in (own[:split], self.staged_cd, own[split:]):  # written as they are, not joined
+            self._write(part)
+        size = len(self.central) + len(self.staged_cd)
+        self._write(_END.pack(0x06054B50, 0, 0, n, n, size, cd_offset, 0))
 
 
 def _copy_exact(src: Any, write: Callable[[bytes], Any], length: int) -> None:
@@ -298,7 +437,20 @@ class ZipResult:
     unzipped_size: int
     files: int
     content_digest: str
-    records: dict[str, CachedEntry]
+    records: dict[str, CachedEntry]  # the item's own files
+    segment: Segment | None = None  # the staged tree, when one was packed as a block
+
+
+def package_of(arcname: str) -> str | None:
+    """The top-level npm package (``name`` or ``@scope/name``) a file in node_modules
+    counts toward, nested node_modules included; None outside node_modules."""
+    i = arcname.find("node_modules/")
+    if i < 0:
+        return None
+    parts = arcname[i + 13:].split("/", 2)
+    if len(parts) < 2:
+        return None  # a file directly in node_modules
+    return parts[0] if not parts[0].startswith("@") else "/".join(parts[:2])
 
 
 def group_of(arcname: str) -> str:
@@ -334,30 +486,62 @@ def check_size(entries: Sequence[Entry], who: str, limit: int = UNZIPPED_LIMIT) 
         )
 
 
+def _unsafe(arcname: str) -> bool:
+    return arcname.startswith("/") or "\\" in arcname or (
+        ".." in arcname and ".." in arcname.split("/"))
+
+
+def _too_many(who: str, count: int) -> DodoLambdaError:
+    return DodoLambdaError(f"{who}: {count} files, more than a zip without ZIP64 holds"
+                           f" ({MAX_ENTRIES}); exclude what is not needed at run time")
+
+
+def _too_big(who: str, total: int, sizes: dict[str, int], limit: int) -> DodoLambdaError:
+    return DodoLambdaError(
+        f"{who}: {total:,} bytes unzipped, over Lambda's limit of {limit:,};"
+        f" largest: {largest(sizes)};"
+        " exclude what is not needed at run time (.lambdaignore, exclude=) or move it to a layer")
+
+
 def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
               previous: Mapping[str, CachedEntry] | None = None,
-              dostime: tuple[int, int] | None = None) -> ZipResult:
+              dostime: tuple[int, int] | None = None,
+              staged: Staged | Segment | None = None) -> ZipResult:
     """Write ``entries`` (sorted) to ``dest`` through a temporary file.
 
-    ``previous`` maps zip paths to the records of the zip currently at
-    ``dest`` (``ZipResult.records``); their bytes are copied, not
-    recompressed, when size and mtime (or content) still match.
+    ``previous`` maps zip paths to the records of the zip currently at ``dest``
+    (``ZipResult.records``); their bytes are copied, not recompressed, when size,
+    mtime and ctime (or content) still match. ``staged``, a staged tree (none of
+    ``entries`` under its prefix), is written first: streamed from its walk, or, a
+    ``Segment`` of the zip at ``dest`` (which the caller knows it describes), copied
+    whole. The central directory lists every entry in path order.
     """
-    if len(entries) > MAX_ENTRIES:
-        raise DodoLambdaError(f"{who}: {len(entries)} files, more than a zip without ZIP64 holds"
-                              f" ({MAX_ENTRIES}); exclude what is not needed at run time")
+    copied = staged if isinstance(staged, Segment) else None
+    count = len(entries) + (copied.files if copied else 0)
+    if count > MAX_ENTRIES:
+        raise _too_many(who, count)
     for e in entries:
-        if e.arcname.startswith("/") or ".." in e.arcname.split("/") or "\\" in e.arcname:
+        if _unsafe(e.arcname):
             raise DodoLambdaError(f"{who}: refusing unsafe zip path {e.arcname!r}; rename the file")
-    check_size(entries, who)
+    sizes = group_sizes(entries)
+    if copied:
+        sizes.update({f"{copied.prefix}{name}": size for name, size in copied.packages.items()})
+    total = sum(sizes.values())
+    if total > UNZIPPED_LIMIT:
+        raise _too_big(who, total, sizes, UNZIPPED_LIMIT)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     cache = previous if previous and dest.is_file() else {}
     try:
         with open(tmp, "wb") as out, \
-                (open(dest, "rb") if cache else contextlib.nullcontext()) as old:
+                (open(dest, "rb") if cache or copied else contextlib.nullcontext()) as old, \
+                _pool(entries, cache, staged) as pool:
             writer = _Writer(out, old, dostime or dos_timestamp())
-            for packed in _ordered(entries, cache):
+            if isinstance(staged, Segment):
+                writer.copy_segment(staged)
+            elif staged is not None:
+                _write_staged(writer, staged, pool, who, total, sizes)
+            for packed in _ordered(entries, cache, pool):
                 writer.add(packed)
             writer.finish()
         sha = writer.sha
@@ -371,15 +555,39 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
         raise
     from base64 import b64encode
 
-    from .digest import content_digest
-
     records = writer.records
+    lines = [(name, r.mode, r.sha256) for name, r in records.items()]
+    if writer.segment is not None:
+        lines.append(segment_line(writer.segment.prefix, writer.segment.content))
     return ZipResult(
         sha256=sha.hexdigest(),
         code_sha256=b64encode(sha.digest()).decode(),
         zip_size=dest.stat().st_size,
         unzipped_size=writer.unzipped,
-        files=len(records),
-        content_digest=content_digest((name, r.mode, r.sha256) for name, r in records.items()),
+        files=writer.count,
+        content_digest=content_digest(lines),
         records=records,
+        segment=writer.segment,
     )
+
+
+def _write_staged(writer: _Writer, part: Staged, pool: Executor | None, who: str, known: int,
+                  sizes: dict[str, int]) -> None:
+    """Stream a staged tree into the zip, checking Lambda's limits as it goes."""
+
+    def checked() -> Iterator[Entry]:
+        for e in part.entries:
+            if _unsafe(e.arcname):
+                raise DodoLambdaError(f"{who}: refusing unsafe zip path {e.arcname!r}; rename"
+                                      " the file")
+            yield e
+
+    seg = _Sum(part.prefix, part.key, part.content)
+    for packed in _ordered(checked(), {}, pool, hashed=part.content is None):
+        writer.add(packed, seg)
+        if writer.count > MAX_ENTRIES:
+            raise _too_many(who, writer.count)
+        if known + seg.unzipped > UNZIPPED_LIMIT:
+            staged = {f"{part.prefix}{name}": size for name, size in seg.packages.items()}
+            raise _too_big(who, known + seg.unzipped, {**sizes, **staged}, UNZIPPED_LIMIT)
+    writer.end(seg)

@@ -1,17 +1,23 @@
 """An item's package: which roots and rules make it, where it is written, and
-whether it must be rebuilt. Ties selection, npm, digest and archive together."""
+whether it must be rebuilt. Ties selection, npm, digest and archive together.
+
+The staged dependencies are one *segment* of the zip (see entrycache): while the
+npm step's check says the tree is what it installed, a rebuild copies their block
+from the previous zip, and the up-to-date check walks only the item's own files.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from . import archive, bundle, digest, entrycache, handlers, npm, npmpolicy
+from . import archive, digest, entrycache, npm, npmpolicy
 from .config import Function, Layer, label
 from .context import RunContext
-from .entrycache import EntryCache, zip_stat
+from .entrycache import EntryCache, Segment, zip_stat
 from .errors import DodoLambdaError, NextStep
 from .files import locked, read_json, write_json
 from .layout import Layout
@@ -21,13 +27,16 @@ from .selection import (
     Patterns,
     Root,
     Selection,
+    Sources,
     choose,
     default_pattern,
     folder_clash,
     patterns_for,
     select,
+    stream_staged,
     walk,
     walk_roots,
+    with_sources,
 )
 
 log = logging.getLogger("dodo_lambda")
@@ -43,6 +52,8 @@ def _inside(child: Path, parent: Path) -> str | None:
 
 def roots(item: Function | Layer, build_dir: Path) -> list[Root]:
     if isinstance(item, Function) and item.bundle_options is not None:
+        from . import bundle  # imported where needed: a run that bundles nothing never loads it
+
         return bundle.roots(item, build_dir)  # the bundle's output stands in for the source
     src = Path(item.source)
     staged = npm.staged_root(item, Layout.of(build_dir, item))
@@ -68,6 +79,15 @@ def patterns(item: Function | Layer, build_dir: Path) -> Patterns:
                         label(item))
 
 
+def _rules(item: Function | Layer, build_dir: Path, options: str, cache: EntryCache | None
+           ) -> Patterns:
+    """The patterns, with the regexes the entry cache kept when they are the same."""
+    rules = patterns(item, build_dir)
+    if cache is not None and cache.options == options and cache.sources is not None:
+        rules = replace(rules, sources=cache.sources)
+    return rules
+
+
 def options_digest(item: Function | Layer, build_dir: Path) -> str:
     """Everything besides the files that changes the zip's bytes."""
     return digest.value_digest({
@@ -85,14 +105,39 @@ def options_digest(item: Function | Layer, build_dir: Path) -> str:
     })
 
 
+def segment_root(item: Function | Layer, build_dir: Path) -> Root | None:
+    """The staged tree packed as one segment: the npm step's tree, for an item that
+    has one (a bundle ships its few externals file by file)."""
+    if isinstance(item, Function) and item.bundle_options is not None:
+        return None
+    if not npm.has_dependencies(item):
+        return None
+    return npm.staged_root(item, Layout.of(build_dir, item))
+
+
+def _segment_key(options: str, tree: str, prefix: str) -> str:
+    return digest.value_digest([options, tree, prefix])
+
+
+def _segment_content(tree: str | None, rules: Patterns, prefix: str) -> str | None:
+    """The content digest of the staged files a zip holds, from what decides them: the
+    tree's content (hashed by the npm step, checked since) and the patterns that pick
+    from it (the default excludes do not apply there). None when the tree is not
+    trusted: then each file is hashed as it is packed."""
+    if not tree:
+        return None
+    return digest.value_digest(["segment", tree, prefix, rules.excludes, rules.includes])
+
+
 @dataclass
 class Scan:
     """What an uptodate check learnt, handed to the build that follows it in the
     same run (``caches.scans``) so the tree is not walked, matched and read twice."""
 
     options: str
-    everything: list[Entry]
-    stat: str
+    own: list[Entry]  # the item's own files (every root's but the segment's)
+    stat: str  # their stat digest
+    tree: str | None  # the staged tree's content as checked (None: no segment, or altered)
     selection: Selection | None = None
     cache: EntryCache | None = None
 
@@ -101,10 +146,17 @@ def _key(item: Function | Layer) -> tuple[str, str]:
     return (item.kind, item.name)
 
 
-def _walk(item: Function | Layer, ctx: RunContext) -> list[Entry]:
+def _scan(item: Function | Layer, ctx: RunContext, options: str) -> Scan:
+    seg = segment_root(item, ctx.build_dir)
     if isinstance(item, Function) and item.bundle_options is not None:
-        return bundle.walk(item, ctx)
-    return walk_roots(roots(item, ctx.build_dir), label(item), ctx.caches.walks)
+        from . import bundle
+
+        own = bundle.walk(item, ctx)
+    else:
+        own = walk_roots([r for r in roots(item, ctx.build_dir) if r != seg], label(item),
+                         ctx.caches.walks)
+    tree = npm.staged_tree(item, ctx) if seg is not None else None
+    return Scan(options, own, digest.stat_digest(own), tree)
 
 
 def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
@@ -118,29 +170,61 @@ def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
         raise DodoLambdaError(f"{who}: dependencies are not installed",
                               next_step=NextStep("npm", item.name))
     if isinstance(item, Function) and item.bundle_options is not None:
+        from . import bundle
+
         bundle.check_bundled(item, layout)
     options = options_digest(item, ctx.build_dir)
     scan = ctx.caches.scans.pop(_key(item), None)
     if scan is None or scan.options != options:
-        everything = _walk(item, ctx)
-        scan = Scan(options, everything, digest.stat_digest(everything))
-    chosen = scan.selection or choose(scan.everything, patterns(item, ctx.build_dir), who,
-                                      roots(item, ctx.build_dir))
+        scan = _scan(item, ctx, options)
+        scan.cache = entrycache.read(layout.entries)
+    rules = with_sources(_rules(item, ctx.build_dir, options, scan.cache), who)
+    chosen = scan.selection or choose(scan.own, rules, who, roots(item, ctx.build_dir))
     entries = chosen.entries
-    check_entries(item, ctx.build_dir, entries)
-    for warning in selection_warnings(item, layout, chosen):
-        log.warning("%s", warning)
+    seg = segment_root(item, ctx.build_dir)
+    check_entries(item, ctx.build_dir, entries, seg)
+    _warn_defaults(item, chosen)
     with locked(layout.package_lock):  # one writer of this zip at a time
         remove_stale_temps(layout)
-        cache = scan.cache or entrycache.read(layout.entries)
-        previous = None
+        cache = entrycache.read(layout.entries)
         # checked under the lock: another run may have replaced the zip meanwhile
-        if cache and cache.options == options and cache.zip == zip_stat(layout.zip):
-            previous = cache.records
+        if not (cache and cache.options == options and cache.zip == zip_stat(layout.zip)):
+            cache = None
+        staged: archive.Staged | Segment | None = None
+        if seg is not None:
+            key = _segment_key(options, scan.tree, seg.prefix) if scan.tree else ""
+            old = cache.segment if cache and key else None
+            staged = old if old and old.prefix == seg.prefix and old.key == key else \
+                archive.Staged(seg.prefix, key, stream_staged(seg, rules, who),
+                               _segment_content(scan.tree, rules, seg.prefix))
         layout.entries.unlink(missing_ok=True)  # stale the moment the zip changes
-        result = archive.write_zip(entries, layout.zip, who=who, previous=previous)
-        _record(item, layout, options, scan.stat, chosen, result)
+        result = archive.write_zip(entries, layout.zip, who=who, staged=staged,
+                                   previous=cache.records if cache else None)
+        _record(item, layout, options, scan.stat, chosen, result, rules.sources)
+    _warn_native(item, layout, entries, result.segment)
     return result
+
+
+def _warn_native(item: Function | Layer, layout: Layout, entries: list[Entry],
+                 segment: Segment | None) -> None:
+    for warning in native_warnings(item, layout, entries, segment):
+        log.warning("%s", warning)
+
+
+def native_warnings(item: Function | Layer, layout: Layout, entries: list[Entry],
+                    segment: Segment | None) -> list[str]:
+    """Native addons that cannot load, and packages whose skipped install script
+    would have built one (from the staged segment's notable files, remembered)."""
+    who = label(item)
+    notable = [*entries, *(Entry(arcname, path, 0, 0, 0o644)
+                           for arcname, path in (segment.notable if segment else ()))]
+    out = [f"{who}: {problem}" for problem in native_mismatches(notable, item.architecture)]
+    if not item.scripts and npm.has_dependencies(item):
+        for name, why in npmpolicy.unbuilt_packages(notable, npm.staged_root(item, layout)):
+            out.append(f"{who}: package {name} looks unbuilt ({why}): its install script did"
+                       f" not run (scripts are off by default); if the {item.kind} needs it,"
+                       f" set scripts=True on the {item.kind}")
+    return out
 
 
 def remove_stale_temps(layout: Layout) -> None:
@@ -179,24 +263,12 @@ def left_out_lines(items: list[Function | Layer], ctx: RunContext) -> list[str]:
     return lines
 
 
-def selection_warnings(item: Function | Layer, layout: Layout, chosen: Selection) -> list[str]:
-    """What the package step warns about in the selected files: native addons built
-    for another CPU, files the default excludes changed where it may matter, and
-    packages whose install script did not run."""
-    who = label(item)
-    out = [f"{who}: {problem}" for problem in native_mismatches(chosen.entries,
-                                                                 item.architecture)]
-    out.extend(_default_warnings(item, chosen))
-    if not item.scripts and npm.has_dependencies(item):
-        for name, why in npmpolicy.unbuilt_packages(chosen.entries,
-                                                    npm.staged_root(item, layout)):
-            out.append(f"{who}: package {name} looks unbuilt ({why}): its install script did"
-                       f" not run (scripts are off by default); if the {item.kind} needs it,"
-                       f" set scripts=True on the {item.kind}")
-    return out
+def _warn_defaults(item: Function | Layer, chosen: Selection) -> None:
+    for warning in default_warnings(item, chosen):
+        log.warning("%s", warning)
 
 
-def _default_warnings(item: Function | Layer, chosen: Selection) -> list[str]:
+def default_warnings(item: Function | Layer, chosen: Selection) -> list[str]:
     """Name the files the default excludes changed where it may matter: a dropped
     file that looks like code, and a default-excluded file include= brings back."""
     who = label(item)
@@ -213,14 +285,24 @@ def _why(name: str) -> str:
     return f"it matches {pattern}" if pattern else "it links to such a file"
 
 
-def check_entries(item: Function | Layer, build_dir: Path, entries: list[Entry]) -> None:
+def check_entries(item: Function | Layer, build_dir: Path, entries: list[Entry],
+                  staged: Root | None = None) -> None:
     """What must hold of the selected files before a zip is written: no file where
     the package needs a folder, nothing from the build dir, and (functions) a
-    handler that Lambda can load. Raises DodoLambdaError; warnings are logged."""
+    handler that Lambda can load. ``staged`` is the staged tree when it is packed
+    as a segment (its files are not in ``entries``). Raises DodoLambdaError;
+    warnings are logged."""
     who = label(item)
-    clash = folder_clash(entries, [r.prefix for r in roots(item, build_dir)])
+    clash = folder_clash(entries, [r.prefix for r in roots(item, build_dir)],
+                         [staged.prefix] if staged is not None else [])
     if clash:
         raise DodoLambdaError(f"{who}: {clash}")
+    if staged is not None:
+        inside = next((e for e in entries if e.arcname.startswith(staged.prefix)), None)
+        if inside is not None:
+            raise DodoLambdaError(
+                f"{who}: {inside.path} would be packed as {inside.arcname}, among the installed"
+                f" dependencies ({staged.prefix} holds npm's staged tree); rename or exclude it")
     build = os.path.realpath(build_dir) + os.sep
     # roots that live in the build dir by design: the staged tree, a bundle's output
     ours = tuple(path + os.sep for path in (os.path.realpath(r.path) for r in
@@ -232,12 +314,19 @@ def check_entries(item: Function | Layer, build_dir: Path, entries: list[Entry])
                 " would pack its own build output: exclude it (exclude=) or move build_dir="
                 " outside the source")
     if isinstance(item, Function):
-        _check_handler(item, build_dir, entries)
+        _check_handler(item, build_dir, entries, staged)
 
 
-def _check_handler(fn: Function, build_dir: Path, entries: list[Entry]) -> None:
+def _check_handler(fn: Function, build_dir: Path, entries: list[Entry],
+                   staged: Root | None = None) -> None:
+    from . import handlers  # with its JavaScript reader: only when a package is built
+
     who = label(fn)
     files = {e.arcname: e.path for e in entries}
+    if staged is not None and not handlers.in_package(files, fn.handler):
+        # a handler loaded from node_modules (or missing): the staged tree's names count
+        files.update((e.arcname, e.path) for e in stream_staged(staged, patterns(fn, build_dir),
+                                                                 who))
 
     def read(arcname: str) -> bytes:
         with open(files[arcname], "rb") as f:
@@ -264,19 +353,19 @@ def _check_handler(fn: Function, build_dir: Path, entries: list[Entry]) -> None:
 
 
 def _record(item: Function | Layer, layout: Layout, options: str, stat: str,
-            chosen: Selection, result: archive.ZipResult) -> None:
+            chosen: Selection, result: archive.ZipResult, sources: Sources | None = None) -> None:
     """The manifest (for people and the deploy steps) and the entry cache."""
     write_manifest(item, layout, chosen, result)
-    entrycache.write(layout.entries,
-                     EntryCache(options, zip_stat(layout.zip), stat, result.records))
+    entrycache.write(layout.entries, EntryCache(options, zip_stat(layout.zip), stat,
+                                                result.records, result.segment, sources))
 
 
 def write_manifest(item: Function | Layer, layout: Layout, chosen: Selection,
                    result: archive.ZipResult, *, packages: dict[str, int] | None = None
-                   ) -> None:
-    """The manifest alone. The watch writes it right after a splice, with the
-    package sizes when it knows them unchanged, and the entry cache later."""
-    write_json(layout.manifest, {
+                   ) -> dict[str, Any]:
+    """The manifest alone, as written. The watch writes it right after a splice (with
+    the package sizes when it knows them unchanged) and the entry cache later."""
+    manifest = {
         "name": item.name,
         "kind": item.kind,
         "sha256": result.sha256,
@@ -286,9 +375,11 @@ def write_manifest(item: Function | Layer, layout: Layout, chosen: Selection,
         "files": result.files,
         "content_digest": result.content_digest,
         "compressor": archive.COMPRESSOR_ID,
-        "packages": package_sizes(chosen.entries) if packages is None else packages,
+        "packages": _packages(chosen.entries, result.segment) if packages is None else packages,
         "excluded_by_default": chosen.dropped,
-    })
+    }
+    write_json(layout.manifest, manifest)
+    return manifest
 
 
 _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "arm64"}
@@ -320,27 +411,23 @@ def native_mismatches(entries: list[Entry], architecture: str) -> list[str]:
     return found
 
 
-def package_sizes(entries: list[Entry]) -> dict[str, int]:
+def _packages(entries: list[Entry], segment: Segment | None = None) -> dict[str, int]:
     """Top-level npm packages in the zip (``name`` or ``@scope/name``) and their
     unzipped sizes, nested node_modules counted toward their top-level package."""
-    out: dict[str, int] = {}
+    out = dict(segment.packages) if segment else {}
     for e in entries:
-        i = e.arcname.find("node_modules/")
-        if i < 0:
-            continue
-        parts = e.arcname[i + 13:].split("/", 2)
-        if len(parts) < 2:
-            continue  # a file directly in node_modules
-        name = parts[0] if not parts[0].startswith("@") else "/".join(parts[:2])
-        out[name] = out.get(name, 0) + e.size
+        package = archive.package_of(e.arcname)
+        if package is not None:
+            out[package] = out.get(package, 0) + e.size
     return out
 
 
 def is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     """True when the zip on disk is what ``package`` would write now.
 
-    One stat walk when nothing changed; when only mtimes moved, the files whose
-    stats changed are hashed and compared with the recorded content.
+    One stat walk of the item's own files when nothing changed (the staged tree is
+    the npm step's to check); when only their stats moved, the files whose stats
+    changed are hashed and compared with the recorded content.
     """
     try:
         return _is_packaged(item, ctx)
@@ -359,17 +446,25 @@ def _is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     options = options_digest(item, ctx.build_dir)
     if cache.options != options:
         return False
-    everything = _walk(item, ctx)
-    scan = Scan(options, everything, digest.stat_digest(everything), cache=cache)
+    scan = _scan(item, ctx, options)
+    scan.cache = cache
+    seg = segment_root(item, ctx.build_dir)
+    if seg is not None and not (scan.tree and cache.segment and (
+            cache.segment.prefix, cache.segment.key) == (
+            seg.prefix, _segment_key(options, scan.tree, seg.prefix))):
+        ctx.caches.scans[_key(item)] = scan  # the build that follows starts from here
+        return False
     if scan.stat == cache.stat:
         return True
-    scan.selection = chosen = choose(everything, patterns(item, ctx.build_dir), label(item),
-                                     roots(item, ctx.build_dir))
+    scan.selection = chosen = choose(scan.own, _rules(item, ctx.build_dir, options, cache),
+                                     label(item), roots(item, ctx.build_dir))
     entries = chosen.entries
     old = cache.records
     files = digest.entry_hashes(entries, old)
+    lines = [*files, digest.segment_line(cache.segment.prefix, cache.segment.content)] \
+        if cache.segment else files
     # the manifest lists what the defaults left out: a new .env means a new manifest
-    if digest.content_digest(files) != manifest.get("content_digest") \
+    if digest.content_digest(lines) != manifest.get("content_digest") \
             or chosen.dropped != manifest.get("excluded_by_default"):
         ctx.caches.scans[_key(item)] = scan  # the build that follows starts from here
         return False
@@ -378,7 +473,8 @@ def _is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     for e, (_, _, sha) in zip(entries, files, strict=True):
         rec = old.get(e.arcname)
         if rec:
-            records[e.arcname] = rec._replace(size=e.size, mtime_ns=e.mtime_ns, mode=e.mode,
-                                              sha256=sha)
-    entrycache.write(layout.entries, EntryCache(cache.options, cache.zip, scan.stat, records))
+            records[e.arcname] = rec._replace(size=e.size, mtime_ns=e.mtime_ns,
+                                              ctime_ns=e.ctime_ns, mode=e.mode, sha256=sha)
+    entrycache.write(layout.entries, EntryCache(cache.options, cache.zip, scan.stat, records,
+                                                cache.segment, cache.sources))
     return True

@@ -6,7 +6,6 @@ reports when doit runs, as for every other setting.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -60,6 +59,8 @@ def parse(value: Any) -> tuple[BundleOptions | None, str | None]:
         return None, f"bundle={value!r} must be True or a dict of options ({', '.join(KEYS)})"
     for key in value:
         if key not in KEYS:
+            import difflib  # only for a mistake's message
+
             near = difflib.get_close_matches(str(key), KEYS, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             return None, f"bundle option {key!r} is unknown; {hint}use {', '.join(KEYS)}"

@@ -65,6 +65,8 @@ class RunContext:
     # tells this run's deploy records from older ones (the end-of-run summary)
     run_id: str = field(default_factory=lambda: os.urandom(6).hex())
     today: date | None = None  # the day Lambda's runtime schedule is read at (None: today)
+    # check every staged file, not only the staged tree's folder stamps (see npm.py)
+    verify_staging: bool = False
     caches: Caches = field(default_factory=Caches, repr=False)
 
     def __post_init__(self) -> None:

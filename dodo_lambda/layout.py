@@ -11,6 +11,7 @@ re-derived by hand.
     <build_dir>/npm/functions/<name>/             the staged production install
     <build_dir>/npm/functions/<name>.json         its install record
     <build_dir>/npm/functions/<name>.local.json   stats of its workspace packages' sources
+    <build_dir>/npm/functions/<name>.state        how the staged tree was last checked
 
 Layers live under ``dist/layers/``, ``cache/layers/`` and ``npm/layers/``.
 Paths of the project as a whole (``BuildDir``):
@@ -143,6 +144,13 @@ class Layout:
         """Stats of the workspace packages' source files at their last check (kept
         apart from the install record, whose bytes must change only with the tree)."""
         return self._npm / f"{self.name}.local.json"
+
+    @property
+    def install_state(self) -> Path:
+        """How the staged tree was last checked against the install record: its folder
+        stamps, its stats, when, and the tool stamp (marshal; not a doit file_dep, so
+        rewriting it never reruns a step)."""
+        return self._npm / f"{self.name}.state"
 
     @property
     def install_lock(self) -> Path:

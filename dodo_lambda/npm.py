@@ -5,7 +5,17 @@ dev dependencies, is never touched).
 The *install key* is everything that decides what npm installs: package.json,
 the lock file, .npmrc, node and npm major versions, target os/cpu/libc and the
 flags. A JSON record beside the staging folder holds the key and a digest of
-the installed tree, so "up to date" costs one stat walk.
+the installed tree.
+
+The staged tree is ours: only this step writes it. So "still installed" does
+not stat every file: the *cheap check* compares the stamps (mtime, ctime) of
+its folders with those taken when it was last checked, which move when a file
+is added, removed or renamed anywhere in it (npm, an editor's save-by-rename,
+``sed -i``, ``cp`` of a new file). A file rewritten in place keeps its folder's
+stamps; the *full check* (every file's stats, the changed ones hashed) finds
+that, and runs when the cheap check moves, when asked (``RunContext.verify_staging``:
+``doit ... verify_staging=1``, ``DODO_LAMBDA_VERIFY_STAGING=1``, or ``CI`` set),
+and when the last full check is older than ``FULL_CHECK_AGE``.
 
 An item in an npm workspaces monorepo installs its closure from the root's lock
 (workspaces.py, wslock.py); the workspace packages it uses are folders in the
@@ -16,9 +26,11 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +38,17 @@ from . import digest, localpkgs, npmpolicy, workspaces, wslock
 from .config import ARCHITECTURES, Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
-from .files import locked, read_json, write_json
+from .files import locked, read_json, write_atomic, write_json
 from .layout import Layout
-from .selection import Entry, Root, walk_roots
+from .selection import Entry, Root, walk
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
 RECORD_FORMAT = 2
 PACKED = ".workspace-packages"  # in the install folder, while npm runs (workspaces)
+# the longest a file rewritten in place in the staged tree goes unnoticed without a
+# full check asked for (a day: a full check costs a stat per file, once a day)
+FULL_CHECK_AGE = 24 * 3600
+_STATE_MAGIC = b"dodo_lambda-staged-1\n"
 
 log = logging.getLogger("dodo_lambda")
 
@@ -102,9 +118,10 @@ def flags(item: Function | Layer) -> list[str]:
 # -- tool versions, known by the executables' identity (running them costs ~0.3 s)
 
 
-def _tools(ctx: RunContext, record: dict[str, Any] | None) -> dict[str, Any]:
+def _tools(ctx: RunContext, *known: dict[str, Any] | None) -> dict[str, Any]:
     """``{"stamp": ..., "versions": {"node": major, "npm": major}}``; the versions are
-    asked only when the executables differ from those the record saw."""
+    asked only when the executables differ from those the ``known`` tools saw (the
+    check state's, the install record's)."""
     stamp = []
     for tool in ("node", "npm"):
         exe = shutil.which(tool)
@@ -114,9 +131,9 @@ def _tools(ctx: RunContext, record: dict[str, Any] | None) -> dict[str, Any]:
         real = os.path.realpath(exe)
         stat = os.stat(real)
         stamp.append([real, stat.st_size, stat.st_mtime_ns])
-    cached = (record or {}).get("tools")
-    if cached and cached.get("stamp") == stamp:
-        return cached
+    for tools in known:
+        if tools and tools.get("stamp") == stamp:
+            return tools
     return ctx.once(("tools", json.dumps(stamp)),
                     lambda: {"stamp": stamp, "versions": _versions()})
 
@@ -147,14 +164,28 @@ def install_key(item: Function | Layer, versions: dict[str, str],
     return key
 
 
-def _tree(item: Function | Layer, ctx: RunContext, keep: bool = False) -> list[Entry]:
-    return walk_roots([staged_root(item, ctx.layout(item))], label(item), ctx.caches.walks,
-                      keep=keep)
+def _tree(item: Function | Layer, ctx: RunContext) -> list[Entry]:
+    return list(walk(staged_root(item, ctx.layout(item)), label(item)))
 
 
 def read_record(layout: Layout) -> dict[str, Any] | None:
     record = read_json(layout.install_record)
     return record if isinstance(record, dict) else None
+
+
+def _read_state(layout: Layout) -> dict[str, Any]:
+    """How the staged tree was last checked (empty when never, or unreadable)."""
+    try:
+        data = layout.install_state.read_bytes()
+        state = marshal.loads(data[len(_STATE_MAGIC):]) if data.startswith(_STATE_MAGIC) else {}
+    except (OSError, ValueError, EOFError, TypeError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _update_state(layout: Layout, **changes: Any) -> None:
+    state = {**_read_state(layout), **changes}
+    write_atomic(layout.install_state, _STATE_MAGIC + marshal.dumps(state))
 
 
 def is_installed(item: Function | Layer, ctx: RunContext) -> bool:
@@ -173,32 +204,78 @@ def _tree_installed(item: Function | Layer, ctx: RunContext) -> bool:
     record = read_record(layout)
     if record is None or not layout.node_modules.is_dir() and record.get("tree_files"):
         return False
+    state = _read_state(layout)
     try:
-        key = install_key(item, _tools(ctx, record)["versions"], ctx)
+        tools = _tools(ctx, state.get("tools"), record.get("tools"))
+        key = install_key(item, tools["versions"], ctx)
     except (DodoLambdaError, OSError):
         return False
-    if record.get("key") != key:
+    if record.get("key") != key or staged_tree(item, ctx) is None:
         return False
-    tree = _tree(item, ctx, keep=True)  # the package check walks it next
-    stat = digest.stat_digest(tree)
-    if stat == record.get("tree_stat"):
-        return True
-    # mtimes moved (a copy, a touch): decide by content and remember the new stats
-    if _content(tree) != record.get("tree_content"):
-        return False
-    record["tree_stat"] = stat
-    write_json(layout.install_record, record)
+    if state.get("tools") != tools:
+        # node or npm changed within a major: remember them, or every later check
+        # would run both again to learn the same majors
+        _update_state(layout, tools=tools)
     return True
+
+
+def staged_tree(item: Function | Layer, ctx: RunContext) -> str | None:
+    """The content digest of the staged tree when it is still what the install record
+    says (the record's ``tree_content``), else None. Checked once per run and record:
+    the cheap check, or the full one when it is due (see the module's docstring)."""
+    layout = ctx.layout(item)
+    try:
+        st = os.stat(layout.install_record)  # before reading it: a newer record, a new key
+    except OSError:
+        return None
+    record = read_record(layout)
+    if record is None:
+        return None
+    return ctx.once(("staged", item.kind, item.name, st.st_size, st.st_mtime_ns),
+                    lambda: _check_tree(item, ctx, record))
+
+
+def _check_tree(item: Function | Layer, ctx: RunContext, record: dict[str, Any]) -> str | None:
+    layout = ctx.layout(item)
+    content = record.get("tree_content")
+    if not isinstance(content, str):
+        return None
+    top = layout.node_modules
+    if not top.is_dir():
+        return None if record.get("tree_files") else content
+    state = _read_state(layout)
+    due = (ctx.verify_staging or state.get("content") != content
+           or not time.time() - FULL_CHECK_AGE < state.get("checked", 0) <= time.time())
+    if not due and state.get("stamps") == digest.restamp(top, state.get("names", ())):
+        return content
+    # the full check; folders first, so that a change made during the walk moves a stamp
+    names, stamps = digest.folder_stamps(top)
+    tree = _tree(item, ctx)
+    stat = digest.stat_digest(tree)
+    if stat not in (state.get("tree_stat"), record.get("tree_stat")) and _content(tree) != content:
+        log.info("%s: the staged dependencies in %s were changed since npm installed them;"
+                 " installing again", label(item), layout.staging)
+        return None
+    _update_state(layout, content=content, names=names, stamps=stamps, tree_stat=stat,
+                  checked=time.time())
+    return content
 
 
 def _content(tree: list[Entry]) -> str:
     return digest.content_digest(digest.entry_hashes(tree))
 
 
-def _tree_record(item: Function | Layer, ctx: RunContext) -> dict[str, Any]:
+def _write_record(item: Function | Layer, ctx: RunContext, record: dict[str, Any]) -> None:
+    """The install record of the staged tree as it is now, and the state the cheap
+    check compares with (its folder stamps, checked now)."""
+    layout = ctx.layout(item)
+    names, stamps = digest.folder_stamps(layout.node_modules)  # first: see _check_tree
     tree = _tree(item, ctx)
-    return {"tree_stat": digest.stat_digest(tree), "tree_content": _content(tree),
-            "tree_files": len(tree)}
+    stat, content = digest.stat_digest(tree), _content(tree)
+    record.update(tree_stat=stat, tree_content=content, tree_files=len(tree))
+    write_json(layout.install_record, record)
+    _update_state(layout, content=content, names=names, stamps=stamps, tree_stat=stat,
+                  checked=time.time(), tools=record.get("tools"))
 
 
 # -- workspace packages in the staged tree (see localpkgs) -----------------------------
@@ -259,9 +336,7 @@ def _refresh_local(item: Function | Layer, ctx: RunContext, ws: workspaces.Works
     layout.install_record.unlink(missing_ok=True)  # from here on, nothing counts as installed
     record["local"] = _copy_local(placed, ws, layout.staging, layout.local_stats,
                                   label(item))
-    ctx.caches.walks.pop(staged_root(item, layout), None)  # a walk of the old copies
-    record.update(_tree_record(item, ctx))
-    write_json(layout.install_record, record)
+    _write_record(item, ctx, record)
     changed = [src for src, c in record["local"]["sources"].items() if before.get(src) != c]
     log.info("%s: workspace package %s copied again (its source changed; npm not run)",
              label(item), ", ".join(changed))
@@ -366,7 +441,7 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
     ws = workspaces.of(item, ctx)
     pkg = _read_package_json(item)
     lock_path, lock = (ws.lock, {}) if ws is not None else _read_lock(item)
-    tools = _tools(ctx, read_record(layout))
+    tools = _tools(ctx, _read_state(layout).get("tools"), (read_record(layout) or {}).get("tools"))
     versions = tools["versions"]
     if versions["npm"].isdigit() and int(versions["npm"]) < 10:
         raise DodoLambdaError(f"{who}: npm {versions['npm']} cannot pick platform binaries"
@@ -413,17 +488,16 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        ctx.caches.walks.pop(staged_root(item, layout), None)  # a walk of the old tree
         skipped = [] if item.scripts else sorted(
             {npmpolicy.package_name(f) for f in npmpolicy.skipped_scripts(layout.node_modules)})
         if skipped:
             log.info("%s: install scripts not run (scripts=False): %s", who,
                      ", ".join(skipped[:8]) + (f" and {len(skipped) - 8} more"
                                                if len(skipped) > 8 else ""))
-        record = {"key": key, "tools": tools, **_tree_record(item, ctx)}
+        record = {"key": key, "tools": tools}
         if local is not None:
             record["local"] = local
-        write_json(layout.install_record, record)
+        _write_record(item, ctx, record)
 
 
 def _workspace_manifests(item: Function | Layer, ctx: RunContext, ws: workspaces.Workspace,

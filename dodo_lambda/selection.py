@@ -12,7 +12,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,6 +48,35 @@ DEFAULT_EXCLUDES: tuple[str, ...] = (
     "/.lambdaignore",
     ".doit.db*",  # doit's state, when dodo.py sits in the function's folder
 )
+# pathspec's regex for DEFAULT_EXCLUDES, one alternative per pattern: a build with no
+# patterns of its own then never imports pathspec (30-40 ms of CPU, most of a cold
+# build's fixed cost). tests/test_shape.py checks that it matches as pathspec does.
+_DEFAULT_SOURCE = "|".join((
+    r"(?:^(?:.+/)?\.git(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.env[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.pem(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.key(?:(?:/)|$))",
+    r"(?:^(?:.+/)?id_rsa[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?id_dsa[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?id_ecdsa[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?id_ed25519[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.ssh(?:/))",
+    r"(?:^(?:.+/)?\.aws(?:/))",
+    r"(?:^(?:.+/)?\.docker(?:/))",
+    r"(?:^(?:.+/)?\.npmrc(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.yarnrc\.yml(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.netrc(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.git\-credentials(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.pypirc(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.p12(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.pfx(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.tfvars(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.tfvars\.json(?:(?:/)|$))",
+    r"(?:^(?:.+/)?[^/]*\.tfstate[^/]*(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.DS_Store(?:(?:/)|$))",
+    r"(?:^\.lambdaignore(?:(?:/)|$))",
+    r"(?:^(?:.+/)?\.doit\.db[^/]*(?:(?:/)|$))",
+))
 # A default-excluded file with one of these endings may be code someone meant to
 # ship (.env.example.js): it is named in a warning, not only in the manifest.
 CODE_SUFFIXES = (".js", ".mjs", ".cjs", ".json", ".ts", ".mts", ".cts")
@@ -74,10 +103,14 @@ class Entry(NamedTuple):
     size: int
     mtime_ns: int
     mode: int  # 0o644 or 0o755
+    # the inode change time: an edit that keeps size and mtime (cp -p, tar x, rsync -t)
+    # still moves it, as git's index knows
+    ctime_ns: int = 0
     problem: str | None = None
 
 
-def _mode(st_mode: int) -> int:
+def zip_mode(st_mode: int) -> int:
+    """The mode a file gets in the zip: 0755 with any execute bit, else 0644."""
     return 0o755 if st_mode & 0o111 else 0o644
 
 
@@ -85,8 +118,11 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + os.sep)
 
 
-def walk(root: Root, who: str = "") -> Iterator[Entry]:
-    """Every file under ``root`` (pruned folders skipped), symlinks resolved.
+def walk(root: Root, who: str = "", stats: bool = True) -> Iterator[Entry]:
+    """Every file under ``root`` (pruned folders skipped), symlinks resolved, in
+    zip-path order: a tree can be packed as it is walked, never held whole.
+    Without ``stats`` a file's size is -1 and its mode and times 0 (the zip writer
+    learns them from the open file, off the walking thread).
 
     A link that is broken, leaves the root or loops is yielded with a
     ``problem``; selection decides whether that matters (an excluded broken
@@ -94,21 +130,39 @@ def walk(root: Root, who: str = "") -> Iterator[Entry]:
     """
     top = os.path.realpath(root.path)
     if os.path.isdir(top):
-        yield from _walk_dir(root, top, top, "", who, ())
+        yield from _walk_dir(root, top, top, "", who, (), stats)
+
+
+def _order(e: os.DirEntry[str]) -> str:
+    """A folder sorts as ``name/``: depth first in this order gives the paths sorted
+    as strings (``a-b`` before ``a/x``, as '-' < '/')."""
+    try:
+        folder = e.is_dir() if e.is_symlink() else e.is_dir(follow_symlinks=False)
+    except OSError:
+        folder = False
+    return e.name + "/" if folder else e.name
+
+
+def _listing(folder: str, who: str) -> Iterator[os.DirEntry[str]]:
+    try:
+        with os.scandir(folder) as it:
+            found = list(it)
+    except OSError as exc:
+        raise DodoLambdaError(f"{who}: cannot read {folder}: {exc.strerror}") from exc
+    found.sort(key=_order)
+    return iter(found)
 
 
 def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str,
-              chain: tuple[str, ...]) -> Iterator[Entry]:
-    """Walk ``start``; ``chain`` holds the real folders whose symlinks led here, so
-    that a link back to any of them is reported as a loop instead of followed."""
-    stack: list[tuple[str, str]] = [(start, start_rel)]
+              chain: tuple[str, ...], stats: bool = True) -> Iterator[Entry]:
+    """Walk ``start`` depth first in zip-path order; ``chain`` holds the real folders
+    whose symlinks led here, so that a link back to any of them is reported as a
+    loop instead of followed."""
     prune, staged, prefix = root.prune, root.staged, root.prefix
+    stack: list[tuple[Iterator[os.DirEntry[str]], str, str]] = [
+        (_listing(start, who), start_rel, start)]
     while stack:
-        folder, rel = stack.pop()
-        try:
-            entries = list(os.scandir(folder))
-        except OSError as exc:
-            raise DodoLambdaError(f"{who}: cannot read {folder}: {exc.strerror}") from exc
+        entries, rel, folder = stack[-1]
         for e in entries:
             name = e.name
             relname = rel + name
@@ -120,11 +174,18 @@ def _walk_dir(root: Root, top: str, start: str, start_rel: str, who: str,
                 yield from _link(root, top, folder, e.path, relname, who, chain)
             elif e.is_dir(follow_symlinks=False):
                 if relname not in prune:
-                    stack.append((e.path, relname + "/"))
-            elif e.is_file(follow_symlinks=False):
+                    stack.append((_listing(e.path, who), relname + "/", e.path))
+                    break  # its files come next; this folder's iterator resumes after
+            elif not e.is_file(follow_symlinks=False):
+                continue
+            elif stats:
                 st = e.stat(follow_symlinks=False)
                 yield Entry(prefix + relname, e.path, st.st_size, st.st_mtime_ns,
-                            _mode(st.st_mode))
+                            zip_mode(st.st_mode), st.st_ctime_ns)
+            else:
+                yield Entry(prefix + relname, e.path, -1, 0, 0)
+        else:
+            stack.pop()
 
 
 def _utf8(name: str) -> bool:
@@ -170,7 +231,8 @@ def _link(root: Root, top: str, folder: str, path: str, relname: str,
         else:
             yield from _walk_dir(root, top, target, relname + "/", who, (*chain, here))
     elif stat.S_ISREG(st.st_mode):
-        yield Entry(arcname, target, st.st_size, st.st_mtime_ns, _mode(st.st_mode))
+        yield Entry(arcname, target, st.st_size, st.st_mtime_ns, zip_mode(st.st_mode),
+                    st.st_ctime_ns)
 
 
 @dataclass(frozen=True)
@@ -183,9 +245,16 @@ class Patterns:
     staged: tuple[str, ...] = ()  # zip path prefixes of npm's tree (no defaults there)
     # where each line of excludes, then includes, comes from: for error messages
     origins: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # the regexes of excludes, includes and defaults (``Matcher.sources``), when a
+    # previous build compiled the same patterns: an edit then never imports pathspec
+    sources: Sources | None = field(default=None, compare=False, repr=False)
 
     def matcher(self, who: str = "") -> Matcher:
         return Matcher(self, who)
+
+
+# a combined regex per pattern list: "" matches nothing, None needs pathspec itself
+Sources = tuple[str | None, str | None, str | None]
 
 
 class Matcher:
@@ -193,13 +262,18 @@ class Matcher:
     excludes apply outside npm's staged tree only."""
 
     def __init__(self, patterns: Patterns, who: str = "") -> None:
+        known = patterns.sources
         try:
-            self.ignore = _compile(patterns.excludes)
-            self.keep = _compile(patterns.includes) if patterns.includes else None
+            excludes = known[0] if known else _source(patterns.excludes)
+            includes = known[1] if known else _source(patterns.includes)
+            self.ignore = _matcher(excludes, patterns.excludes)
+            self.keep = _matcher(includes, patterns.includes) if patterns.includes else None
         except (ValueError, re.error) as exc:
             raise DodoLambdaError(_bad_pattern(patterns, who)) from exc
-        self.default = _compile(patterns.defaults, ignore_case=True)
+        defaults = known[2] if known else _source(patterns.defaults, ignore_case=True)
+        self.default = _matcher(defaults, patterns.defaults, ignore_case=True)
         self.staged = patterns.staged
+        self.sources: Sources = (excludes, includes, defaults)
 
     def own(self, arcname: str) -> bool:
         """True for the item's own files (not npm's staged tree)."""
@@ -215,14 +289,19 @@ class Matcher:
         return not self.ignore(arcname) and not self.by_default(arcname)
 
 
-def _compile(lines: Iterable[str], ignore_case: bool = False) -> Callable[[str], bool]:
-    """A matcher for gitignore lines. Without negations ("!") any match decides,
-    so one combined regex does the work of one search per pattern: half the time of
-    pathspec's match_file over the benchmark's 7,300 paths (26 vs 53 ms), which an
-    edit rebuild pays. It relies on pathspec's regexes (hence its upper bound in
-    pyproject.toml); tests/test_shape.py checks it matches exactly as pathspec does.
-    ``ignore_case`` (the default excludes) compiles the same regex case-insensitively."""
-    import pathspec  # imported late: a no-op `doit package` never needs it
+def _source(lines: Iterable[str], ignore_case: bool = False) -> str | None:
+    """One regex for gitignore lines, or None when they need pathspec's own
+    matching. Without negations ("!") any match decides, so one combined regex does
+    the work of one search per pattern: half the time of pathspec's match_file over
+    the benchmark's 7,300 paths (26 vs 53 ms). It relies on pathspec's regexes (hence
+    its upper bound in pyproject.toml); tests/test_shape.py checks it matches exactly
+    as pathspec does."""
+    lines = tuple(lines)
+    if not lines:
+        return ""
+    if ignore_case and lines == DEFAULT_EXCLUDES:
+        return _DEFAULT_SOURCE
+    import pathspec  # imported late: a no-op or an edit rebuild never needs it
 
     spec = pathspec.GitIgnoreSpec.from_lines(lines)
     regexes = [p.regex for p in spec.patterns if p.include is not None]
@@ -230,13 +309,35 @@ def _compile(lines: Iterable[str], ignore_case: bool = False) -> Callable[[str],
     if any(p.include is False for p in spec.patterns) or len(compiled) != len(regexes):
         if ignore_case:  # only our own list is matched in any case, and it has no "!"
             raise ValueError("case-insensitive patterns cannot be negated")
-        return spec.match_file
-    if not compiled:
-        return lambda _path: False
+        return None
     # pathspec names a group in every pattern; names must be unique in one regex
-    parts = [r.pattern.replace("(?P<ps_d>", "(?:") for r in compiled]
-    combined = re.compile("|".join(f"(?:{p})" for p in parts), re.IGNORECASE if ignore_case else 0)
+    return "|".join(f"(?:{r.pattern.replace('(?P<ps_d>', '(?:')})" for r in compiled)
+
+
+def _matcher(source: str | None, lines: Iterable[str], ignore_case: bool = False
+             ) -> Callable[[str], bool]:
+    if source is None:
+        import pathspec
+
+        return pathspec.GitIgnoreSpec.from_lines(lines).match_file
+    if not source:
+        return lambda _path: False
+    combined = re.compile(source, re.IGNORECASE if ignore_case else 0)
     return lambda path: combined.search(path) is not None
+
+
+def _compile(lines: Iterable[str], ignore_case: bool = False) -> Callable[[str], bool]:
+    """A matcher for gitignore lines (``ignore_case``: the default excludes, matched
+    in any case)."""
+    lines = tuple(lines)
+    return _matcher(_source(lines, ignore_case), lines, ignore_case)
+
+
+def with_sources(patterns: Patterns, who: str = "") -> Patterns:
+    """``patterns`` with their regexes compiled (see ``Patterns.sources``)."""
+    if patterns.sources is not None:
+        return patterns
+    return replace(patterns, sources=patterns.matcher(who).sources)
 
 
 def default_pattern(arcname: str) -> str | None:
@@ -402,16 +503,36 @@ def _folders(dropped: list[str], by_default: Callable[[str], bool]) -> list[str]
     return sorted(out)
 
 
-def folder_clash(entries: list[Entry], prefixes: Iterable[str]) -> str | None:
+def folder_clash(entries: list[Entry], prefixes: Iterable[str],
+                 occupied: Iterable[str] = ()) -> str | None:
     """A file whose zip path is also a folder that other entries go into (a file
     named ``node_modules`` beside the staged dependencies): such a zip cannot be
-    extracted. ``prefixes`` are the roots' zip prefixes."""
+    extracted. ``prefixes`` are the roots' zip prefixes; ``occupied`` those of the
+    entries not in ``entries`` (a staged tree packed as one block)."""
     folders: set[str] = set()
     for prefix in prefixes:
         parts = prefix.strip("/").split("/")
         folders.update("/".join(parts[:i]) for i in range(1, len(parts) + 1) if parts[0])
+    occupied = tuple(occupied)
     for e in entries:
-        if e.arcname in folders and any(x.arcname.startswith(e.arcname + "/") for x in entries):
+        if e.arcname in folders and (
+                any(p.startswith(e.arcname + "/") for p in occupied)
+                or any(x.arcname.startswith(e.arcname + "/") for x in entries)):
             return (f"{e.path} is a file, but {e.arcname}/ is a folder in the package (it holds"
                     f" the installed dependencies); rename or exclude the file {e.arcname}")
     return None
+
+
+def stream_staged(root: Root, patterns: Patterns, who: str) -> Iterator[Entry]:
+    """The files of npm's staged tree to pack, in zip order, as the walk finds them:
+    ``choose`` for a tree where the default excludes do not apply and no two files
+    share a zip path, without holding the tree."""
+    matcher = patterns.matcher(who)
+    keep, ignore = matcher.keep, matcher.ignore
+    picks = bool(patterns.excludes)  # else every file of the tree goes in
+    for entry in walk(root, who, stats=False):
+        if picks and not (keep is not None and keep(entry.arcname)) and ignore(entry.arcname):
+            continue
+        if entry.problem:
+            raise DodoLambdaError(f"{who}: {entry.problem}")
+        yield entry

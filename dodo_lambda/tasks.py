@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -22,18 +23,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import (
-    build,
-    bundle,
-    deploy,
-    executor,
-    logs,
-    npm,
-    planner,
-    records,
-    rules,
-    workspaces,
-)
+from . import logs, npm, records, rules, workspaces
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -44,6 +34,34 @@ from .layout import written_folders
 
 Item = Function | Layer
 TaskDict = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Deferred:
+    """A core function, imported when first called (picklable, for -P process)."""
+
+    module: str
+    name: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module = importlib.import_module(f"{__package__}.{self.module}")
+        return getattr(module, self.name)(*args, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Later:
+    """Stands for a core module here: ``build.package`` is a ``_Deferred``, so that
+    `doit list` and a no-op run never load the zip writer, the deploy and AWS code or
+    esbuild's driver when they do not run them (Python start-up is most of a no-op)."""
+
+    module: str
+
+    def __getattr__(self, name: str) -> _Deferred:
+        return _Deferred(self.module, name)
+
+
+build, bundle, deploy = _Later("build"), _Later("bundle"), _Later("deploy")
+executor, planner = _Later("executor"), _Later("planner")
 
 GROUP_DOCS = {
     "npm": "install production dependencies (npm ci --omit=dev) for the target platform",
@@ -387,6 +405,7 @@ def _remove_staging(item: Item, ctx: RunContext) -> None:
             shutil.rmtree(folder, ignore_errors=True)
         layout.install_record.unlink(missing_ok=True)
         layout.local_stats.unlink(missing_ok=True)
+        layout.install_state.unlink(missing_ok=True)
 
 
 # a zip's and manifest's temporary files: the package step's (build.remove_stale_temps)
@@ -715,6 +734,21 @@ def _lambda_group(name: str, used: set[str]) -> TaskDict:
     }
 
 
+def _yes(value: str | None) -> bool:
+    return value is not None and value.strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def verify_staging() -> bool:
+    """Whether this run checks every staged file (not only the staged trees' folder
+    stamps): ``doit ... verify_staging=1``, ``DODO_LAMBDA_VERIFY_STAGING=1``, or a CI
+    run (``CI`` set, as GitHub Actions, GitLab CI, CircleCI and others set it)."""
+    from doit import get_var
+
+    return any(_yes(v) for v in (get_var("verify_staging"),
+                                 os.environ.get("DODO_LAMBDA_VERIFY_STAGING"),
+                                 os.environ.get("CI")))
+
+
 def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
                  region: str | None = None, endpoint: str | None = None, emulator: bool = False,
                  direct_upload_limit: int = DIRECT_UPLOAD_LIMIT, verify: bool = False,
@@ -744,7 +778,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     """
     show_core_messages()
     ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
-                     direct_limit=direct_upload_limit, verify=verify, role_name=role_name)
+                     direct_limit=direct_upload_limit, verify=verify, role_name=role_name,
+                     verify_staging=verify_staging())
     role_name_problem = _role_name_problem(role_name)
     _check_doit_backend(ctx)
     # what killed runs left half-written

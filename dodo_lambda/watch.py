@@ -40,7 +40,17 @@ from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
 from .files import locked, read_json
-from .selection import IGNORE_FILE, Entry, Matcher, Root, Selection, choose, walk_roots
+from .selection import (
+    IGNORE_FILE,
+    Entry,
+    Matcher,
+    Root,
+    Selection,
+    Sources,
+    choose,
+    with_sources,
+    zip_mode,
+)
 
 log = logging.getLogger("dodo_lambda")
 
@@ -72,6 +82,8 @@ class _Watched:
     state: zipsplice.ZipState | None = None  # None: the next change builds in full
     matcher: Matcher | None = None
     options: str = ""  # the options digest the zip was built with
+    sources: Sources | None = None  # the selection's compiled regexes (for the entry cache)
+    segment_root: Root | None = None  # the staged tree, when the zip holds it as a segment
     selection: Selection | None = None  # of the zip as it is (dropped, restored)
     warnings: list[str] = field(default_factory=list)  # the package step's, for it
     packages: dict[str, int] | None = None  # the manifest's package sizes
@@ -147,22 +159,26 @@ class Watch:
         item, ctx = w.item, self.ctx
         who = label(item)
         layout = ctx.layout(item)
-        roots = build.roots(item, ctx.build_dir)
-        patterns = build.patterns(item, ctx.build_dir)
-        w.matcher = patterns.matcher(who)
-        w.options = build.options_digest(item, ctx.build_dir)
-        w.selection = chosen = choose(walk_roots(roots, who), patterns, who, roots)
-        w.warnings = build.selection_warnings(item, layout, chosen)
+        w.options = options = build.options_digest(item, ctx.build_dir)
+        cache = entrycache.read(layout.entries)
+        # as the package step selects: the own files (the staged tree is one segment)
+        rules = with_sources(build._rules(item, ctx.build_dir, options, cache), who)
+        w.matcher, w.sources = rules.matcher(who), rules.sources
+        w.segment_root = build.segment_root(item, ctx.build_dir)
+        own = build._scan(item, ctx, options).own
+        w.selection = chosen = choose(own, rules, who, build.roots(item, ctx.build_dir))
+        segment = cache.segment if cache is not None else None
+        w.warnings = [*build.default_warnings(item, chosen),
+                      *build.native_warnings(item, layout, chosen.entries, segment)]
         w.linked = _linked(chosen.entries, w.roots)
         manifest = read_json(layout.manifest)
         w.packages = manifest.get("packages") if isinstance(manifest, dict) else None
-        cache = entrycache.read(layout.entries)
-        if cache is None or cache.options != w.options or \
+        if cache is None or cache.options != options or \
                 cache.zip != entrycache.zip_stat(layout.zip):
             return
         with contextlib.suppress(zipsplice.Fallback):  # else the next change builds in full
             w.state = zipsplice.load(layout.zip, chosen.entries, cache.records,
-                                     archive.dos_timestamp())
+                                     archive.dos_timestamp(), cache.segment)
 
     def deploy_all(self) -> list[Change]:
         """Deploy every watched item as it is now (layers first): where watching starts."""
@@ -328,8 +344,8 @@ class Watch:
             return None
         if not stat.S_ISREG(st.st_mode) or w.matcher is None or not w.matcher.selected(arcname):
             return None
-        return Entry(arcname, str(path), st.st_size, st.st_mtime_ns,
-                     0o755 if st.st_mode & 0o111 else 0o644)
+        return Entry(arcname, str(path), st.st_size, st.st_mtime_ns, zip_mode(st.st_mode),
+                     st.st_ctime_ns)
 
     def _rebuild(self, w: _Watched, how: str, changes: dict[str, Entry | None]) -> bool:
         """The new package; False when its bytes did not change."""
@@ -369,7 +385,7 @@ class Watch:
         layout = ctx.layout(item)
         entries = _updated(state, changes)
         # the package step's checks, on the selection as it will be
-        build.check_entries(item, ctx.build_dir, entries)
+        build.check_entries(item, ctx.build_dir, entries, w.segment_root)
         for warning in w.warnings:
             log.warning("%s", warning)
         with locked(layout.package_lock):  # one writer of this zip at a time
@@ -381,10 +397,12 @@ class Watch:
             w.pending = True
             if result is None:
                 return False
-            if any("node_modules/" in a for a in changes):
-                w.packages = build.package_sizes(entries)
+            # the npm packages' sizes: from the staged segment, and from own files under
+            # a node_modules/ folder (counted again only when one of those changed)
+            known = None if any("node_modules/" in a for a in changes) else w.packages
             chosen = w.selection._replace(entries=entries)
-            build.write_manifest(item, layout, chosen, result, packages=w.packages)
+            w.packages = build.write_manifest(item, layout, chosen, result,
+                                              packages=known)["packages"]
             w.selection = chosen
         return True
 
@@ -401,7 +419,8 @@ class Watch:
             with locked(layout.package_lock):
                 if entrycache.zip_stat(layout.zip) == w.state.stat:  # still the zip we wrote
                     entrycache.write(layout.entries, entrycache.EntryCache(
-                        w.options, w.state.stat, "", w.state.records))
+                        w.options, w.state.stat, "", w.state.records, w.state.segment,
+                        w.sources))
             w.pending = False
 
     def _deploy(self, fn: Function, change: Change) -> None:

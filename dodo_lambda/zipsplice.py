@@ -6,8 +6,11 @@ watcher names the files that changed, writes the new zip by copying the
 unchanged runs of the old one (in the kernel where it can), compressing only
 the changed files, patching the offsets of the entries that moved, and hashing
 only from the last checkpoint before the first change. No tree walk, no
-per-entry work for what did not move. The bytes are exactly those of
-``archive.write_zip`` for the same entries (the tests hold both to a cold build).
+per-entry work for what did not move. The staged dependencies' block (the
+``Segment`` that starts the zip, and its run of central directory records) is
+only ever copied: an edit to the item's own files never moves it. The bytes are
+exactly those of ``archive.write_zip`` for the same entries (the tests hold both
+to a cold build).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from . import archive
-from .entrycache import CachedEntry
+from .digest import same_stat, segment_line
+from .entrycache import CachedEntry, Segment
 from .errors import DodoLambdaError
 from .selection import Entry
 
@@ -41,17 +45,24 @@ class ZipState:
     """An item's zip as the watch remembers it."""
 
     path: Path
-    entries: list[Entry]  # sorted by zip path
+    entries: list[Entry]  # the item's own files, sorted by zip path
     names: list[str]
-    records: dict[str, CachedEntry]  # the zip's entry records (``ZipResult.records``)
-    central: list[bytes]  # the central directory entry of each entry
-    lines: list[str]  # content-digest line of each entry
+    records: dict[str, CachedEntry]  # their records (``ZipResult.records``)
+    central: list[bytes]  # the central directory entry of each
+    lines: list[str]  # content-digest line of each
     cd_offset: int  # where the central directory starts (the end of the entries)
     dostime: tuple[int, int]
+    segment: Segment | None = None  # the staged tree's block, first in the zip
+    staged_cd: bytes = b""  # its central directory records, as they are
     stat: tuple[int, int] = (0, 0)  # (size, mtime_ns) of the zip this state describes
     marks: list[tuple[int, Any]] = field(default_factory=list)  # (offset, sha256 so far)
-    unzipped: int = 0  # bytes, all entries
+    unzipped: int = 0  # bytes, all entries (the segment's too)
     old: Path | None = None  # the previous zip, until ``discard``
+
+    @property
+    def base(self) -> int:
+        """Where the own files' entries start: after the segment."""
+        return self.segment.end if self.segment is not None else 0
 
 
 def discard(state: ZipState) -> None:
@@ -90,24 +101,34 @@ def _stat(path: Path) -> tuple[int, int]:
 
 
 def load(path: Path, entries: list[Entry], records: dict[str, CachedEntry],
-         dostime: tuple[int, int]) -> ZipState:
+         dostime: tuple[int, int], segment: Segment | None = None) -> ZipState:
     """The state of the zip at ``path``, written by ``archive.write_zip`` for ``entries``
-    with ``records`` (the state keeps and updates that dict). Raises Fallback when they
-    do not describe it."""
+    (the item's own files) with ``records`` (the state keeps and updates that dict) and
+    the staged ``segment``. Raises Fallback when they do not describe it."""
     names = [e.arcname for e in entries]
     if names != sorted(records) or any(
-            (r.size, r.mtime_ns, r.mode) != (e.size, e.mtime_ns, e.mode)
+            not same_stat(r, e) or r.mode != e.mode
             for e, r in ((e, records[e.arcname]) for e in entries)):
         raise Fallback("the records do not describe these files")
     central = [_central(n, records[n], dostime) for n in names]
     lines = [_line(n, records[n].mode, records[n].sha256) for n in names]
     state = ZipState(path, list(entries), names, records, central, lines, 0, dostime,
-                     unzipped=sum(r.size for r in records.values()))
+                     segment=segment, unzipped=sum(r.size for r in records.values()))
     try:
         size = _stat(path)[0]
+        if segment is not None:
+            with open(path, "rb") as f:
+                f.seek(segment.cd_start)
+                state.staged_cd = f.read(segment.cd_end - segment.cd_start)
     except OSError as exc:
         raise Fallback(str(exc)) from exc
-    state.cd_offset = size - sum(len(c) for c in central) - archive._END.size
+    if segment is not None:
+        state.unzipped += segment.unzipped
+        if segment.start != 0 or len(state.staged_cd) != segment.cd_end - segment.cd_start \
+                or (names and records[names[0]].offset != segment.end):
+            raise Fallback("the segment does not describe this zip")
+    state.cd_offset = size - sum(len(c) for c in central) - len(state.staged_cd) \
+        - archive._END.size
     state.marks = _hash_from(path, hashlib.sha256(), 0, [])[1]
     state.stat = _stat(path)
     return state
@@ -168,13 +189,16 @@ def splice(state: ZipState, changes: dict[str, Entry | None], who: str, *,
             raise Fallback("a large file: streamed by the full build")
         if not _safe(arcname):
             raise Fallback("a zip path the full build refuses, saying why")
+        if state.segment is not None and arcname.startswith(state.segment.prefix):
+            raise Fallback("a file among the staged dependencies: the full build refuses it")
         same_mode = rec is not None and rec.mode == entry.mode
         # The watcher says it changed: read it, even when size and mtime look the same
         # (two saves within one tick of the file system's clock); equal bytes are reused.
         p = archive._pack(entry, rec._replace(mtime_ns=-1) if rec is not None and same_mode
                           else None)
         if p.old_offset is not None and rec is not None:  # same bytes: only its stats moved
-            state.records[arcname] = rec._replace(size=entry.size, mtime_ns=entry.mtime_ns)
+            state.records[arcname] = rec._replace(size=entry.size, mtime_ns=entry.mtime_ns,
+                                                  ctime_ns=entry.ctime_ns)
             state.entries[bisect.bisect_left(state.names, arcname)] = entry
             continue
         packed[arcname] = p
@@ -185,7 +209,9 @@ def splice(state: ZipState, changes: dict[str, Entry | None], who: str, *,
                                  for a, p in packed.items())
     if total > archive.UNZIPPED_LIMIT:
         raise Fallback("over Lambda's size limit: the full build says how")
-    if len(state.names) + sum(a not in state.records for a in packed) > archive.MAX_ENTRIES:
+    staged_files = state.segment.files if state.segment is not None else 0
+    if len(state.names) + staged_files + sum(a not in state.records for a in packed) \
+            > archive.MAX_ENTRIES:
         raise Fallback("too many entries")
     if before_write is not None:
         before_write()
@@ -206,7 +232,9 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
     try:
         with open(state.path, "rb") as old:
             src = old.fileno()
-            pos = 0
+            pos = state.base  # the staged segment, before the own files, never moves
+            if pos:
+                _copy(src, fd, 0, pos, 0)
             i = 0  # next old entry not yet copied
             for arcname, p in packed.items():  # sorted by zip path
                 j = bisect.bisect_left(names, arcname)
@@ -225,19 +253,26 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
                 os.pwrite(fd, header + (p.data or b""), pos)
                 e = p.entry
                 state.unzipped += p.size
-                recs[arcname] = CachedEntry(e.size, e.mtime_ns, e.mode, p.sha256, p.crc,
-                                            p.method, p.csize, pos)
+                recs[arcname] = CachedEntry(e.size, e.mtime_ns, e.ctime_ns, p.mode, p.sha256,
+                                            p.crc, p.method, p.csize, pos)
                 new_names.append(arcname)
                 new_entries.append(e)
                 new_central.append(_central(arcname, recs[arcname], state.dostime))
-                new_lines.append(_line(arcname, e.mode, p.sha256))
+                new_lines.append(_line(arcname, p.mode, p.sha256))
                 pos += len(header) + p.csize
             pos = _run(state, src, fd, i, len(names), pos, new_names, new_entries, new_central,
                        new_lines, end=old_cd)
-        directory = b"".join(new_central)
-        n = len(new_names)
+        # the central directory in path order: the segment's records where its prefix sorts
+        seg = state.segment
+        split = bisect.bisect_right(new_names, seg.prefix) if seg is not None else len(new_names)
+        before = b"".join(new_central[:split])
+        directory = before + state.staged_cd + b"".join(new_central[split:])
+        n = len(new_names) + (seg.files if seg is not None else 0)
         os.pwrite(fd, directory + archive._END.pack(0x06054B50, 0, 0, n, n, len(directory), pos, 0),
                   pos)
+        if seg is not None:
+            seg = seg._replace(cd_start=pos + len(before),
+                               cd_end=pos + len(before) + len(state.staged_cd))
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)
@@ -258,11 +293,16 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
     state.names, state.entries, state.central, state.lines = (new_names, new_entries,
                                                               new_central, new_lines)
     state.cd_offset, state.marks, state.stat = pos, marks, _stat(state.path)
+    state.segment = seg
+    lines = new_lines
+    if seg is not None:  # the segment's line, where its prefix sorts (digest.content_digest)
+        lines = [*new_lines[:split], _line(*segment_line(seg.prefix, seg.content)),
+                 *new_lines[split:]]
     return archive.ZipResult(
         sha256=h.hexdigest(), code_sha256=b64encode(h.digest()).decode(),
         zip_size=state.stat[0], unzipped_size=state.unzipped, files=n,
-        content_digest=hashlib.sha256("".join(new_lines).encode()).hexdigest(),
-        records=recs)
+        content_digest=hashlib.sha256("".join(lines).encode()).hexdigest(),
+        records=recs, segment=seg)
 
 
 def _run(state: ZipState, src: int, dst: int, i: int, j: int, pos: int, names: list[str],

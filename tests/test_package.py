@@ -9,7 +9,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from projects import EXAMPLE, FUNCTION, Project
+from projects import EXAMPLE, FUNCTION, Project, npm_env
 
 from dodo_lambda.layout import Layout
 
@@ -138,12 +138,22 @@ def test_incremental_reruns(project: Project) -> None:
 
 
 def test_altered_staged_tree_reinstalls(project: Project) -> None:
+    """A staged file replaced (as editors and `sed -i` save: written beside, renamed
+    over) or added moves a folder stamp: a plain run reinstalls. A file rewritten in
+    place needs the full check: tests/test_uptodate.py."""
     assert project.doit("package").rc == 0
     staged = project.layout().node_modules
-    (staged / "greet" / "index.js").write_text("tampered\n")
-    run = project.doit("package")
+    plain = {k: v for k, v in npm_env().items() if k not in ("CI", "DODO_LAMBDA_VERIFY_STAGING")}
+    (staged / "greet" / "index.js.new").write_text("tampered\n")
+    os.replace(staged / "greet" / "index.js.new", staged / "greet" / "index.js")
+    run = project.doit("package", env=plain)
     assert run.executed == {"npm:demo", "package:demo"}
     assert (staged / "greet" / "index.js").read_text() != "tampered\n"
+    (staged / "greet" / "lib").mkdir()
+    (staged / "greet" / "lib" / "extra.js").write_text("// added\n")
+    run = project.doit("package", env=plain)
+    assert run.executed == {"npm:demo", "package:demo"}
+    assert "node_modules/greet/lib/extra.js" not in project.names()
 
 
 def test_same_bytes_across_copies_paths_mtimes_and_umasks(project: Project, tmp_path: Path) -> None:

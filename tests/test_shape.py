@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 from pathlib import Path
 
 import pathspec
@@ -70,6 +71,24 @@ def test_default_excludes_match_in_any_case() -> None:
     assert not ours("index.js") and not ours("lib/environment.js")
     with pytest.raises(ValueError):
         _compile(["*.pem", "!keep.pem"], ignore_case=True)
+
+
+def test_kept_default_regex_matches_like_pathspec() -> None:
+    """selection keeps pathspec's regex for DEFAULT_EXCLUDES (so that a build without
+    patterns of its own never imports pathspec): it must match as pathspec does, also
+    on paths made from each pattern."""
+    from dodo_lambda import selection
+
+    ours = re.compile(selection._DEFAULT_SOURCE, re.IGNORECASE).search
+    theirs = pathspec.GitIgnoreSpec.from_lines([x.lower() for x in DEFAULT_EXCLUDES]).match_file
+    made = []
+    for line in DEFAULT_EXCLUDES:
+        name = line.strip("/").replace("*", "x")
+        for path in (name, f"a/{name}", f"a/b/{name}/c.js", f"{name}.js", f"x{name}",
+                     name.upper(), f"{name}/f"):
+            made.append(path)
+    for path in (*PATHS, *CASE_PATHS, *made):
+        assert bool(ours(path)) == bool(theirs(path.lower())), path
 
 
 def test_no_module_level_caches_outside_the_context() -> None:

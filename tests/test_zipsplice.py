@@ -1,6 +1,7 @@
 """The watch's zip splice gives exactly the bytes of a cold ``archive.write_zip`` of the
 same files, whatever the changes: random batches of edits, additions, deletions and
-mode changes over a small tree, each checked against a cold build."""
+mode changes over a small tree, each checked against a cold build; with and without
+a staged dependency tree written as the zip's first segment (which a splice copies)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,15 @@ def _entries(root: Path) -> list[Entry]:
     return sorted(walk(Root(root)), key=lambda e: e.arcname)
 
 
-def _cold(root: Path, dest: Path) -> tuple[bytes, archive.ZipResult]:
-    result = archive.write_zip(_entries(root), dest, who="test")
+def _staged(staged: Path | None) -> archive.Staged | None:
+    if staged is None:
+        return None
+    entries = sorted(walk(Root(staged, "node_modules/", staged=True)), key=lambda e: e.arcname)
+    return archive.Staged("node_modules/", "key", iter(entries))
+
+
+def _cold(root: Path, dest: Path, staged: Path | None = None) -> tuple[bytes, archive.ZipResult]:
+    result = archive.write_zip(_entries(root), dest, who="test", staged=_staged(staged))
     return dest.read_bytes(), result
 
 
@@ -29,7 +37,8 @@ def _entry(root: Path, arcname: str) -> Entry | None:
     if not path.is_file():
         return None
     st = path.stat()
-    return Entry(arcname, str(path), st.st_size, st.st_mtime_ns, 0o755 if st.st_mode & 0o111 else 0o644)
+    return Entry(arcname, str(path), st.st_size, st.st_mtime_ns,
+                 0o755 if st.st_mode & 0o111 else 0o644, st.st_ctime_ns)
 
 
 def _write(path: Path, rng: random.Random) -> None:
@@ -42,12 +51,19 @@ def _write(path: Path, rng: random.Random) -> None:
 def test_random_changes_equal_cold_builds(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     tree = tmp_path / "tree"
+    staged = tmp_path / "staged" if seed % 2 else None  # odd seeds: with a segment
+    folders = ['', 'lib/', 'z/'] if staged else ['', 'lib/', 'node_modules/x/', 'z/']
     for n in range(40):
-        _write(tree / f"{rng.choice(['', 'lib/', 'node_modules/x/', 'z/'])}f{n:02d}.js", rng)
+        _write(tree / f"{rng.choice(folders)}f{n:02d}.js", rng)
     (tree / "incompressible.bin").write_bytes(os.urandom(3000))
+    if staged is not None:
+        for n in range(30):
+            _write(staged / f"{rng.choice(['a', 'b', '@s/c'])}/f{n:02d}.js", rng)
     live = tmp_path / "live.zip"
-    result = archive.write_zip(_entries(tree), live, who="test")
-    state = zipsplice.load(live, _entries(tree), result.records, archive.dos_timestamp())
+    result = archive.write_zip(_entries(tree), live, who="test", staged=_staged(staged))
+    assert (result.segment is not None) == (staged is not None)
+    state = zipsplice.load(live, _entries(tree), result.records, archive.dos_timestamp(),
+                           result.segment)
     for _ in range(8):
         names = sorted(e.arcname for e in _entries(tree))
         touched: set[str] = set()
@@ -73,12 +89,15 @@ def test_random_changes_equal_cold_builds(tmp_path: Path, seed: int) -> None:
             touched.add(name)
         answer = zipsplice.splice(state, {a: _entry(tree, a) for a in touched}, "test")
         zipsplice.discard(state)
-        cold_bytes, cold = _cold(tree, tmp_path / "cold.zip")
+        cold_bytes, cold = _cold(tree, tmp_path / "cold.zip", staged)
         assert live.read_bytes() == cold_bytes
         if answer is not None:
             assert answer.sha256 == hashlib.sha256(cold_bytes).hexdigest()
-            assert answer.content_digest == cold.content_digest == digest.content_digest(
-                (n, r.mode, r.sha256) for n, r in answer.records.items())
+            lines = [(n, r.mode, r.sha256) for n, r in answer.records.items()]
+            if answer.segment is not None:
+                lines.append(digest.segment_line(answer.segment.prefix, answer.segment.content))
+            assert answer.content_digest == cold.content_digest == digest.content_digest(lines)
+            assert answer.segment == cold.segment  # where its directory records now are
             assert (answer.zip_size, answer.unzipped_size, answer.files) == (
                 cold.zip_size, cold.unzipped_size, cold.files)
             # every record as a cold build writes it, the offsets too
