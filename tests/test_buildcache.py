@@ -15,7 +15,7 @@ import pytest
 from faultproxy import s3_error
 from projects import FUNCTION, LAYER, Project, npm_env
 
-from dodo_lambda import Function, Layer, archive, buildcache
+from dodo_lambda import Function, Layer, archive, cachekey
 from dodo_lambda.context import RunContext
 
 CACHE = "build-cache"
@@ -216,7 +216,7 @@ def test_bad_cache_settings_are_one_line(plain: Project) -> None:
 
 
 def _key(item: Function | Layer, **ctx_options) -> str:
-    return buildcache.compute(item, RunContext(Path(".dodo_lambda"), **ctx_options)).key
+    return cachekey.compute(item, RunContext(Path(".dodo_lambda"), **ctx_options)).key
 
 
 def test_key_covers_what_decides_the_bytes(project: Project, monkeypatch) -> None:
@@ -270,7 +270,7 @@ def test_key_covers_what_decides_the_bytes(project: Project, monkeypatch) -> Non
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # the zip's timestamps
     assert _key(fn) != base
     # the .npmrc is in the key as a digest only (it may hold a token)
-    inputs = buildcache.compute(fn, RunContext(Path(".dodo_lambda"))).inputs
+    inputs = cachekey.compute(fn, RunContext(Path(".dodo_lambda"))).inputs
     assert "fund=" not in json.dumps(inputs, default=str)
     assert _key(Layer(**LAYER)) != _key(Layer(**{**LAYER, "architectures": ["arm64"]}))
 
@@ -281,7 +281,62 @@ def test_tool_versions_without_npm_on_path(tmp_path: Path, monkeypatch) -> None:
     major = subprocess.run(["npm", "--version"], capture_output=True, text=True,
                            check=True).stdout.split(".")[0]
     ctx = RunContext(tmp_path)
-    assert buildcache.tool_versions(ctx)["npm"] == major
+    assert cachekey.tool_versions(ctx)["npm"] == major
     monkeypatch.setenv("PATH", without_npm(tmp_path)["PATH"])
     # a deploy-only runner: the npm that came with node
-    assert buildcache.tool_versions(RunContext(tmp_path))["npm"] == major
+    assert cachekey.tool_versions(RunContext(tmp_path))["npm"] == major
+
+
+def test_bundled_function_hit_needs_the_files_esbuild_read_outside_its_folder(
+        ts_template: Path, aws_env, bundle_env: dict[str, str], tmp_path: Path) -> None:
+    from bundlefixtures import TS_FUNCTION
+
+    aws_env.bucket(CACHE)
+    root = tmp_path / "a" / "project"
+    shutil.copytree(ts_template, root, symlinks=True)
+    (root / "tsconfig.json").write_text('{"compilerOptions": {"strict": true}}\n')
+    a = Project(root)
+    a.configure([TS_FUNCTION], options={"cache_bucket": CACHE})
+    run = a.doit("package", env=bundle_env)
+    assert run.rc == 0 and {"npm:demo", "bundle:demo"} <= run.executed, run.text
+    (entry,) = [json.loads(v) for k, v in cache_objects(aws_env).items() if "/entries/" in k]
+    assert list(entry["extras"]) == ["tsconfig.json"]  # read by esbuild, above fn/
+
+    b = fresh_copy(a, tmp_path / "b")
+    env = {**without_npm(tmp_path), "XDG_CACHE_HOME": bundle_env["XDG_CACHE_HOME"]}
+    run = b.doit("package", env=env)
+    assert run.rc == 0, run.text
+    assert built(run) == {"package:demo"} and "fetched from the build cache" in run.err, run.text
+    assert b.zip_path().read_bytes() == a.zip_path().read_bytes()
+    assert b.doit("package", env=env).executed == set()
+
+    # the config above the function changed: the entry does not apply
+    (b.root / "tsconfig.json").write_text('{"compilerOptions": {"strict": false}}\n')
+    run = b.doit("package", env=bundle_env)
+    assert run.rc == 0, run.text
+    assert {"npm:demo", "bundle:demo", "package:demo"} <= run.executed, run.text
+    assert "fetched from the build cache" not in run.err
+
+
+def test_workspace_keys_follow_the_closure_and_not_the_checkout_path(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    import importlib.util
+
+    example = Path(__file__).resolve().parent.parent / "examples" / "monorepo"
+    keys = []
+    for where in (tmp_path / "a", tmp_path / "deeper" / "b"):
+        shutil.copytree(example, where / "monorepo", ignore=shutil.ignore_patterns(
+            ".dodo_lambda", ".doit.db*", "node_modules"))
+        monkeypatch.chdir(where / "monorepo")
+        spec = importlib.util.spec_from_file_location(f"dodo_{where.name}", "dodo.py")
+        assert spec is not None and spec.loader is not None
+        dodo = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(dodo)
+        items = (dodo.orders, dodo.invoices, dodo.common)
+        keys.append([_key(item) for item in items])
+    assert keys[0] == keys[1]  # another runner, another folder: the same keys
+    # a workspace package's source is an input of the items whose closure holds it
+    money = Path("packages/money/index.js")
+    money.write_text(money.read_text() + "// edit\n")
+    after = [_key(item) for item in items]
+    assert after[0] != keys[1][0] and after[2] != keys[1][2] and after[1] == keys[1][1]
