@@ -160,6 +160,16 @@ def _scan(item: Function | Layer, ctx: RunContext, options: str) -> Scan:
 
 
 def package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
+    """The package step: with a shared build cache (lambda_tasks(cache_bucket=...)),
+    fetched from it or built and put there (buildcache); else built here."""
+    if ctx.cache is not None:
+        from . import buildcache  # it builds on this module
+
+        return buildcache.package(item, ctx, write_package)
+    return write_package(item, ctx)
+
+
+def write_package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     """Build the item's zip and manifest (incrementally when a previous one exists)."""
     who = label(item)
     problem = item.problem

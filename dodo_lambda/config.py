@@ -86,6 +86,8 @@ class Layer:
     # the users' architecture, when architectures= is not given (set by lambda_tasks)
     _users_architecture: str | None = field(default=None, init=False, repr=False,
                                             compare=False)
+    # a stage's copy (stages.staged) is deployed under another name, built under this one
+    _build_name: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = []
@@ -103,6 +105,11 @@ class Layer:
     @property
     def kind(self) -> str:
         return "layer"
+
+    @property
+    def build_name(self) -> str:
+        """The name its package and tasks go by (its name, unless a stage renamed it)."""
+        return self._build_name or self.name
 
     @property
     def architecture(self) -> str:
@@ -159,6 +166,8 @@ class Function:
     _problems: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
     _bundle: tuple[BundleOptions | None, str | None] = field(
         default=(None, None), init=False, repr=False, compare=False)
+    # a stage's copy (stages.staged) is deployed under another name, built under this one
+    _build_name: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = []
@@ -191,6 +200,11 @@ class Function:
     @property
     def kind(self) -> str:
         return "function"
+
+    @property
+    def build_name(self) -> str:
+        """The name its package and tasks go by (its name, unless a stage renamed it)."""
+        return self._build_name or self.name
 
     @property
     def bundle_options(self) -> BundleOptions | None:

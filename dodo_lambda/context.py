@@ -28,6 +28,7 @@ from .layout import Layout
 
 if TYPE_CHECKING:
     from .aws import Clients
+    from .buildcache import CacheSettings
     from .config import Function, Layer
     from .selection import Entry, Root
 
@@ -67,13 +68,17 @@ class RunContext:
     today: date | None = None  # the day Lambda's runtime schedule is read at (None: today)
     # check every staged file, not only the staged tree's folder stamps (see npm.py)
     verify_staging: bool = False
+    stage: str | None = None  # the stage deployed to (lambda_tasks(stages=...)): its records
+    cache: CacheSettings | None = None  # the shared build cache (lambda_tasks(cache_bucket=...))
+    # a stage's Lambda names -> the task names they go by (doit package:orders, not orders-prod)
+    task_names: dict[str, str] = field(default_factory=dict)
     caches: Caches = field(default_factory=Caches, repr=False)
 
     def __post_init__(self) -> None:
         self.build_dir = Path(self.build_dir)
 
     def layout(self, item: Function | Layer) -> Layout:
-        return Layout.of(self.build_dir, item)
+        return Layout.of(self.build_dir, item, self.stage)
 
     def reset(self) -> None:
         """Forget everything learnt (a new round in a long-lived process)."""
@@ -95,15 +100,17 @@ class RunContext:
                 caches.made[key] = make()
             return caches.made[key]
 
-    def clients(self, who: str | None = None) -> Clients:
-        """The S3 and Lambda clients of this project's target. The standard chain
-        reads AWS_* variables, so a change of them gets new clients."""
+    def clients(self, who: str | None = None, target: AwsTarget | None = None) -> Clients:
+        """The S3 and Lambda clients of this project's target (or of ``target``: the
+        build cache's). The standard chain reads AWS_* variables, so a change of them
+        gets new clients."""
         from . import aws
 
+        target = target or self.target
         env = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("AWS_")))
         loader = self.once(("botocore-loader",), aws.data_loader)
-        return self.once(("clients", self.target, env),
-                         lambda: aws.connect(self.target, who=who, loader=loader))
+        return self.once(("clients", target, env),
+                         lambda: aws.connect(target, who=who, loader=loader))
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "caches": None}

@@ -132,7 +132,8 @@ def s3_location(item: Function | Layer, m: Mapping[str, Any], ctx: RunContext
     """Where the code goes through S3, or None for a direct upload. Refuses, before
     anything is sent, a zip too big for a direct upload when there is no bucket."""
     if item.bucket:
-        return item.bucket, s3.s3_key(item.bucket_prefix, item.name, m["sha256"])
+        # the build's name: every stage's copy of the item has the same bytes
+        return item.bucket, s3.s3_key(item.bucket_prefix, item.build_name, m["sha256"])
     if m["zip_size"] > ctx.direct_limit:
         raise Refused(
             f"{label(item)}: the zip is {m['zip_size']:,} bytes, over the"

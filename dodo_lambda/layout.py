@@ -12,8 +12,15 @@ re-derived by hand.
     <build_dir>/npm/functions/<name>.json         its install record
     <build_dir>/npm/functions/<name>.local.json   stats of its workspace packages' sources
     <build_dir>/npm/functions/<name>.state        how the staged tree was last checked
+    <build_dir>/cache/<name>.fetched.json         a package installed from the build cache
 
 Layers live under ``dist/layers/``, ``cache/layers/`` and ``npm/layers/``.
+
+With stages (``lambda_tasks(stages=...)``) the build is shared and the records of
+what went where are kept per stage: ``dist/stages/<stage>/<name>.{uploaded,deployed}.json``
+and ``dist/stages/<stage>/layers/<name>.published.json``. ``name`` is always the
+item's build name (``orders``), never a stage's Lambda name (``orders-prod``).
+
 Paths of the project as a whole (``BuildDir``):
 
     <build_dir>/invoke/{task,opt}/<sha256>/      zips extracted for the local invoker
@@ -39,10 +46,12 @@ class Layout:
     build_dir: Path
     kind: str  # "function" or "layer"
     name: str
+    stage: str | None = None  # the stage whose records these are (None: no stages)
 
     @classmethod
-    def of(cls, build_dir: str | Path, item: Function | Layer) -> Layout:
-        return cls(Path(build_dir), item.kind, item.name)
+    def of(cls, build_dir: str | Path, item: Function | Layer, stage: str | None = None
+           ) -> Layout:
+        return cls(Path(build_dir), item.kind, item.build_name, stage)
 
     @property
     def _sub(self) -> str:
@@ -70,22 +79,32 @@ class Layout:
         """Held while the zip is written: one writer of a zip at a time."""
         return self.build_dir / "cache" / f"{self._sub}{self.name}.lock"
 
-    # -- the AWS steps' records
+    @property
+    def fetched(self) -> Path:
+        """The record of a package installed from the shared build cache (buildcache)."""
+        return self.build_dir / "cache" / f"{self._sub}{self.name}.fetched.json"
+
+    # -- the AWS steps' records (per stage)
+    def _record(self, suffix: str) -> Path:
+        if self.stage is None:
+            return self._dist(suffix)
+        return self.build_dir / "dist" / "stages" / self.stage / f"{self._sub}{self.name}{suffix}"
+
     @property
     def uploaded(self) -> Path:
-        return self._dist(".uploaded.json")
+        return self._record(".uploaded.json")
 
     @property
     def deployed(self) -> Path:
-        return self._dist(".deployed.json")
+        return self._record(".deployed.json")
 
     @property
     def published(self) -> Path:
-        return self._dist(".published.json")
+        return self._record(".published.json")
 
     @property
     def deploy_lock(self) -> Path:
-        return self._dist(".deploy.lock")
+        return self._record(".deploy.lock")
 
     @property
     def upload_lock(self) -> Path:

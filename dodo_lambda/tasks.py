@@ -17,13 +17,14 @@ import shutil
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import logs, npm, records, rules, workspaces
+from . import cachestore, logs, npm, records, rules, workspaces
+from . import stages as staging
 from .aws import AwsTarget
 from .config import Function, Layer, label
 from .context import RunContext
@@ -31,6 +32,7 @@ from .errors import DodoLambdaError, NextStep
 from .files import locked, remove_dead_temps
 from .lambdas import DIRECT_UPLOAD_LIMIT
 from .layout import written_folders
+from .stages import Stage
 
 Item = Function | Layer
 TaskDict = dict[str, Any]
@@ -61,7 +63,7 @@ class _Later:
 
 
 build, bundle, deploy = _Later("build"), _Later("bundle"), _Later("deploy")
-executor, planner = _Later("executor"), _Later("planner")
+buildcache, executor, planner = _Later("buildcache"), _Later("executor"), _Later("planner")
 
 GROUP_DOCS = {
     "npm": "install production dependencies (npm ci --omit=dev) for the target platform",
@@ -189,7 +191,8 @@ def _summary(items: tuple[Item, ...], ctx: RunContext, whole: bool) -> None:
         if records.first_to_report(ctx, f"{item.kind} {item.name}"):
             result(summary_line(done))
     if whole and not changed and records.first_to_report(ctx, "nothing changed"):
-        result(f"deploy: nothing changed ({_count(items)} up to date)")
+        where = f" in stage {ctx.stage}" if ctx.stage else ""
+        result(f"deploy: nothing changed{where} ({_count(items)} up to date)")
 
 
 def _count(items: tuple[Item, ...]) -> str:
@@ -312,16 +315,18 @@ def _change_line(change: Any) -> str:
     return f"{when} {change.item}: {shown}: {', '.join(parts)}"
 
 
-def _watch(items: tuple[Item, ...], ctx: RunContext, options: dict[str, Any]) -> None:
+def _watch(items: tuple[Item, ...], ctx: RunContext, deploys: tuple[Item, ...],
+           options: dict[str, Any]) -> None:
     """``doit watch`` / ``watch:<name>`` (``--no-deploy``, ``--poll``): rebuild (and
-    redeploy) on every save, until Ctrl-C."""
+    redeploy) on every save, until Ctrl-C. ``deploys``: what the stage deploys of the
+    items (the items themselves without stages)."""
     import threading
 
     from . import filewatch, watch
 
     stop = threading.Event()
     logger = logging.getLogger("dodo_lambda")
-    w = watch.Watch(items, ctx, deploy_changes=options.get("deploy", True))
+    w = watch.Watch(items, ctx, deploy_changes=options.get("deploy", True), deploys=deploys)
     try:
         w.prepare()
         if w.deploy_changes:  # start from what is deployed: layers first, then the functions
@@ -373,7 +378,7 @@ def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
         outcome = _STEPS[step](*args)
     except DodoLambdaError as exc:
         _debug(exc)
-        return TaskFailed(exc.render(_doit_command))
+        return TaskFailed(exc.render(_commands(args)))
     except OSError as exc:  # disk full, permissions: the machine's problem, said plainly
         _debug(exc)
         who = label(args[0]) if isinstance(args[0], (Function, Layer)) else step
@@ -386,6 +391,14 @@ def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
 def _debug(exc: BaseException) -> None:
     if os.environ.get("DODO_LAMBDA_DEBUG", "") not in ("", "0"):
         traceback.print_exception(exc, file=sys.stderr)
+
+
+def _commands(args: tuple[Any, ...]) -> Callable[[NextStep], str]:
+    """How a next step is said: a stage's Lambda name (orders-prod) goes by its task's
+    name (``doit package:orders``)."""
+    ctx = next((a for a in args if isinstance(a, RunContext)), None)
+    names = ctx.task_names if ctx is not None else {}
+    return lambda step: _doit_command(NextStep(step.step, names.get(step.name, step.name)))
 
 
 def fail(message: str) -> TaskFailed:
@@ -483,8 +496,8 @@ def _upload_task(fn: Function, ctx: RunContext) -> TaskDict:
     layout = ctx.layout(fn)
     return {
         "basename": "upload",
-        "name": fn.name,
-        "doc": f"{label(fn)}: put {layout.zip} in s3://{fn.bucket}/{fn.bucket_prefix}{fn.name}/",
+        "name": fn.build_name,
+        "doc": f"{label(fn)}: put {layout.zip} in s3://{fn.bucket}/{fn.bucket_prefix}{fn.build_name}/",
         "actions": [(run_step, ["upload", (fn, ctx)])],
         "file_dep": [str(layout.zip), str(layout.manifest)],
         "targets": [str(layout.uploaded)],
@@ -498,7 +511,7 @@ def _layer_task(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> T
     layout = ctx.layout(layer)
     return {
         "basename": "layer",
-        "name": layer.name,
+        "name": layer.build_name,
         "doc": f"{label(layer)}: publish {layout.zip} when it differs from the latest version",
         "actions": [(run_step, ["layer", (layer, ctx, users)])],
         "file_dep": [str(layout.zip), str(layout.manifest)] + [
@@ -521,7 +534,7 @@ def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
             file_dep.append(str(ctx.layout(layer).published))
     return {
         "basename": "deploy",
-        "name": fn.name,
+        "name": fn.build_name,
         "doc": f"{label(fn)}: update the function when its code or settings differ",
         "actions": [(run_step, ["deploy", (fn, ctx)])],
         "file_dep": file_dep,
@@ -536,7 +549,7 @@ def _deploy_task(fn: Function, ctx: RunContext) -> TaskDict:
 def _rollback_task(fn: Function, ctx: RunContext) -> TaskDict:
     return {
         "basename": "rollback",
-        "name": fn.name,
+        "name": fn.build_name,
         "doc": f"{label(fn)}: point alias {fn.alias} back at the version before the last deploy"
         if fn.alias else f"{label(fn)}: has no alias to roll back",
         "actions": [(run_step, ["rollback", (fn, ctx)])],
@@ -564,10 +577,11 @@ def _logs_task(fn: Function, ctx: RunContext) -> TaskDict:
 
 
 def _invoke_task(fn: Function, ctx: RunContext) -> TaskDict:
-    deps = [f"package:{fn.name}"] + [f"package:{x.name}" for x in fn.layers if isinstance(x, Layer)]
+    deps = [f"package:{fn.build_name}"] + [f"package:{x.build_name}" for x in fn.layers
+                                           if isinstance(x, Layer)]
     return {
         "basename": "invoke",
-        "name": fn.name,
+        "name": fn.build_name,
         "doc": f"{label(fn)}: run the built zip locally in node, as Lambda would"
                " (--event FILE, --event - for stdin; --aws-credentials)",
         "actions": [(run_step, ["invoke", (fn, ctx)])],
@@ -602,13 +616,14 @@ _WATCH_PARAMS = [
 ]
 
 
-def _watch_tasks(valid: list[Item], ctx: RunContext) -> list[TaskDict]:
+def _watch_tasks(valid: list[Item], deploys: list[Item], ctx: RunContext) -> list[TaskDict]:
     """``watch`` (everything) and ``watch:<name>`` (a function and its layers): plain tasks,
-    not a doit group, so that ``doit watch`` is one watcher, not each in turn."""
+    not a doit group, so that ``doit watch`` is one watcher, not each in turn. The items
+    are built as they are and deployed as the stage's ``deploys``."""
     out = [{
         "basename": "watch",
         "doc": "rebuild and redeploy functions and layers on every save (Ctrl-C to stop)",
-        "actions": [(run_step, ["watch", (tuple(valid), ctx)])],
+        "actions": [(run_step, ["watch", (tuple(valid), ctx, tuple(deploys))])],
         "task_dep": [f"package:{i.name}" for i in valid],
         "uptodate": [False], "verbosity": 2, "params": _WATCH_PARAMS,
     }]
@@ -621,7 +636,7 @@ def _watch_tasks(valid: list[Item], ctx: RunContext) -> list[TaskDict]:
             out.append({
                 "basename": f"watch:{fn.name}",
                 "doc": f"{label(fn)}: rebuild and redeploy on every save (Ctrl-C to stop)",
-                "actions": [(run_step, ["watch", (mine, ctx)])],
+                "actions": [(run_step, ["watch", (mine, ctx, tuple(deploys))])],
                 "task_dep": [f"package:{i.name}" for i in mine],
                 "uptodate": [False], "verbosity": 2, "params": _WATCH_PARAMS,
             })
@@ -749,10 +764,52 @@ def verify_staging() -> bool:
                                  os.environ.get("CI")))
 
 
+def _cached(task: TaskDict, item: Item, ctx: RunContext) -> TaskDict:
+    """With a shared build cache the npm, bundle and package steps are decided by their
+    uptodate checks alone (which cover the files doit would watch): a fresh checkout
+    whose package is in the cache has no install record, bundle or doit state to
+    look at, and must not run npm to get one (see buildcache)."""
+    step = task["basename"]
+    if step == "npm":
+        task.update(file_dep=[], targets=[], uptodate=[(buildcache.npm_is_current, [item, ctx])])
+    elif step == "bundle":
+        task.update(targets=[], uptodate=[(buildcache.bundle_is_current, [item, ctx])])
+    elif step == "package":
+        if npm.has_dependencies(item) and not _bundled(item):
+            task["task_dep"] = [*task["task_dep"], f"npm:{item.name}"]  # was the file_dep's
+        task.update(file_dep=[], uptodate=[(buildcache.is_packaged, [item, ctx])],
+                    clean=[*task["clean"], (buildcache.forget, [item, ctx])])
+    return task
+
+
+def _project(ctx: RunContext, chosen: Sequence[Stage] | None, cache: tuple[Any, Any, Any]
+             ) -> tuple[Stage | None, str | None]:
+    """Set the run's stage (from ``doit ... stage=NAME``, the first by default) and
+    build cache on ``ctx``; what is wrong with them, as one line."""
+    from doit import get_var
+
+    base = ctx.target
+    stage = None
+    if chosen is not None:
+        problem = staging.problem(chosen)
+        if problem:
+            return None, problem
+        stage, problem = staging.choose(list(chosen), get_var("stage"))
+        if stage is None:
+            return None, problem
+        ctx.stage = stage.name
+        ctx.target = AwsTarget(stage.profile or base.profile, stage.region or base.region,
+                               stage.endpoint or base.endpoint)
+    ctx.cache, problem = cachestore.settings(*cache, base)
+    return stage, problem
+
+
 def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | None = None,
                  region: str | None = None, endpoint: str | None = None, emulator: bool = False,
                  direct_upload_limit: int = DIRECT_UPLOAD_LIMIT, verify: bool = False,
-                 role_name: str | None = None, group: str | None = "lambda"
+                 role_name: str | None = None, group: str | None = "lambda",
+                 stages: Sequence[Stage] | None = None, cache_bucket: str | None = None,
+                 cache_prefix: str = cachestore.DEFAULT_PREFIX, cache_read_only: bool = False,
                  ) -> Iterator[TaskDict]:
     """doit tasks for the given Functions and Layers::
 
@@ -775,22 +832,30 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     differs, even when the local records say up to date (for CI). A function to create
     without ``role=`` runs as a role dodo_lambda creates: ``dodo-lambda-<function>``, or
     ``role_name`` for all of them (see iam.py).
+
+    ``stages=[Stage(...), ...]``: deploy targets, chosen with ``doit deploy
+    stage=NAME`` (the first by default); the build is shared, the upload, layer and
+    deploy records are kept per stage. ``cache_bucket=`` (with ``cache_prefix=``,
+    ``cache_read_only=``): a shared build cache in S3, asked before anything is built
+    and filled after (see README, "CI and teams").
     """
     show_core_messages()
     ctx = RunContext(Path(build_dir), AwsTarget(profile, region, endpoint), emulator=emulator,
                      direct_limit=direct_upload_limit, verify=verify, role_name=role_name,
                      verify_staging=verify_staging())
+    stage, project_problem = _project(ctx, stages, (cache_bucket, cache_prefix, cache_read_only))
     role_name_problem = _role_name_problem(role_name)
     _check_doit_backend(ctx)
     # what killed runs left half-written
     remove_dead_temps(*written_folders(ctx.build_dir), skip=PACKAGE_STEPS_OWN)
+    deployed: list[Item] = []  # what the stage deploys of each valid item (the item itself)
     valid: list[Item] = []
     tasks: list[TaskDict] = []
     problems: list[tuple[str, str, str]] = []  # (kind, name, why) of items not taken
     for item in items:
         if any(item is v or item == v for v in valid):
             continue  # the same item passed twice
-        problem = _problem(item, items, valid, ctx)
+        problem = project_problem or _problem(item, items, valid, ctx)
         if problem is None and isinstance(item, Function) and role_name_problem:
             problem = f"{label(item)}: {role_name_problem}"
         if problem:
@@ -805,31 +870,44 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         if isinstance(item, Layer):
             item = _built_for_users(item, items)
         valid.append(item)
+        built = []
         if npm.has_dependencies(item):
-            tasks.append(_npm_task(item, ctx))
+            built.append(_npm_task(item, ctx))
         if isinstance(item, Function) and item.bundle_options is not None:
-            tasks.append(_bundle_task(item, ctx))
-        tasks.append(_package_task(item, ctx))
-        if isinstance(item, Layer):
-            tasks.append(_layer_task(item, ctx, _users(item, items)))
-        else:
-            if item.bucket:
-                tasks.append(_upload_task(item, ctx))
-            tasks.append(_deploy_task(item, ctx))
-            tasks.append(_rollback_task(item, ctx))
-            tasks.append(_logs_task(item, ctx))
-            tasks.append(_invoke_task(item, ctx))
+            built.append(_bundle_task(item, ctx))
+        built.append(_package_task(item, ctx))
+        tasks += [_cached(t, item, ctx) for t in built] if ctx.cache is not None else built
+        dep = staging.staged(item, stage)  # the item itself without stages
+        problem = staging.staged_problem(item, dep, stage)
+        if problem:
+            problems.append((item.kind, dep.name, problem))
+            tasks += [_failing(step, item, problem) for step in _steps(item)
+                      if step not in ("bundle", "package")]
+            continue
+        deployed.append(dep)
+        ctx.task_names[dep.name] = item.name
+        if isinstance(dep, Layer) and isinstance(item, Layer):
+            users = tuple(f for f in (staging.staged(u, stage) for u in _users(item, items))
+                          if isinstance(f, Function))
+            tasks.append(_layer_task(dep, ctx, users))
+        elif isinstance(dep, Function):
+            if dep.bucket:
+                tasks.append(_upload_task(dep, ctx))
+            tasks.append(_deploy_task(dep, ctx))
+            tasks.append(_rollback_task(dep, ctx))
+            tasks.append(_logs_task(dep, ctx))
+            tasks.append(_invoke_task(dep, ctx))
     if emulator:
         tasks.append(_emulator_stop_task(ctx))
     if valid:
-        tasks.extend(_watch_tasks(valid, ctx))
-    ctx.items = tuple(valid)
+        tasks.extend(_watch_tasks(valid, deployed, ctx))
+    ctx.items = tuple(deployed)
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():
         if basename in used:
             group_task: TaskDict = {"basename": basename, "name": None, "doc": doc}
             if basename == "deploy":  # the run's summary, after every other task
-                group_task["teardown"] = [(run_step, ["summary", (tuple(valid), ctx, True)])]
+                group_task["teardown"] = [(run_step, ["summary", (tuple(deployed), ctx, True)])]
                 group_task["verbosity"] = 2
             yield group_task
     if group and group not in used | {"plan"}:
@@ -839,7 +917,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         "basename": "plan",
         "doc": "show what deploy would change for each function and layer, and why (read-only;"
                " --json: as JSON on stdout; --check: exit nonzero when anything would change)",
-        "actions": [(run_step, ["plan", (valid, ctx, tuple(problems))])],
+        "actions": [(run_step, ["plan", (deployed, ctx, tuple(problems))])],
         "task_dep": [f"package:{i.name}" for i in valid],
         "uptodate": [False],
         "verbosity": 2,

@@ -99,10 +99,14 @@ class Watch:
     """The watched items of a project and what to do when their files change."""
 
     def __init__(self, items: Iterable[Item], ctx: RunContext, *,
-                 deploy_changes: bool = True) -> None:
+                 deploy_changes: bool = True, deploys: Iterable[Item] | None = None) -> None:
+        """``deploys``: what a stage deploys of the items (``stages.staged``: built under
+        the item's name, deployed under the stage's); the items themselves by default."""
         self.items = list(items)
         self.ctx = ctx
         self.deploy_changes = deploy_changes
+        self.deploys = {(d.kind, d.build_name): d for d in (self.items if deploys is None
+                                                              else deploys)}
         self.watched = [self._watched(i) for i in self.items]
 
     def _watched(self, item: Item) -> _Watched:
@@ -423,16 +427,28 @@ class Watch:
                         w.sources))
             w.pending = False
 
+    def _deployed(self, item: Item) -> Item:
+        found = self.deploys.get((item.kind, item.build_name))
+        if found is None:
+            raise DodoLambdaError(f"{label(item)} cannot be deployed to this stage; run"
+                                  " `doit deploy` to see why")
+        return found
+
     def _deploy(self, fn: Function, change: Change) -> None:
-        executor.upload(fn, self.ctx)  # only with a bucket (or too big: says so)
-        action = executor.deploy_function(fn, self.ctx).action
+        dep = self._deployed(fn)
+        assert isinstance(dep, Function)
+        executor.upload(dep, self.ctx)  # only with a bucket (or too big: says so)
+        action = executor.deploy_function(dep, self.ctx).action
         change.notes.append({"create": "created", "none": "already deployed"}.get(action,
                                                                                  "deployed"))
 
     def _publish(self, layer: Layer, change: Change) -> None:
-        users = tuple(w.item for w in self.watched if isinstance(w.item, Function)
-                      and layer in w.item.layers)
-        action = executor.publish_layer(layer, self.ctx, users).action
+        dep = self._deployed(layer)
+        assert isinstance(dep, Layer)
+        users = tuple(d for d in (self.deploys.get(("function", w.item.build_name))
+                                  for w in self.watched if isinstance(w.item, Function)
+                                  and layer in w.item.layers) if isinstance(d, Function))
+        action = executor.publish_layer(dep, self.ctx, users).action
         change.notes.append("already published" if action == "none" else "published")
 
 

@@ -23,10 +23,12 @@ NO_REGISTRY = "http://127.0.0.1:9/"  # nothing listens there: any registry use f
 
 DODO = '''
 import json
-from dodo_lambda import Function, Layer, lambda_tasks
+from dodo_lambda import Function, Layer, Stage, lambda_tasks
 
 DOIT_CONFIG = {"backend": "sqlite3", "verbosity": 2}
 settings = json.load(open("project.json"))
+if "stages" in settings.get("options", {}):
+    settings["options"]["stages"] = [Stage(**s) for s in settings["options"]["stages"]]
 layers = {spec["name"]: Layer(**spec) for spec in settings.get("layers", [])}
 functions = []
 for spec in settings["functions"]:

@@ -190,3 +190,29 @@ def test_watch_rebundles_a_bundled_function(ts_project: Project, bundle_env, wat
     watched = ts_project.zip_path().read_bytes()
     assert ts_project.doit("package", env=bundle_env).executed == set()
     assert watched == _cold_bytes(ts_project, bundle_env)
+
+
+def test_watch_deploys_to_the_chosen_stage(project: Project, aws_env, watchers) -> None:
+    """One build, deployed under the stage's name: the watch builds `demo` and deploys
+    `demo-prod` (stage=prod), as `doit deploy stage=prod` would."""
+    fn = {**FUNCTION, "role": aws_env.role_arn()}
+    project.configure([fn], options={"stages": [{"name": "dev", "suffix": "-dev"},
+                                                {"name": "prod", "suffix": "-prod"}]})
+    env = aws_env.env()
+    assert project.doit("package", env=env).rc == 0
+    w = Watcher(project, "stage=prod", "watch:demo", "--poll", env=env)
+    watchers.append(w)
+    w.wait_for(r"^\d\d:\d\d:\d\d function 'demo': start: created")
+    w.wait_for(r"^watch: watching function 'demo' through polling")
+    (project.fn / "lib" / "util.js").write_text("exports.wrap = (s) => `{${s}}`;\n")
+    w.wait_for(r"function 'demo': lib/util\.js: rebuilt in \d+ ms, deployed in")
+    assert w.interrupt() == 0
+    lam = aws_env.boto("lambda")
+    assert lam.get_function_configuration(FunctionName="demo-prod")["CodeSha256"] == \
+        project.manifest()["code_sha256"]
+    assert {f["FunctionName"] for f in lam.list_functions()["Functions"]} == {"demo-prod"}
+    from dodo_lambda.layout import Layout
+
+    # the stage's records, under the build's name
+    assert Layout(project.build_dir, "function", "demo", "prod").deployed.is_file()
+    assert not project.layout().deployed.exists()
