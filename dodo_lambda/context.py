@@ -74,20 +74,30 @@ class RunContext:
         self.build_dir = Path(self.build_dir)
 
     def layout(self, item: Function | Layer) -> Layout:
-        return Layout.of(self.build_dir, item, self.stage)
+        key = ("layout", item.kind, item.build_name, self.stage)
+        found = self.caches.made.get(key)  # a plain read: a race makes an equal Layout
+        if found is None:
+            found = self.caches.made[key] = Layout.of(self.build_dir, item, self.stage)
+        return found
 
     def reset(self) -> None:
         """Forget everything learnt (a new round in a long-lived process)."""
         self.caches = Caches()
 
-    def once(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
-        """``make()``'s value, made once per run for ``key`` (thread-safe: under
-        ``doit -P thread`` the other threads wait rather than make it twice)."""
+    def once(self, key: tuple[Any, ...], make: Callable[[], T], *, wait: bool = True) -> T:
+        """``make()``'s value, made once per run for ``key``, thread-safe: under
+        ``doit -P thread`` the other threads wait rather than make it twice; with
+        ``wait=False`` (S3 requests, hashing files) they do not wait on each other, and at
+        worst two of them make the same value."""
         caches = self.caches
         with caches.lock:
-            if key not in caches.made:
-                caches.made[key] = make()
-            return caches.made[key]
+            if key in caches.made or wait:
+                if key not in caches.made:
+                    caches.made[key] = make()
+                return caches.made[key]
+        value = make()
+        with caches.lock:
+            return caches.made.setdefault(key, value)
 
     def clients(self, who: str | None = None, target: AwsTarget | None = None) -> Clients:
         """The S3 and Lambda clients of this project's target (or of ``target``: the
