@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import archive, build, bundle, cachestore, digest, npm
-from .cachekey import Computed, bundled, compute, memo
+from .cachekey import Computed, bundled, compute
 from .cachestore import CacheSettings, Found, settings
 from .config import Function, Layer, label
 from .context import RunContext
@@ -41,8 +41,8 @@ def computed(item: Function | Layer, ctx: RunContext,
              memory: Mapping[str, Any] | None = None) -> Computed:
     """The item's key, computed once per run (the npm, bundle and package checks and
     the package step all ask)."""
-    return memo(ctx, ("build cache key", item.kind, item.build_name),
-                lambda: compute(item, ctx, memory))
+    return ctx.once(("build cache key", item.kind, item.build_name),
+                    lambda: compute(item, ctx, memory), wait=False)
 
 
 def lookup(item: Function | Layer, ctx: RunContext) -> Found | None:
@@ -57,7 +57,7 @@ def lookup(item: Function | Layer, ctx: RunContext) -> Found | None:
         # a bundle that read other files outside its folder than these: a miss
         return found if found is not None and _extras_match(found.extras) else None
 
-    return memo(ctx, ("build cache entry", key), read)
+    return ctx.once(("build cache entry", key), read, wait=False)
 
 
 def _extras_match(extras: Mapping[str, str]) -> bool:

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,19 +54,6 @@ class Computed:
     memory: dict[str, Any]
 
 
-def memo(ctx: RunContext, key: tuple[Any, ...], make: Callable[[], T]) -> T:
-    """``make()`` once per run for ``key``. Unlike ``ctx.once`` the lock is not held
-    while making (S3 requests and file hashing): threads do not wait on each other,
-    and at worst two of them make the same value."""
-    caches = ctx.caches
-    with caches.lock:
-        if key in caches.made:
-            return caches.made[key]
-    value = make()
-    with caches.lock:
-        return caches.made.setdefault(key, value)
-
-
 # -- the key ---------------------------------------------------------------------------
 
 
@@ -102,7 +89,7 @@ def tool_versions(ctx: RunContext, known: Mapping[str, Any] | None = None) -> di
     if known and known.get("stamp") == stamp and isinstance(known.get("node"), str):
         node_major = known["node"]
     else:
-        node_major = memo(ctx, ("node major", *stamp), lambda: _run_version("node"))
+        node_major = ctx.once(("node major", *stamp), lambda: _run_version("node"), wait=False)
     exe = shutil.which("npm")
     if exe is not None:
         places = [Path(os.path.realpath(exe)).parent.parent / "package.json"]  # bin/npm-cli.js
@@ -112,7 +99,8 @@ def tool_versions(ctx: RunContext, known: Mapping[str, Any] | None = None) -> di
                   prefix / "node_modules" / "npm" / "package.json"]  # (Windows' layout)
     npm_major = next((v for v in map(_npm_version, places) if v), None)
     if npm_major is None and exe is not None:  # a wrapper script: ask it
-        npm_major = memo(ctx, ("npm major", os.path.realpath(exe)), lambda: _run_version("npm"))
+        npm_major = ctx.once(("npm major", os.path.realpath(exe)), lambda: _run_version("npm"),
+                             wait=False)
     return {"stamp": stamp, "node": node_major, "npm": npm_major}
 
 

@@ -27,7 +27,6 @@ from typing import Any
 
 from . import records, rules, s3
 from .aws import USER_AGENT, AwsTarget, Clients, translating
-from .cachekey import memo
 from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
@@ -67,6 +66,7 @@ def settings(bucket: Any, prefix: Any, read_only: Any, target: AwsTarget
     """The cache lambda_tasks was given (None: no cache), or what is wrong with it."""
     if bucket is None:
         return None, None
+    prefix = DEFAULT_PREFIX if prefix is None else prefix
     problem = rules.bucket_problem(bucket)
     if problem:
         return None, f"lambda_tasks(cache_bucket=...): {problem.replace('bucket=', 'cache_bucket=')}"
@@ -113,7 +113,7 @@ def clients(ctx: RunContext) -> Clients:
             kwargs["endpoint_url"] = cache.target.endpoint
         return dataclasses.replace(base, s3=base.session.create_client("s3", **kwargs))
 
-    return memo(ctx, ("build cache clients", cache.target), make)
+    return ctx.once(("build cache clients", cache.target), make, wait=False)
 
 
 # -- giving up ---------------------------------------------------------------------------

@@ -33,10 +33,11 @@ if TYPE_CHECKING:
     from .selection import Entry, Root
 
 T = TypeVar("T")
-# ``once`` keys (their first part) that a new round keeps: botocore's loader, clients
+# ``made`` keys (their first part) that a new round keeps: botocore's loader, clients
 # (keyed by target and AWS_* variables, or by the emulator's id), node/npm versions
-# (keyed by the executables' stats)
-KEPT_BETWEEN_ROUNDS = frozenset({"botocore-loader", "clients", "emulator-clients", "tools"})
+# (keyed by the executables' stats), the items' Layouts (paths only)
+KEPT_BETWEEN_ROUNDS = frozenset({"botocore-loader", "clients", "emulator-clients", "tools",
+                                 "layout"})
 
 
 @dataclass
@@ -78,7 +79,11 @@ class RunContext:
         self.build_dir = Path(self.build_dir)
 
     def layout(self, item: Function | Layer) -> Layout:
-        return Layout.of(self.build_dir, item, self.stage)
+        key = ("layout", item.kind, item.build_name, self.stage)
+        found = self.caches.made.get(key)  # a plain read: a race makes an equal Layout
+        if found is None:
+            found = self.caches.made[key] = Layout.of(self.build_dir, item, self.stage)
+        return found
 
     def reset(self) -> None:
         """Forget everything learnt (a new round in a long-lived process)."""
@@ -91,14 +96,20 @@ class RunContext:
         made = self.caches.made
         self.caches = Caches(made={k: v for k, v in made.items() if k[0] in KEPT_BETWEEN_ROUNDS})
 
-    def once(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
-        """``make()``'s value, made once per run for ``key`` (thread-safe: under
-        ``doit -P thread`` the other threads wait rather than make it twice)."""
+    def once(self, key: tuple[Any, ...], make: Callable[[], T], *, wait: bool = True) -> T:
+        """``make()``'s value, made once per run for ``key``, thread-safe: under
+        ``doit -P thread`` the other threads wait rather than make it twice; with
+        ``wait=False`` (S3 requests, hashing files) they do not wait on each other, and at
+        worst two of them make the same value."""
         caches = self.caches
         with caches.lock:
-            if key not in caches.made:
-                caches.made[key] = make()
-            return caches.made[key]
+            if key in caches.made or wait:
+                if key not in caches.made:
+                    caches.made[key] = make()
+                return caches.made[key]
+        value = make()
+        with caches.lock:
+            return caches.made.setdefault(key, value)
 
     def clients(self, who: str | None = None, target: AwsTarget | None = None) -> Clients:
         """The S3 and Lambda clients of this project's target (or of ``target``: the

@@ -32,6 +32,7 @@ Paths of the project as a whole (``BuildDir``):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Layout:
-    """The paths of one item (a Function or a Layer) under ``build_dir``."""
+    """The paths of one item (a Function or a Layer) under ``build_dir``. Each path is
+    made once per Layout (cached_property): the checks of a no-op run ask for them
+    many times, and building Path objects is most of what they cost."""
 
     build_dir: Path
     kind: str  # "function" or "layer"
@@ -53,7 +56,7 @@ class Layout:
            ) -> Layout:
         return cls(Path(build_dir), item.kind, item.build_name, stage)
 
-    @property
+    @cached_property
     def _sub(self) -> str:
         return "layers/" if self.kind == "layer" else ""
 
@@ -61,25 +64,25 @@ class Layout:
         return self.build_dir / "dist" / f"{self._sub}{self.name}{suffix}"
 
     # -- the package step
-    @property
+    @cached_property
     def zip(self) -> Path:
         return self._dist(".zip")
 
-    @property
+    @cached_property
     def manifest(self) -> Path:
         return self._dist(".manifest.json")
 
-    @property
+    @cached_property
     def entries(self) -> Path:
         """The entry cache: the previous zip's per-entry records (marshal)."""
         return self.build_dir / "cache" / f"{self._sub}{self.name}.entries"
 
-    @property
+    @cached_property
     def package_lock(self) -> Path:
         """Held while the zip is written: one writer of a zip at a time."""
         return self.build_dir / "cache" / f"{self._sub}{self.name}.lock"
 
-    @property
+    @cached_property
     def fetched(self) -> Path:
         """The record of a package installed from the shared build cache (buildcache)."""
         return self.build_dir / "cache" / f"{self._sub}{self.name}.fetched.json"
@@ -90,97 +93,97 @@ class Layout:
             return self._dist(suffix)
         return self.build_dir / "dist" / "stages" / self.stage / f"{self._sub}{self.name}{suffix}"
 
-    @property
+    @cached_property
     def uploaded(self) -> Path:
         return self._record(".uploaded.json")
 
-    @property
+    @cached_property
     def deployed(self) -> Path:
         return self._record(".deployed.json")
 
-    @property
+    @cached_property
     def published(self) -> Path:
         return self._record(".published.json")
 
-    @property
+    @cached_property
     def deploy_lock(self) -> Path:
         return self._record(".deploy.lock")
 
-    @property
+    @cached_property
     def upload_lock(self) -> Path:
         """Held while the zip goes to S3: one upload of an item at a time."""
         return self._dist(".upload.lock")
 
-    @property
+    @cached_property
     def upload_journal(self) -> Path:
         """What a multipart upload began (s3.py): what a killed one left open."""
         return self.build_dir / "cache" / f"{self._sub}{self.name}.multipart.json"
 
     # -- the bundle step (functions with bundle=)
-    @property
+    @cached_property
     def bundle_folder(self) -> Path:
         return self.build_dir / "bundle" / self.name
 
-    @property
+    @cached_property
     def bundle_out(self) -> Path:
         """What the zip holds: the bundle (and its map)."""
         return self.bundle_folder / "out"
 
-    @property
+    @cached_property
     def bundle_meta(self) -> Path:
         """esbuild's own account of the last run (its metafile), for people and tools."""
         return self.bundle_folder / "meta.json"
 
-    @property
+    @cached_property
     def bundle_record(self) -> Path:
         """Inputs and outputs with their stats: the bundle's up-to-date check."""
         return self.build_dir / "bundle" / f"{self.name}.json"
 
-    @property
+    @cached_property
     def bundle_lock(self) -> Path:
         return self.build_dir / "bundle" / f".{self.name}.lock"
 
     # -- the npm step
-    @property
+    @cached_property
     def _npm(self) -> Path:
         return self.build_dir / "npm" / ("layers" if self.kind == "layer" else "functions")
 
-    @property
+    @cached_property
     def staging(self) -> Path:
         """The folder npm installs in: package.json, the lock and node_modules/."""
         return self._npm / self.name
 
-    @property
+    @cached_property
     def node_modules(self) -> Path:
         return self.staging / "node_modules"
 
-    @property
+    @cached_property
     def install_record(self) -> Path:
         return self._npm / f"{self.name}.json"
 
-    @property
+    @cached_property
     def local_stats(self) -> Path:
         """Stats of the workspace packages' source files at their last check (kept
         apart from the install record, whose bytes must change only with the tree)."""
         return self._npm / f"{self.name}.local.json"
 
-    @property
+    @cached_property
     def install_state(self) -> Path:
         """How the staged tree was last checked against the install record: its folder
         stamps, its stats, when, and the tool stamp (marshal; not a doit file_dep, so
         rewriting it never reruns a step)."""
         return self._npm / f"{self.name}.state"
 
-    @property
+    @cached_property
     def install_lock(self) -> Path:
         return self._npm / f".{self.name}.lock"
 
-    @property
+    @cached_property
     def install_work(self) -> Path:
         """Where npm runs before its result replaces ``staging``."""
         return self._npm / f".{self.name}.tmp"
 
-    @property
+    @cached_property
     def install_old(self) -> Path:
         return self._npm / f".{self.name}.old"
 

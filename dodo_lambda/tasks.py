@@ -23,7 +23,7 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import cachestore, logs, npm, records, rules, workspaces
+from . import logs, npm, records, rules, workspaces
 from . import stages as staging
 from .aws import AwsTarget
 from .config import Function, Layer, label
@@ -800,6 +800,10 @@ def _project(ctx: RunContext, chosen: Sequence[Stage] | None, cache: tuple[Any, 
         ctx.stage = stage.name
         ctx.target = AwsTarget(stage.profile or base.profile, stage.region or base.region,
                                stage.endpoint or base.endpoint)
+    if cache[0] is None:
+        return stage, None
+    from . import cachestore  # only with a cache: it is not small to load
+
     ctx.cache, problem = cachestore.settings(*cache, base)
     return stage, problem
 
@@ -809,7 +813,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
                  direct_upload_limit: int = DIRECT_UPLOAD_LIMIT, verify: bool = False,
                  role_name: str | None = None, group: str | None = "lambda",
                  stages: Sequence[Stage] | None = None, cache_bucket: str | None = None,
-                 cache_prefix: str = cachestore.DEFAULT_PREFIX, cache_read_only: bool = False,
+                 cache_prefix: str | None = None, cache_read_only: bool = False,
                  ) -> Iterator[TaskDict]:
     """doit tasks for the given Functions and Layers::
 
@@ -835,7 +839,8 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
 
     ``stages=[Stage(...), ...]``: deploy targets, chosen with ``doit deploy
     stage=NAME`` (the first by default); the build is shared, the upload, layer and
-    deploy records are kept per stage. ``cache_bucket=`` (with ``cache_prefix=``,
+    deploy records are kept per stage. ``cache_bucket=`` (with ``cache_prefix=``, by default
+    ``dodo-lambda-cache/``,
     ``cache_read_only=``): a shared build cache in S3, asked before anything is built
     and filled after (see README, "CI and teams").
     """
