@@ -12,6 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from . import archive, digest, entrycache, npm, npmpolicy
 from .config import Function, Layer, label
@@ -216,18 +217,24 @@ def write_package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
 
 def _warn_native(item: Function | Layer, layout: Layout, entries: list[Entry],
                  segment: Segment | None) -> None:
+    for warning in native_warnings(item, layout, entries, segment):
+        log.warning("%s", warning)
+
+
+def native_warnings(item: Function | Layer, layout: Layout, entries: list[Entry],
+                    segment: Segment | None) -> list[str]:
     """Native addons that cannot load, and packages whose skipped install script
     would have built one (from the staged segment's notable files, remembered)."""
     who = label(item)
     notable = [*entries, *(Entry(arcname, path, 0, 0, 0o644)
                            for arcname, path in (segment.notable if segment else ()))]
-    for problem in native_mismatches(notable, item.architecture):
-        log.warning("%s: %s", who, problem)
+    out = [f"{who}: {problem}" for problem in native_mismatches(notable, item.architecture)]
     if not item.scripts and npm.has_dependencies(item):
         for name, why in npmpolicy.unbuilt_packages(notable, npm.staged_root(item, layout)):
-            log.warning("%s: package %s looks unbuilt (%s): its install script did not run"
-                        " (scripts are off by default); if the %s needs it, set scripts=True"
-                        " on the %s", who, name, why, item.kind, item.kind)
+            out.append(f"{who}: package {name} looks unbuilt ({why}): its install script did"
+                       f" not run (scripts are off by default); if the {item.kind} needs it,"
+                       f" set scripts=True on the {item.kind}")
+    return out
 
 
 def remove_stale_temps(layout: Layout) -> None:
@@ -267,16 +274,20 @@ def left_out_lines(items: list[Function | Layer], ctx: RunContext) -> list[str]:
 
 
 def _warn_defaults(item: Function | Layer, chosen: Selection) -> None:
+    for warning in default_warnings(item, chosen):
+        log.warning("%s", warning)
+
+
+def default_warnings(item: Function | Layer, chosen: Selection) -> list[str]:
     """Name the files the default excludes changed where it may matter: a dropped
     file that looks like code, and a default-excluded file include= brings back."""
     who = label(item)
-    for name in chosen.dropped:
-        if name.lower().endswith(CODE_SUFFIXES):
-            log.warning("%s: %s is not packed: the default excludes leave it out (%s); if it is"
-                        " code the %s needs, add it to include=", who, name, _why(name), item.kind)
-    for name in chosen.restored:
-        log.warning("%s: include= brings back %s, which the default excludes leave out (%s);"
-                    " make sure it holds no secret", who, name, _why(name))
+    out = [f"{who}: {name} is not packed: the default excludes leave it out ({_why(name)});"
+           f" if it is code the {item.kind} needs, add it to include="
+           for name in chosen.dropped if name.lower().endswith(CODE_SUFFIXES)]
+    out.extend(f"{who}: include= brings back {name}, which the default excludes leave out"
+               f" ({_why(name)}); make sure it holds no secret" for name in chosen.restored)
+    return out
 
 
 def _why(name: str) -> str:
@@ -354,7 +365,17 @@ def _check_handler(fn: Function, build_dir: Path, entries: list[Entry],
 def _record(item: Function | Layer, layout: Layout, options: str, stat: str,
             chosen: Selection, result: archive.ZipResult, sources: Sources | None = None) -> None:
     """The manifest (for people and the deploy steps) and the entry cache."""
-    write_json(layout.manifest, {
+    write_manifest(item, layout, chosen, result)
+    entrycache.write(layout.entries, EntryCache(options, zip_stat(layout.zip), stat,
+                                                result.records, result.segment, sources))
+
+
+def write_manifest(item: Function | Layer, layout: Layout, chosen: Selection,
+                   result: archive.ZipResult, *, packages: dict[str, int] | None = None
+                   ) -> dict[str, Any]:
+    """The manifest alone, as written. The watch writes it right after a splice (with
+    the package sizes when it knows them unchanged) and the entry cache later."""
+    manifest = {
         "name": item.name,
         "kind": item.kind,
         "sha256": result.sha256,
@@ -364,11 +385,11 @@ def _record(item: Function | Layer, layout: Layout, options: str, stat: str,
         "files": result.files,
         "content_digest": result.content_digest,
         "compressor": archive.COMPRESSOR_ID,
-        "packages": _packages(chosen.entries, result.segment),
+        "packages": _packages(chosen.entries, result.segment) if packages is None else packages,
         "excluded_by_default": chosen.dropped,
-    })
-    entrycache.write(layout.entries, EntryCache(options, zip_stat(layout.zip), stat,
-                                                result.records, result.segment, sources))
+    }
+    write_json(layout.manifest, manifest)
+    return manifest
 
 
 _ELF_MACHINES = {0x3E: "x86_64", 0xB7: "arm64"}

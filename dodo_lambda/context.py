@@ -9,7 +9,7 @@ between calls.
 
 Pickled (``doit -P process`` sends actions to worker processes) it keeps the
 settings and starts with empty caches. A long-lived process (watch) calls
-``reset()`` between rounds.
+``next_round()`` between rounds.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ if TYPE_CHECKING:
     from .selection import Entry, Root
 
 T = TypeVar("T")
+# ``made`` keys (their first part) that a new round keeps: botocore's loader, clients
+# (keyed by target and AWS_* variables, or by the emulator's id), node/npm versions
+# (keyed by the executables' stats), the items' Layouts (paths only)
+KEPT_BETWEEN_ROUNDS = frozenset({"botocore-loader", "clients", "emulator-clients", "tools",
+                                 "layout"})
 
 
 @dataclass
@@ -54,7 +59,7 @@ class RunContext:
 
     build_dir: Path
     target: AwsTarget = field(default_factory=AwsTarget)
-    emulator: bool = False  # deploy to the embedded local emulator, never AWS
+    emulator: bool = False  # deploy to the project's local emulator, never AWS
     direct_limit: int = DIRECT_UPLOAD_LIMIT  # bigger zips go through S3
     verify: bool = False  # deploy tasks compare with AWS even when records say up to date
     role_name: str | None = None  # the one role functions without role= share (None: one each)
@@ -83,6 +88,13 @@ class RunContext:
     def reset(self) -> None:
         """Forget everything learnt (a new round in a long-lived process)."""
         self.caches = Caches()
+
+    def next_round(self) -> None:
+        """A new round in a long-lived process (watch): forget what was learnt (walks,
+        scans, the run's decisions such as whether a listing pays), keep what is costly
+        to make and whose key says when it is stale (``KEPT_BETWEEN_ROUNDS``)."""
+        made = self.caches.made
+        self.caches = Caches(made={k: v for k, v in made.items() if k[0] in KEPT_BETWEEN_ROUNDS})
 
     def once(self, key: tuple[Any, ...], make: Callable[[], T], *, wait: bool = True) -> T:
         """``make()``'s value, made once per run for ``key``, thread-safe: under

@@ -1,5 +1,5 @@
 """Where deploys go: the target key an uptodate check can compute without AWS, and
-the clients of a run (starting the embedded emulator when the project asks for it).
+the clients of a run (starting the project's emulator when it asks for it).
 
 The deploy itself is planned in ``planner`` (remote state read once, a list of
 steps as data), carried out by ``executor`` (exactly those steps) and written down
@@ -14,14 +14,16 @@ from . import aws
 from .context import RunContext
 from .digest import value_digest
 
-_RUN = os.urandom(8).hex()  # an emulator lives for one run: each run is a new target
-
 
 def clients(ctx: RunContext, who: str) -> aws.Clients:
-    if ctx.emulator:
-        from . import local
+    if ctx.emulator:  # the project's own moto server, started if needed
+        from . import emulator
 
-        local.ensure_started(ctx)
+        # asked each time (a status request): a server that stopped meanwhile (idle, or
+        # `doit emulator-stop` during a watch) is started again, with new clients
+        server = emulator.ensure_running(ctx.build_dir)
+        return ctx.once(("emulator-clients", server.url, server.id), lambda: emulator.clients(
+            server, who, loader=ctx.once(("botocore-loader",), aws.data_loader)))
     return ctx.clients(who)
 
 
@@ -30,8 +32,10 @@ def target_key(ctx: RunContext) -> str:
     chain's settings (profile, region, endpoint), never the credentials, so rotating
     keys reruns nothing. A changed key reruns deploy; its action asks STS for the
     account and finds out whether the target really changed (see records)."""
-    if ctx.emulator:
-        return f"emulator-{_RUN}"
+    if ctx.emulator:  # which server: a new one is a new target
+        from . import emulator
+
+        return emulator.target_key(ctx.build_dir)
     target = ctx.target
     env = {k: os.environ.get(k, "") for k in (
         "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION",

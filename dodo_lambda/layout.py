@@ -20,6 +20,13 @@ With stages (``lambda_tasks(stages=...)``) the build is shared and the records o
 what went where are kept per stage: ``dist/stages/<stage>/<name>.{uploaded,deployed}.json``
 and ``dist/stages/<stage>/layers/<name>.published.json``. ``name`` is always the
 item's build name (``orders``), never a stage's Lambda name (``orders-prod``).
+
+Paths of the project as a whole (``BuildDir``):
+
+    <build_dir>/invoke/{task,opt}/<sha256>/      zips extracted for the local invoker
+    <build_dir>/invoke/home/                     the invoked handler's HOME
+    <build_dir>/emulator/state.json              the running emulator: pid, url, id
+    <build_dir>/emulator/{start.lock,server.log}
 """
 
 from __future__ import annotations
@@ -186,4 +193,52 @@ def written_folders(build_dir: str | Path) -> list[Path]:
     temporary file there: files.remove_dead_temps)."""
     root = Path(build_dir)
     return [root / "dist", root / "dist" / "layers", root / "cache", root / "cache" / "layers",
-            root / "npm" / "functions", root / "npm" / "layers"]
+            root / "npm" / "functions", root / "npm" / "layers", BuildDir(root).emulator]
+
+
+@dataclass(frozen=True)
+class BuildDir:
+    """The paths under ``build_dir`` that belong to no one item: the local invoker's
+    extraction cache and the emulator's files."""
+
+    path: Path
+
+    # -- the local invoker (invoke.py)
+    @property
+    def invoke(self) -> Path:
+        return self.path / "invoke"
+
+    @property
+    def invoke_task(self) -> Path:
+        """Function zips, each extracted into a folder named for its SHA-256 (Lambda's
+        /var/task)."""
+        return self.invoke / "task"
+
+    @property
+    def invoke_opt(self) -> Path:
+        """A function's layers, extracted together in order (Lambda's /opt)."""
+        return self.invoke / "opt"
+
+    @property
+    def invoke_home(self) -> Path:
+        """HOME for an invoked handler (never the developer's own)."""
+        return self.invoke / "home"
+
+    # -- the emulator (emulator.py, emulator_server.py)
+    @property
+    def emulator(self) -> Path:
+        return self.path / "emulator"
+
+    @property
+    def emulator_state(self) -> Path:
+        """Written by the running server: pid, url, id, who started it."""
+        return self.emulator / "state.json"
+
+    @property
+    def emulator_lock(self) -> Path:
+        """Held while a server is found or started, and while it is stopped."""
+        return self.emulator / "start.lock"
+
+    @property
+    def emulator_log(self) -> Path:
+        return self.emulator / "server.log"

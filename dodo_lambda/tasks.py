@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -75,12 +76,14 @@ GROUP_DOCS = {
                 " moved it",
     "logs": "show each function's recent log events from CloudWatch Logs (logs:NAME --since 1h"
             " --follow for one)",
+    "invoke": "run a function's built zip locally in node, as Lambda would (no Docker)",
 }
 # What each step was doing, for a machine's error (disk full, permissions).
 _DOING = {"npm": "installing dependencies", "bundle": "bundling", "package": "writing the package",
           "upload": "uploading", "deploy": "deploying", "layer": "publishing the layer",
           "plan": "planning", "rollback": "rolling back", "summary": "summing up",
-          "logs": "reading logs"}
+          "logs": "reading logs", "invoke": "invoking", "watch": "watching",
+          "emulator-stop": "stopping the emulator"}
 _ACTED = {"create": "created", "update": "updated", "publish": "published", "none": "unchanged",
           "rollback": "rolled back"}
 
@@ -263,12 +266,105 @@ def _logs(fn: Function, ctx: RunContext, options: dict[str, Any]) -> None:
         say(f"{label(fn)}: no log events in the last {since_text}")
 
 
+# -- the local loop: invoke, the emulator, watch ----------------------------------------
+
+
+def _invoke(fn: Function, ctx: RunContext, options: dict[str, Any]) -> TaskFailed | None:
+    """``doit invoke:<name>`` (``--event FILE``/``-``, ``--aws-credentials``): the result
+    (or error shape) as the last line on stdout, the handler's logs and Lambda's REPORT
+    line on stderr."""
+    from . import invoke
+
+    text = invoke.read_event(options.get("event") or "", sys.stdin, label(fn))
+    credentials = invoke.caller_credentials() if options.get("aws_credentials") else None
+    inv = invoke.for_function(fn, ctx, aws=credentials)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    outcome = invoke.run(inv, text, ctx.build_dir)
+    say(outcome.report_line())
+    if outcome.ok:
+        result(outcome.payload)
+        return None
+    # doit prints a failure's message last, after "TaskFailed - taskid:invoke:NAME": the
+    # error shape itself, so that the last line of stdout is Lambda's answer either way
+    return TaskFailed(outcome.payload)
+
+
+def _emulator_stop(ctx: RunContext) -> None:
+    from . import emulator
+
+    stopped = emulator.stop(ctx.build_dir)
+    result(f"emulator: stopped the server at {stopped.url} (pid {stopped.pid})" if stopped
+           else "emulator: no server running for this project")
+
+
+def _change_line(change: Any) -> str:
+    when = time.strftime("%H:%M:%S")
+    shown = ", ".join(change.paths[:3]) + (f" and {len(change.paths) - 3} more"
+                                           if len(change.paths) > 3 else "")
+    if change.error:  # the core's message names the item too: once is enough
+        return f"{when} {change.item}: {shown}: {change.error.removeprefix(change.item + ': ')}"
+    parts = []
+    if change.unchanged:
+        parts.append("zip unchanged")
+    elif change.build_ms:
+        parts.append(f"rebuilt in {change.build_ms:.0f} ms")
+    if change.deploy_ms is not None:
+        parts.append(f"{' and '.join(change.notes) or 'deployed'} in"
+                     f" {change.deploy_ms / 1000:.2f} s")
+    return f"{when} {change.item}: {shown}: {', '.join(parts)}"
+
+
+def _watch(items: tuple[Item, ...], ctx: RunContext, deploys: tuple[Item, ...],
+           options: dict[str, Any]) -> None:
+    """``doit watch`` / ``watch:<name>`` (``--no-deploy``, ``--poll``): rebuild (and
+    redeploy) on every save, until Ctrl-C. ``deploys``: what the stage deploys of the
+    items (the items themselves without stages)."""
+    import threading
+
+    from . import filewatch, watch
+
+    stop = threading.Event()
+    logger = logging.getLogger("dodo_lambda")
+    w = watch.Watch(items, ctx, deploy_changes=options.get("deploy", True), deploys=deploys)
+    try:
+        w.prepare()
+        if w.deploy_changes:  # start from what is deployed: layers first, then the functions
+            for change in w.deploy_all():
+                result(_change_line(change))
+        # from here on one line per change: the steps' progress notes would interleave
+        # (warnings still show)
+        logger.setLevel(logging.WARNING)
+        if ctx.emulator and w.deploy_changes:
+            from . import emulator
+
+            emulator.keep_awake(ctx.build_dir, stop)
+        names = ", ".join(label(i) for i in items)
+
+        def ready(how: str) -> None:
+            say(f"watch: watching {names} through {how}; Ctrl-C to stop")
+
+        for batch in filewatch.batches(w.folders, stop, ready, poll=bool(options.get("poll")),
+                                       skip=[ctx.build_dir], files=w.files):
+            for change in w.handle(batch):
+                result(_change_line(change))
+    except KeyboardInterrupt:
+        say("watch: stopped")
+    finally:
+        stop.set()
+        logger.setLevel(logging.INFO)
+        with contextlib.suppress(OSError):  # a round interrupted before its end
+            w.flush()
+
+
 _STEPS: dict[str, Callable[..., Any]] = {
     "npm": npm.install, "bundle": _bundle, "package": _package, "upload": _upload,
     "deploy": _deploy, "layer": _layer, "plan": _plan, "rollback": _rollback,
-    "summary": _summary, "logs": _logs,
+    "summary": _summary, "logs": _logs, "invoke": _invoke, "watch": _watch,
+    "emulator-stop": _emulator_stop,
 }
-_WITH_OPTIONS = {"plan", "logs"}  # steps given the task's command-line options (doit params)
+# steps given the task's command-line options (doit params); a step may return TaskFailed
+_WITH_OPTIONS = {"plan", "logs", "invoke", "watch"}
 
 
 def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
@@ -279,7 +375,7 @@ def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
     try:
         if step in _WITH_OPTIONS:
             args = (*args, dict(getattr(task, "options", None) or {}))
-        _STEPS[step](*args)
+        outcome = _STEPS[step](*args)
     except DodoLambdaError as exc:
         _debug(exc)
         return TaskFailed(exc.render(_commands(args)))
@@ -289,7 +385,7 @@ def run_step(step: str, args: tuple[Any, ...], task: Any) -> TaskFailed | None:
         where = f" ({exc.filename})" if exc.filename else ""
         return TaskFailed(f"{who}: {_DOING[step]} failed: {exc.strerror or exc}{where};"
                           " fix that and run again")
-    return None
+    return outcome if isinstance(outcome, TaskFailed) else None
 
 
 def _debug(exc: BaseException) -> None:
@@ -480,6 +576,73 @@ def _logs_task(fn: Function, ctx: RunContext) -> TaskDict:
     }
 
 
+def _invoke_task(fn: Function, ctx: RunContext) -> TaskDict:
+    deps = [f"package:{fn.build_name}"] + [f"package:{x.build_name}" for x in fn.layers
+                                           if isinstance(x, Layer)]
+    return {
+        "basename": "invoke",
+        "name": fn.build_name,
+        "doc": f"{label(fn)}: run the built zip locally in node, as Lambda would"
+               " (--event FILE, --event - for stdin; --aws-credentials)",
+        "actions": [(run_step, ["invoke", (fn, ctx)])],
+        "task_dep": deps,
+        "uptodate": [False],
+        "verbosity": 2,
+        "params": [
+            {"name": "event", "long": "event", "type": str, "default": "",
+             "help": "the event: a JSON file, or - to read it from stdin (default {})"},
+            {"name": "aws_credentials", "long": "aws-credentials", "type": bool,
+             "default": False,
+             "help": "let the handler use this shell's AWS credentials (off: it gets none)"},
+        ],
+    }
+
+
+def _emulator_stop_task(ctx: RunContext) -> TaskDict:
+    return {
+        "basename": "emulator-stop",
+        "doc": "stop this project's local AWS emulator (it forgets everything deployed to it)",
+        "actions": [(run_step, ["emulator-stop", (ctx,)])],
+        "uptodate": [False],
+        "verbosity": 2,
+    }
+
+
+_WATCH_PARAMS = [
+    {"name": "deploy", "long": "deploy", "inverse": "no-deploy", "type": bool, "default": True,
+     "help": "deploy each rebuilt package (--no-deploy: only rebuild the zips)"},
+    {"name": "poll", "long": "poll", "type": bool, "default": False,
+     "help": "poll the folders instead of using file events (network drives, containers)"},
+]
+
+
+def _watch_tasks(valid: list[Item], deploys: list[Item], ctx: RunContext) -> list[TaskDict]:
+    """``watch`` (everything) and ``watch:<name>`` (a function and its layers): plain tasks,
+    not a doit group, so that ``doit watch`` is one watcher, not each in turn. The items
+    are built as they are and deployed as the stage's ``deploys``."""
+    out = [{
+        "basename": "watch",
+        "doc": "rebuild and redeploy functions and layers on every save (Ctrl-C to stop)",
+        "actions": [(run_step, ["watch", (tuple(valid), ctx, tuple(deploys))])],
+        "task_dep": [f"package:{i.name}" for i in valid],
+        "uptodate": [False], "verbosity": 2, "params": _WATCH_PARAMS,
+    }]
+    # the layers as built (lambda_tasks gives a layer its users' architecture)
+    layers = {i.name: i for i in valid if isinstance(i, Layer)}
+    for fn in valid:
+        if isinstance(fn, Function):
+            mine: tuple[Item, ...] = (fn, *[layers[x.name] for x in fn.layers
+                                            if isinstance(x, Layer)])
+            out.append({
+                "basename": f"watch:{fn.name}",
+                "doc": f"{label(fn)}: rebuild and redeploy on every save (Ctrl-C to stop)",
+                "actions": [(run_step, ["watch", (mine, ctx, tuple(deploys))])],
+                "task_dep": [f"package:{i.name}" for i in mine],
+                "uptodate": [False], "verbosity": 2, "params": _WATCH_PARAMS,
+            })
+    return out
+
+
 def _steps(item: Any) -> tuple[str, ...]:
     if isinstance(item, Layer):
         return ("package", "layer")
@@ -660,12 +823,15 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
     gives ``npm:<name>``, ``bundle:<name>`` (functions with ``bundle=``),
     ``package:<name>``, ``upload:<name>`` (functions with a bucket), ``layer:<name>``,
     ``deploy:<name>``, ``rollback:<name>``, ``logs:<name>`` (``--since``, ``--follow``),
-    their groups, ``plan`` (``--json``, ``--check``) and ``group`` (default ``lambda``:
-    ``doit lambda`` packages and deploys everything; None for no such task).
+    ``invoke:<name>`` (``--event``), their groups, ``plan`` (``--json``, ``--check``),
+    ``watch`` and ``watch:<name>`` (``--no-deploy``, ``--poll``), ``emulator-stop`` (with
+    ``emulator=True``) and ``group`` (default ``lambda``: ``doit lambda`` packages and
+    deploys everything; None for no such task).
     Paths are relative to the directory doit runs in. AWS access follows boto3's
     standard chain; ``profile``, ``region`` and ``endpoint`` override it for
-    this project. ``emulator=True`` deploys to a local moto server started for
-    the run instead of AWS (needs the ``local`` extra). ``verify=True`` (or
+    this project. ``emulator=True`` deploys to the project's local moto server
+    instead of AWS (started when needed and kept running between runs; needs the
+    ``local`` extra). ``verify=True`` (or
     DODO_LAMBDA_VERIFY=1) makes every deploy task compare with AWS and repair what
     differs, even when the local records say up to date (for CI). A function to create
     without ``role=`` runs as a role dodo_lambda creates: ``dodo-lambda-<function>``, or
@@ -735,6 +901,11 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
             tasks.append(_deploy_task(dep, ctx))
             tasks.append(_rollback_task(dep, ctx))
             tasks.append(_logs_task(dep, ctx))
+            tasks.append(_invoke_task(dep, ctx))
+    if emulator:
+        tasks.append(_emulator_stop_task(ctx))
+    if valid:
+        tasks.extend(_watch_tasks(valid, deployed, ctx))
     ctx.items = tuple(deployed)
     used = {t["basename"] for t in tasks}
     for basename, doc in GROUP_DOCS.items():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dodo_lambda.layout import Layout
+from dodo_lambda.layout import BuildDir, Layout
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart"
 NO_REGISTRY = "http://127.0.0.1:9/"  # nothing listens there: any registry use fails fast
@@ -98,6 +98,11 @@ class Project:
     @property
     def build_dir(self) -> Path:
         return self.root / ".dodo_lambda"
+
+    @property
+    def paths(self) -> BuildDir:
+        """The build dir's project-wide paths (the invoker's cache, the emulator's files)."""
+        return BuildDir(self.build_dir)
 
     def layout(self, name: str = "demo", kind: str = "function") -> Layout:
         """Where dodo_lambda keeps the item's files (the code's own Layout)."""

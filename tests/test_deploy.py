@@ -303,7 +303,12 @@ def test_example_deploys_to_the_embedded_emulator(tmp_path, monkeypatch) -> None
     for key in [k for k in __import__("os").environ if k.startswith("AWS_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws either
-    run = Project(root).doit("deploy")
+    from dodo_lambda import emulator
+
+    try:
+        run = Project(root).doit("deploy")
+    finally:
+        emulator.stop(root / ".dodo_lambda")  # the server outlives doit: stop it here
     assert run.rc == 0, run.text
     assert "LOCAL EMULATOR" in run.err and "NOT to AWS" in run.err
     assert "function 'dodo-lambda-hello': created with a new execution role, version $LATEST," \

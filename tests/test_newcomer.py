@@ -56,8 +56,13 @@ def test_readme_first_block_pasted_on_a_fresh_clone(tmp_path: Path) -> None:
            "PYTHONPATH": str(clone),  # the clone's own dodo_lambda, not the checkout's
            "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
     pasted = f"{install.removeprefix(INSTALL)}\npwd\n"
-    run = subprocess.run(["bash", "--noprofile", "--norc", "-s"], input=pasted, cwd=clone,
-                         env=env, capture_output=True, text=True, timeout=300)
+    from dodo_lambda import emulator
+
+    try:
+        run = subprocess.run(["bash", "--noprofile", "--norc", "-s"], input=pasted, cwd=clone,
+                             env=env, capture_output=True, text=True, timeout=300)
+    finally:  # the server outlives doit: stop it here
+        emulator.stop(clone / "examples" / "quickstart" / ".dodo_lambda")
     assert run.returncode == 0, run.stdout + run.stderr
     lines = run.stdout.splitlines()
     assert lines[-2:] == [closing(install), str(clone)], run.stdout + run.stderr

@@ -391,7 +391,12 @@ def test_monorepo_example_deploys_after_its_checks(tmp_path: Path, monkeypatch) 
         monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.aws either
     project = Project(root)
-    run = project.doit("deploy")
+    from dodo_lambda import emulator
+
+    try:
+        run = project.doit("deploy")
+    finally:
+        emulator.stop(project.build_dir)  # the server outlives doit: stop it here
     assert run.rc == 0, run.text
     order = [line[3:] for line in run.out.splitlines() if line.startswith(".  ")]
     assert {"install", "lint", "test", "npm:acme-orders", "npm:acme-invoices", "npm:acme-common",
@@ -474,3 +479,29 @@ def test_workspace_package_files_and_their_sync(tmp_path: Path) -> None:
     assert found == [".gitignore", "dist/out.js", "index.js", "node_modules/x/index.js",
                      "package.json"]
     assert (dest / "index.js").read_text() == "1"
+
+
+def test_watch_follows_a_workspace_package(mono: Project) -> None:
+    """`doit watch:a`: an edit to the workspace package a copies reaches its zip (the npm
+    step copies it again, npm not run); an edit to a file the package does not ship
+    changes nothing."""
+    from test_watch import Watcher
+
+    w = Watcher(mono, "watch:a", "--poll", "--no-deploy")
+    try:
+        w.wait_for(r"^watch: watching function 'a' through polling")
+        shared = mono.root / "packages" / "shared"
+        (shared / "lib" / "util.js").write_text("exports.word = 'watched';\n")
+        w.wait_for(r"function 'a': \.\./\.\./packages/shared/lib/util\.js: rebuilt in \d+ ms$")
+        assert _read(mono, "a", "node_modules/@mono/shared/lib/util.js") == \
+            "exports.word = 'watched';\n"
+        (shared / "test" / "util.test.js").write_text("// still not shipped\n")
+        w.wait_for(r"function 'a': \.\./\.\./packages/shared/test/util\.test\.js: zip unchanged$")
+        assert w.interrupt() == 0
+    finally:
+        w.kill()
+    watched = mono.layout("a").zip.read_bytes()
+    # doit's own record of the install record's bytes is older than the watch's copy:
+    # the package step runs once more, and writes the same zip
+    run = mono.doit("package:a")
+    assert "npm:a" not in run.executed and mono.layout("a").zip.read_bytes() == watched

@@ -1,6 +1,6 @@
 """dodo_lambda in an npm workspaces monorepo: two functions and a layer built from
 one root package-lock.json, inside a doit project that also installs, lints and
-tests; deployed to an embedded local AWS emulator.
+tests; deployed to a local AWS emulator.
 
     doit deploy      # npm ci, lint, test; then per function and layer: install its
                      # closure, zip, publish the layer, deploy (in the emulator)
@@ -30,7 +30,8 @@ from dodo_lambda import Function, Layer, lambda_tasks
 
 # sqlite3: doit's only state backend that survives `doit -n N` and two doit runs at
 # once (its default dbm, and json, corrupt .doit.db); dodo_lambda warns about the others.
-# A bare `doit` builds the zips: it never deploys (`doit deploy` does).
+# A bare `doit` builds the zips: it never deploys (`doit deploy` does), nor starts a
+# watch that runs until Ctrl-C.
 DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["package"]}
 ROLE = "arn:aws:iam::123456789012:role/dodo-lambda-local"  # created by the emulator
 
@@ -92,7 +93,8 @@ def task_test():
 
 def task_lambda():
     """Build and deploy the functions and the layer."""
-    # emulator=True: deploys go to a local moto server started for the run, never to AWS
+    # emulator=True: deploys go to the project's local moto server (kept running
+    # between runs; `doit emulator-stop` stops it), never to AWS
     for task in lambda_tasks(orders, invoices, common, emulator=True):
         if task["basename"] in ("deploy", "layer") and task.get("name"):
             task["task_dep"] = [*task.get("task_dep", []), "lint", "test"]  # nothing ships untested

@@ -1,9 +1,12 @@
 """dodo_lambda quickstart: one Node.js function with a local dependency,
-deployed to an embedded local AWS emulator — no AWS account needed.
+deployed to a local AWS emulator — no AWS account needed.
 
     doit deploy      # npm ci, zip, create/update the function (in the emulator)
     doit package     # only build .dodo_lambda/dist/dodo-lambda-hello.zip
     doit plan        # what deploy would change, and why
+    doit invoke:dodo-lambda-hello --event event.json   # run the zip locally in node
+    doit watch       # rebuild and redeploy on every save (Ctrl-C to stop)
+    doit emulator-stop   # stop the local emulator (it otherwise stops when idle)
     doit list --all  # every task
 
 To deploy to your real AWS account instead, drop ``emulator=True``: the first deploy
@@ -33,6 +36,7 @@ hello = Function(
 
 def task_lambda():
     """Build and deploy the example's Lambda function."""
-    # emulator=True: an explicit opt-in to a local moto server started for this
-    # run. Deploys go there, never to AWS.
+    # emulator=True: an explicit opt-in to a local moto server that keeps running
+    # in the background between runs (and remembers what was deployed to it).
+    # Deploys go there, never to AWS.
     yield from lambda_tasks(hello, emulator=True)

@@ -1,5 +1,5 @@
 """dodo_lambda with TypeScript: a function bundled by esbuild, a native package
-shipped beside the bundle, and a layer; deployed to an embedded local AWS emulator.
+shipped beside the bundle, and a layer; deployed to a local AWS emulator.
 
     doit deploy       # typecheck, npm ci, bundle, zip, publish the layer, deploy
     doit package      # only build: .dodo_lambda/dist/dodo-lambda-ts-orders.zip
@@ -30,7 +30,8 @@ from dodo_lambda import Function, Layer, lambda_tasks
 
 # sqlite3: doit's only state backend that survives `doit -n N` and two doit runs at
 # once (its default dbm, and json, corrupt .doit.db); dodo_lambda warns about the others.
-# A bare `doit` builds the zips: it never deploys (`doit deploy` does).
+# A bare `doit` builds the zips: it never deploys (`doit deploy` does), nor starts a
+# watch that runs until Ctrl-C.
 DOIT_CONFIG = {"backend": "sqlite3", "default_tasks": ["package"]}
 
 shared = Layer(
@@ -70,7 +71,8 @@ def task_typecheck():
 
 def task_lambda():
     """Build and deploy the example's function and layer."""
-    # emulator=True: deploys go to a local moto server started for the run, never to AWS
+    # emulator=True: deploys go to the project's local moto server (kept running
+    # between runs; `doit emulator-stop` stops it), never to AWS
     for task in lambda_tasks(orders, shared, emulator=True):
         if task["basename"] == "deploy" and task.get("name"):
             task["task_dep"] = [*task.get("task_dep", []), "typecheck"]  # no deploy unchecked
