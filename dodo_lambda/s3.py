@@ -285,24 +285,6 @@ def _holds(head: dict[str, Any], sha256_hex: str, size: int) -> bool:
     return bool(head.get("Metadata", {}).get("sha256") == sha256_hex)
 
 
-def s3_object_exists(c: Clients, bucket: str, key: str, *, who: str) -> bool:
-    """Whether s3://bucket/key exists; a missing bucket or no permission is an error."""
-    from botocore.exceptions import ClientError
-
-    with translating(who, bucket=bucket, c=c):
-        try:
-            c.s3.head_object(Bucket=bucket, Key=key)
-            return True
-        except ClientError as exc:
-            status = _http_status(exc)
-            if status == 403:
-                raise _denied(who, bucket, key) from exc
-            if status != 404:
-                raise
-        _require_bucket(c, who, bucket)
-        return False
-
-
 def _denied(who: str, bucket: str, key: str) -> DodoLambdaError:
     return DodoLambdaError(
         f"{_prefix(who)}access denied reading s3://{bucket}/{key}; the credentials need"

@@ -54,14 +54,22 @@ def test_upload_replaces_other_bytes_at_the_key(aws_env: AwsEnv, make_zip: MakeZ
     assert got == zip_path.read_bytes()
 
 
-def test_s3_object_exists(aws_env: AwsEnv) -> None:
+def test_object_state_compares_checksums(aws_env: AwsEnv, make_zip: MakeZip) -> None:
     bucket = aws_env.bucket("artifacts")
-    aws_env.boto("s3").put_object(Bucket=bucket, Key="a.zip", Body=b"zip")
+    zip_path = make_zip("orders")
+    hex_, b64 = sha(zip_path)
+    size = zip_path.stat().st_size
+    s3 = aws_env.boto("s3")
+    s3.put_object(Bucket=bucket, Key="a.zip", Body=zip_path.read_bytes(),
+                  ChecksumAlgorithm="SHA256")
+    s3.put_object(Bucket=bucket, Key="b.zip", Body=b"x" * size, ChecksumAlgorithm="SHA256")
     c = aws.connect()
-    assert s3mod.s3_object_exists(c, bucket, "a.zip", who=WHO)
-    assert not s3mod.s3_object_exists(c, bucket, "b.zip", who=WHO)
+    state = s3mod.object_state
+    assert state(c, bucket, "a.zip", sha256_hex=hex_, size=size, who=WHO) == "same"
+    assert state(c, bucket, "b.zip", sha256_hex=hex_, size=size, who=WHO) == "differs"
+    assert state(c, bucket, "c.zip", sha256_hex=hex_, size=size, who=WHO) == "missing"
     with pytest.raises(DodoLambdaError, match=f"^{WHO}: S3 bucket 'nowhere' does not exist"):
-        s3mod.s3_object_exists(c, "nowhere", "a.zip", who=WHO)
+        state(c, "nowhere", "a.zip", sha256_hex=hex_, size=size, who=WHO)
 
 
 def test_upload_to_missing_bucket(aws_env: AwsEnv, make_zip: MakeZip) -> None:
