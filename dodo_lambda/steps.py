@@ -80,16 +80,25 @@ def _bundle(fn: Function, ctx: RunContext) -> None:
            f" ({bundled.esbuild.origin}): {files}; shipped in node_modules: {shipped}")
 
 
+def _write(stream: Any, text: str) -> None:
+    """``text`` and a newline on ``stream``, which the caller holds. Never print() to
+    sys.stdout or sys.stderr themselves: under ``doit -P thread`` other threads swap
+    them for each task, and print() holds no reference to the stream it writes to, so
+    a stream dropped meanwhile is freed under it (seen: a segmentation fault)."""
+    stream.write(text + "\n")
+    stream.flush()
+
+
 def say(message: str) -> None:
     """Status that must be seen whatever doit's verbosity (doit captures stdout)."""
-    print(message, file=sys.stderr)
+    _write(sys.stderr, message)
 
 
 def result(message: str) -> None:
     """A result (sizes, what was deployed, log events): on stdout, so it can be piped.
     The tasks that print results set ``"verbosity": 2`` (doit captures a task's stdout
     below that)."""
-    print(message, flush=True)
+    _write(sys.stdout, message)
 
 
 class _Stderr(logging.Handler):
@@ -101,7 +110,7 @@ class _Stderr(logging.Handler):
             text = record.getMessage()
             if record.levelno >= logging.WARNING:
                 text = f"warning: {text}"
-            print(text, file=sys.stderr, flush=True)
+            _write(sys.stderr, text)
         except Exception:  # a broken stream must not fail the task
             self.handleError(record)
 
@@ -188,16 +197,16 @@ def _plan(items: list[Item], ctx: RunContext, problems: tuple[tuple[str, str, st
     if options.get("json"):
         objects = [{"name": name, "kind": kind, "action": "refused", "steps": [],
                     "drift": False, "refused": why} for kind, name, why in problems]
-        print(json.dumps(objects + [p.to_json() for p in plans], indent=1,
+        result(json.dumps(objects + [p.to_json() for p in plans], indent=1,
                          ensure_ascii=False))
     else:
         for line in build.left_out_lines(items, ctx):
-            print(line)
+            result(line)
         for _, _, why in problems:
-            print(f"deploy would be refused: {why}")
+            result(f"deploy would be refused: {why}")
         for plan in plans:
             for line in planner.describe(plan):
-                print(line)
+                result(line)
     refused = [f"{kind} '{name}'" for kind, name, _ in problems] + [
         label(p.item) for p in plans if p.refused is not None]
     if refused:

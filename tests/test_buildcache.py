@@ -13,45 +13,19 @@ from pathlib import Path
 
 import pytest
 from faultproxy import s3_error
-from projects import FUNCTION, LAYER, Project, npm_env
+from helpers import CACHE, fresh_copy, without_npm, writes
+from projects import FUNCTION, LAYER, Project
 
 from dodo_lambda import Function, Layer, archive, cachekey
 from dodo_lambda.context import RunContext
 
-CACHE = "build-cache"
 PREFIX = "ci/"
-
-
-def fresh_copy(project: Project, where: Path) -> Project:
-    """Another runner's checkout of the same project: no build dir, no doit state."""
-    root = where / "project"
-    shutil.copytree(project.root, root, symlinks=True,
-                    ignore=shutil.ignore_patterns(".dodo_lambda", ".doit.db*"))
-    return Project(root)
-
-
-def without_npm(where: Path) -> dict[str, str]:
-    """The environment of a runner with node but no npm on its PATH."""
-    folder = where / "bin-without-npm"
-    folder.mkdir(parents=True)
-    node = shutil.which("node")
-    assert node is not None
-    os.symlink(node, folder / "node")
-    env = {**npm_env(), "PATH": str(folder)}
-    assert shutil.which("npm", path=env["PATH"]) is None
-    return env
 
 
 def cache_objects(aws_env) -> dict[str, bytes]:
     s3 = aws_env.boto("s3")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=CACHE).get("Contents", [])]
     return {k: s3.get_object(Bucket=CACHE, Key=k)["Body"].read() for k in keys}
-
-
-def writes(aws_env, mark: int) -> list:
-    """Requests that change something (STS GetCallerIdentity is a POST that reads)."""
-    return [r for r in aws_env.requests(mark) if r.method not in ("GET", "HEAD")
-            and (r.method, r.path) != ("POST", "/")]
 
 
 def built(run) -> set[str]:

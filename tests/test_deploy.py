@@ -9,18 +9,12 @@ import json
 import shutil
 
 import pytest
+from helpers import reset_state
 from projects import EXAMPLE, FUNCTION, Project
 
 CODE = r"/2015-03-31/functions/{}/code$"
 CONFIG = r"/2015-03-31/functions/{}/configuration$"
 READ = r"/2015-03-31/functions/{}(/configuration)?$"  # GetFunction[Configuration]
-
-
-def _reset_state(project: Project) -> None:
-    """A fresh checkout: no doit state, no build dir."""
-    shutil.rmtree(project.root / ".dodo_lambda")
-    for db in project.root.glob(".doit.db*"):
-        db.unlink()
 
 
 def _deployed(aws_env, name: str = "demo") -> dict:
@@ -48,7 +42,7 @@ def test_create_then_nothing_to_do(project: Project, aws_env, fn: dict) -> None:
     assert again.rc == 0 and "deploy:demo" in again.skipped
     assert aws_env.requests(mark) == []
 
-    _reset_state(project)
+    reset_state(project)
     mark = aws_env.mark()
     fresh = project.doit("deploy")
     assert fresh.rc == 0, fresh.text
@@ -113,7 +107,7 @@ def test_s3_path_content_addressed_and_skipped(project: Project, aws_env, fn: di
     assert aws_env.count("PUT", rf"/{bucket}/v2/demo/{sha}\.zip", mark) == 1
     assert aws_env.count("PUT", CODE.format("demo"), mark) == 0
 
-    _reset_state(project)
+    reset_state(project)
     mark = aws_env.mark()
     fresh = project.doit("deploy")
     assert fresh.rc == 0, fresh.text
@@ -157,7 +151,7 @@ def test_publish_and_alias_only_when_something_changed(project: Project, aws_env
     assert lam.get_alias(FunctionName="demo", Name="live")["FunctionVersion"] == "1"
     assert project.record("deployed")["version"] == "1"
 
-    _reset_state(project)
+    reset_state(project)
     mark = aws_env.mark()
     assert project.doit("deploy").rc == 0
     assert versions() == ["1"]
@@ -205,7 +199,7 @@ def test_many_functions_one_listing_only_when_it_pays(project: Project, aws_env,
     names = ["a1", "a2", "a3"]
     project.configure([{**fn, "name": n} for n in names])
     assert project.doit("deploy").rc == 0
-    _reset_state(project)
+    reset_state(project)
     fault_proxy.clear()
     _account_settings(fault_proxy, 3)  # one page of 50 answers for all three
     run = project.doit("deploy")
@@ -214,7 +208,7 @@ def test_many_functions_one_listing_only_when_it_pays(project: Project, aws_env,
     for n in names:
         assert fault_proxy.count("GET", CONFIG.format(n)) == 0
 
-    _reset_state(project)
+    reset_state(project)
     fault_proxy.clear()
     _account_settings(fault_proxy, 501)  # 11 pages: three reads cost less
     run = project.doit("deploy")

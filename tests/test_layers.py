@@ -8,8 +8,8 @@ import subprocess
 import zipfile
 
 import pytest
+from helpers import reset_state
 from projects import FUNCTION, LAYER, Project, npm_env
-from test_deploy import _reset_state
 
 
 def _layer_zip(project: Project) -> bytes:
@@ -58,7 +58,7 @@ def test_publish_once_attach_and_move(project: Project, aws_env) -> None:
 
     again = project.doit("deploy")
     assert again.rc == 0 and again.executed == set()
-    _reset_state(project)
+    reset_state(project)
     fresh = project.doit("deploy")
     assert fresh.rc == 0, fresh.text
     assert _versions(aws_env) == [1]

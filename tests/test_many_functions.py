@@ -11,8 +11,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+from helpers import CACHE, fresh_copy, without_npm, writes
 from projects import LAYER, Project
-from test_buildcache import CACHE, fresh_copy, without_npm, writes
 
 N = 30
 STAGES = [{"name": "p", "suffix": "-p", "bucket": "p-artifacts"},

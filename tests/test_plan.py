@@ -5,99 +5,18 @@ log. End-to-end doit runs of the same features are in test_plan_doit.py."""
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import pytest
-from awsfixtures import AwsEnv, Request
+from awsfixtures import AwsEnv
+from helpers import Lab, assert_sent_exactly, writes
 from projects import lock
 
-from dodo_lambda import Function, Layer, build, executor, npm, planner, records
-from dodo_lambda.context import RunContext
+from dodo_lambda import Function, Layer, executor, planner, records
 from dodo_lambda.errors import DodoLambdaError
 
 pytestmark = pytest.mark.usefixtures("fast_aws")
-
-# The write request each kind of step makes (method, path regex with {n} = the item).
-WRITES = {
-    "create": ("POST", r"^/2015-03-31/functions/?$"),
-    "update_code": ("PUT", r"^/2015-03-31/functions/{n}/code$"),
-    "update_settings": ("PUT", r"^/2015-03-31/functions/{n}/configuration$"),
-    "publish_version": ("POST", r"^/2015-03-31/functions/{n}/versions$"),
-    "point_alias": ("PUT|POST", r"^/2015-03-31/functions/{n}/aliases(/[^/?]+)?$"),
-    "delete_version": ("DELETE", r"^/2015-03-31/functions/{n}\?Qualifier=\d+$"),
-    "publish_layer_version": ("POST", r"^/2018-10-31/layers/{n}/versions$"),
-    "delete_layer_version": ("DELETE", r"^/2018-10-31/layers/{n}/versions/\d+$"),
-}
-
-
-def writes(aws_env: AwsEnv, since: int) -> list[Request]:
-    """Requests that change something (STS GetCallerIdentity is a POST that does not)."""
-    return [r for r in aws_env.requests(since)
-            if r.method not in ("GET", "HEAD") and not (r.method == "POST" and r.path == "/")]
-
-
-def assert_sent_exactly(steps: list[dict], sent: list[Request], name: str) -> None:
-    assert len(sent) == len(steps), (steps, sent)
-    for step, request in zip(steps, sent, strict=True):
-        method, path = WRITES[step["step"]]
-        assert re.fullmatch(method, request.method) and re.search(path.format(n=name),
-                                                                    request.path), (step, request)
-
-
-@dataclass
-class Lab:
-    """Functions whose source is one index.js (no npm), built and deployed in-process."""
-
-    root: Path
-    aws: AwsEnv
-
-    def function(self, name: str = "orders", code: str = "v1", **settings) -> Function:
-        src = self.root / name
-        src.mkdir(exist_ok=True)
-        (src / "index.js").write_text(f"exports.handler = async () => '{code}';\n")
-        return Function(name, source=str(src), handler="index.handler",
-                        role=self.aws.role_arn(), **settings)
-
-    def run(self, *items: Function | Layer, verify: bool = False) -> RunContext:
-        """A new doit run: a fresh context, the packages built."""
-        ctx = RunContext(self.root / ".dodo_lambda", items=items, verify=verify)
-        for item in items:
-            if npm.has_dependencies(item) and not npm.is_installed(item, ctx):
-                npm.install(item, ctx)
-            build.package(item, ctx)
-        return ctx
-
-    def plan(self, *items: Function | Layer, verify: bool = False) -> list[dict]:
-        ctx = self.run(*items, verify=verify)
-        plans = planner.plan_items(list(items), ctx, ctx.clients())
-        return json.loads(json.dumps([p.to_json() for p in plans]))
-
-    def deploy(self, fn: Function, verify: bool = False) -> executor.Outcome:
-        return executor.deploy_function(fn, self.run(fn, verify=verify))
-
-    def plan_then_deploy(self, fn: Function, verify: bool = False) -> list[dict]:
-        """Plan, then deploy: the deploy executes exactly the planned steps, and sends
-        one write request per step, in that order. The plan's steps."""
-        (planned,) = self.plan(fn, verify=verify)
-        mark = self.aws.mark()
-        outcome = self.deploy(fn, verify=verify)
-        assert [s.to_json() for s in outcome.executed] == planned["steps"]
-        assert_sent_exactly(planned["steps"], writes(self.aws, mark), fn.name)
-        return planned["steps"]
-
-    def config(self, name: str = "orders") -> dict:
-        return self.aws.boto("lambda").get_function_configuration(FunctionName=name)
-
-    def alias(self, name: str = "orders", alias: str = "live") -> str:
-        return self.aws.boto("lambda").get_alias(FunctionName=name, Name=alias)["FunctionVersion"]
-
-    def versions(self, name: str = "orders") -> list[str]:
-        listed = self.aws.boto("lambda").list_versions_by_function(FunctionName=name)["Versions"]
-        return sorted((v["Version"] for v in listed if v["Version"] != "$LATEST"), key=int)
-
 
 @pytest.fixture
 def lab(tmp_path: Path, aws_env: AwsEnv) -> Lab:

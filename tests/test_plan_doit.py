@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
+from helpers import assert_sent_exactly, writes
 from projects import FUNCTION, LAYER, Project
-from test_plan import assert_sent_exactly, writes
 
 DRIFT = "(drift: changed in AWS since the last deploy)"
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 import pytest
 from awsfixtures import AwsEnv, MotoServer
-from test_plan import Lab
+from helpers import Lab
 
 from dodo_lambda import Function, executor, planner
 from dodo_lambda.context import RunContext

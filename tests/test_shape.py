@@ -123,3 +123,18 @@ def test_error_renders_its_next_step_and_keeps_its_cause() -> None:
         assert err.render(lambda s: f"`doit {s.step}:{s.name}`") == (
             "function 'a': dependencies are not installed; run `doit npm:a`")
         assert isinstance(err.__cause__, OSError)
+
+
+def test_test_modules_do_not_import_each_other() -> None:
+    """Shared test code lives in helper modules (helpers, projects, awsfixtures, ...),
+    so that a test module can be run, moved or removed on its own."""
+    tests = Path(__file__).resolve().parent
+    modules = {p.stem for p in tests.glob("test_*.py")}
+    found = []
+    for path in sorted(tests.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in modules]
+    assert found == []
+

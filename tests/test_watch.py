@@ -5,64 +5,13 @@ lines and stop it with SIGINT, as Ctrl-C would."""
 from __future__ import annotations
 
 import json
-import os
-import queue
-import re
-import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
-from projects import FUNCTION, LAYER, Project, npm_env
+from helpers import Watcher
+from projects import FUNCTION, LAYER, Project
 
 from dodo_lambda import emulator
-
-
-class Watcher:
-    """`doit watch ...` in its own process group, its output read line by line."""
-
-    def __init__(self, project: Project, *args: str, env: dict[str, str] | None = None
-                 ) -> None:
-        env = {**(env or npm_env()), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "doit", *args], cwd=project.root,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=env, start_new_session=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(line.rstrip("\n"))
-        self.lines.put(None)
-
-    def wait_for(self, pattern: str, timeout: float = 120) -> str:
-        """The next output line matching ``pattern`` (regex)."""
-        while True:
-            try:
-                line = self.lines.get(timeout=timeout)
-            except queue.Empty:
-                raise AssertionError(f"no line like {pattern!r}; output:\n" +
-                                     "\n".join(self.seen)) from None
-            if line is None:
-                raise AssertionError(f"watch ended before {pattern!r}; output:\n" +
-                                     "\n".join(self.seen))
-            self.seen.append(line)
-            if re.search(pattern, line):
-                return line
-
-    def interrupt(self) -> int:
-        os.killpg(self.proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
-        self.wait_for(r"^watch: stopped")
-        return self.proc.wait(timeout=60)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
 
 
 @pytest.fixture

@@ -485,7 +485,7 @@ def test_watch_follows_a_workspace_package(mono: Project) -> None:
     """`doit watch:a`: an edit to the workspace package a copies reaches its zip (the npm
     step copies it again, npm not run); an edit to a file the package does not ship
     changes nothing."""
-    from test_watch import Watcher
+    from helpers import Watcher
 
     w = Watcher(mono, "watch:a", "--poll", "--no-deploy")
     try:
