@@ -123,6 +123,9 @@ print(f"\\n@@bench {os.waitstatus_to_exitcode(status)} {seconds} {usage.ru_maxrs
 def run_timed(cmd: list[str], cwd: Path, env: dict[str, str] | None = None) -> Timed:
     """Run ``cmd`` to completion; its wall time and peak RSS (the largest of the
     process and its children: ``ru_maxrss`` from wait4, not a sum)."""
+    # The previous case's output (up to 114 MB of zip) is flushed first: its
+    # writeback must not be billed to whichever command happens to run next.
+    os.sync()
     with tempfile.TemporaryFile("w+") as out:
         subprocess.run([sys.executable, "-S", "-c", _MEASURE, *cmd], cwd=cwd, stdout=out,
                        stderr=subprocess.STDOUT, env=env or ENV, check=False)

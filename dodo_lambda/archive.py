@@ -106,10 +106,9 @@ def _name_bytes(arcname: str) -> tuple[bytes, int]:
 def _read(fd: int, size: int) -> bytes:
     """A whole (small) file; os-level calls, as this runs once per file."""
     data = os.read(fd, size + 1)
-    while len(data) <= size:  # short read, or the file grew: read to the end
-        more = os.read(fd, _READ)
-        if not more:
-            break
+    if len(data) == size:  # a regular file reads short only at its end: done
+        return data
+    while more := os.read(fd, _READ):  # it changed since its stat: take it as it is now
         data += more
     return data
 

@@ -104,3 +104,18 @@ def test_rebuild_recompresses_only_what_changed(project: Project, monkeypatch) -
     assert compressed == [len((project.fn / "lib" / "util.js").read_bytes())]
     assert result.files > 5
     assert project.zip_path().read_bytes() == _cold_bytes(project)
+
+
+@pytest.mark.parametrize("walked_size", [3, 5, 8])
+def test_a_file_that_changed_since_its_stat_is_read_whole(tmp_path: Path, walked_size: int) -> None:
+    """The writer reads size + 1 bytes; a file that grew or shrank after the walk
+    is packed as it is now, never cut at either size."""
+    from dodo_lambda import archive
+
+    path = tmp_path / "f.txt"
+    path.write_bytes(b"12345")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert archive._read(fd, walked_size) == b"12345"
+    finally:
+        os.close(fd)
