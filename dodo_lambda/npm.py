@@ -24,6 +24,7 @@ staged tree that follow their source (localpkgs.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import marshal
@@ -298,11 +299,15 @@ def _local_unchanged(item: Function | Layer, ctx: RunContext) -> bool:
         if ws is None:
             return False
         for src, content in local["sources"].items():
-            found = localpkgs.files(ws.root / src, label(item))
-            stat = localpkgs.stat(found)
+            folder = ws.root / src
+            # one walk per run of a package that many functions use
+            stat = ctx.once(("workspace package stat", str(folder)),
+                            functools.partial(_walk_stat, folder, label(item)))
             if stats.get(src) == [stat, content]:
                 continue
-            if localpkgs.content(localpkgs.select(ws.root / src, label(item), found)) != content:
+            found = localpkgs.files(folder, label(item))
+            stat = localpkgs.stat(found)
+            if localpkgs.content(localpkgs.select(folder, label(item), found)) != content:
                 return False
             stats[src] = [stat, content]
             moved = True
@@ -311,6 +316,10 @@ def _local_unchanged(item: Function | Layer, ctx: RunContext) -> bool:
     if moved:
         write_json(layout.local_stats, stats)
     return True
+
+
+def _walk_stat(folder: Path, who: str) -> str:
+    return localpkgs.stat(localpkgs.files(folder, who))
 
 
 def _copy_local(placed: dict[str, str], ws: workspaces.Workspace, staging: Path,
