@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from projects import DODO, Project, lock, make_package, npm_env, pack
+from projects import DODO, Project, copied, lock, make_package, npm_env, pack
 
 # A file that starts like an x86-64 Linux ELF shared object: enough for
 # dodo_lambda to see a native addon built for Lambda's x86_64 (it is never loaded).
@@ -148,6 +147,4 @@ def ts_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def ts_project(ts_template: Path, tmp_path: Path) -> Iterator[Project]:
-    root = tmp_path / "project"
-    shutil.copytree(ts_template, root, symlinks=True)
-    yield Project(root)
+    yield copied(ts_template, tmp_path / "project")

@@ -214,8 +214,12 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def copied(template: Path, root: Path) -> Project:
+    """A test's own copy of a session's template project (links kept as links)."""
+    shutil.copytree(template, root, symlinks=True)
+    return Project(root)
+
+
 @pytest.fixture
 def project(template: Path, tmp_path: Path) -> Iterator[Project]:
-    root = tmp_path / "project"
-    shutil.copytree(template, root, symlinks=True)
-    yield Project(root)
+    yield copied(template, tmp_path / "project")

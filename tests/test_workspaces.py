@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from projects import DODO, Project, make_package, npm_env, pack
+from projects import DODO, Project, copied, make_package, npm_env, pack
 
 from dodo_lambda import workspaces, wslock
 from dodo_lambda.errors import DodoLambdaError
@@ -127,9 +127,7 @@ def mono_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def mono(mono_template: Path, tmp_path: Path) -> Iterator[Project]:
-    root = tmp_path / "repo"
-    shutil.copytree(mono_template, root, symlinks=True)
-    yield Project(root)
+    yield copied(mono_template, tmp_path / "repo")
 
 
 def _zip(project: Project, name: str, kind: str = "function") -> dict[str, zipfile.ZipInfo]:
