@@ -119,10 +119,8 @@ def flags(item: Function | Layer) -> list[str]:
 # -- tool versions, known by the executables' identity (running them costs ~0.3 s)
 
 
-def _tools(ctx: RunContext, *known: dict[str, Any] | None) -> dict[str, Any]:
-    """``{"stamp": ..., "versions": {"node": major, "npm": major}}``; the versions are
-    asked only when the executables differ from those the ``known`` tools saw (the
-    check state's, the install record's)."""
+def _tool_stamp() -> list[list[Any]]:
+    """Which node and npm run, by their real path, size and mtime."""
     stamp = []
     for tool in ("node", "npm"):
         exe = shutil.which(tool)
@@ -132,6 +130,15 @@ def _tools(ctx: RunContext, *known: dict[str, Any] | None) -> dict[str, Any]:
         real = os.path.realpath(exe)
         stat = os.stat(real)
         stamp.append([real, stat.st_size, stat.st_mtime_ns])
+    return stamp
+
+
+def _tools(ctx: RunContext, *known: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"stamp": ..., "versions": {"node": major, "npm": major}}``; the versions are
+    asked only when the executables differ from those the ``known`` tools saw (the
+    check state's, the install record's)."""
+    # looked up once per run and PATH (a PATH search per function adds up in a monorepo)
+    stamp = ctx.once(("tool stamp", os.environ.get("PATH", "")), _tool_stamp)
     for tools in known:
         if tools and tools.get("stamp") == stamp:
             return tools
