@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from .context import AwsTarget
 from .errors import DodoLambdaError
 
 MiB = 2**20
@@ -57,15 +58,6 @@ _FUNCTION_OPS = {
 
 
 # --------------------------------------------------------------------------- clients
-
-
-@dataclass(frozen=True)
-class AwsTarget:
-    """Where deploys go; None fields fall back to boto3's standard chain (env, profile)."""
-
-    profile: str | None = None
-    region: str | None = None
-    endpoint: str | None = None
 
 
 @dataclass(frozen=True, eq=False)

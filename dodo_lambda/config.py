@@ -13,10 +13,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import bundle_options, rules
-from .bundle_options import BundleOptions
+from . import rules
+
+if TYPE_CHECKING:
+    from .bundle_options import BundleOptions
 
 # Kept here for the modules that import them from config.
 RUNTIME_RE = rules.RUNTIME_RE
@@ -194,7 +196,7 @@ class Function:
             problems.append(env_problem)
         elif self.environment is not None:
             _set(self, "_frozen_env", tuple(sorted(self.environment.items())))
-        _set(self, "_bundle", bundle_options.parse(self.bundle))
+        _set(self, "_bundle", _parse_bundle(self.bundle))
         _set(self, "_problems", tuple(problems))
 
     @property
@@ -309,11 +311,23 @@ def _function_problem(fn: Function, today: date | None) -> str | None:
     return next((p for p in checks if p), None) or _entry_problem(fn)
 
 
+def _parse_bundle(value: Any) -> tuple[BundleOptions | None, str | None]:
+    if value is None or value is False:  # most functions: esbuild's options not loaded
+        return None, None
+    from . import bundle_options
+
+    return bundle_options.parse(value)
+
+
 def _entry_problem(fn: Function) -> str | None:
     """A bundled function needs its entry file in the source; an unbundled one with
     only a TypeScript entry is told to bundle (the rest is checked in the zip)."""
     src = Path(fn.source)
     module = fn.handler.rpartition(".")[0]
+    if fn.bundle_options is None and any((src / (module + ext)).is_file() for ext in HANDLER_EXTS):
+        return None  # the common case, decided without esbuild's options
+    from . import bundle_options
+
     if fn.bundle_options is not None:
         if bundle_options.entry(src, module) is None:
             others = "/".join(bundle_options.ENTRY_EXTS[1:])

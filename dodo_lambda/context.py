@@ -22,9 +22,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .aws import AwsTarget
-from .lambdas import DIRECT_UPLOAD_LIMIT
 from .layout import Layout
+from .rules import DIRECT_UPLOAD_LIMIT
 
 if TYPE_CHECKING:
     from .aws import Clients
@@ -38,6 +37,16 @@ T = TypeVar("T")
 # (keyed by the executables' stats), the items' Layouts (paths only)
 KEPT_BETWEEN_ROUNDS = frozenset({"botocore-loader", "clients", "emulator-clients", "tools",
                                  "layout"})
+
+
+@dataclass(frozen=True)
+class AwsTarget:
+    """Where deploys go; None fields fall back to boto3's standard chain (env, profile).
+    Here, not in aws.py, so that a run that only builds never loads the AWS code."""
+
+    profile: str | None = None
+    region: str | None = None
+    endpoint: str | None = None
 
 
 @dataclass

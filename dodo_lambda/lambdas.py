@@ -16,10 +16,7 @@ from typing import Any, TypeVar
 
 from .aws import Clients, MiB, Unconfirmed, _error_code, aws_error, translating
 from .errors import DodoLambdaError
-
-# Lambda's cap on a direct (ZipFile) upload: a 69,905,067-byte request body is
-# 50 MiB once base64-encoded. Bigger zips must go through S3.
-DIRECT_UPLOAD_LIMIT = 50 * MiB
+from .rules import DIRECT_UPLOAD_LIMIT
 
 # Waits and back-offs, in seconds. DODO_LAMBDA_WAIT_SCALE multiplies every pause
 # (tests set it to 0; the number of attempts, and so the time bound, stays).

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from . import rules
 from .aws import _ACCESS_CODES, Clients, _error_code, translating
 from .errors import DodoLambdaError
 from .lambdas import pause
@@ -46,8 +47,7 @@ class NoGroup:
     group: str
 
 
-def group_name(function: str) -> str:
-    return f"/aws/lambda/{function}"
+group_name = rules.log_group
 
 
 def parse_since(text: str) -> int:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import digest, localpkgs, npmpolicy, workspaces, wslock
+from . import digest, localpkgs, npmpolicy, workspaces
 from .config import ARCHITECTURES, Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
@@ -168,6 +168,8 @@ def install_key(item: Function | Layer, versions: dict[str, str],
     }
     ws = workspaces.of(item, ctx)
     if ws is not None:  # the root's .npmrc, the closure, the workspace packages' package.json
+        from . import wslock  # the root lock's reader: only in a monorepo
+
         key.update(wslock.install_key(ws, item, ctx))
     return key
 
@@ -526,6 +528,8 @@ def _workspace_manifests(item: Function | Layer, ctx: RunContext, ws: workspaces
         log.warning("%s: %s is not used: %s is a workspace of %s, whose %s governs it", who,
                     (Path(item.source) / own[0]).as_posix(), item.source, ws.root.as_posix(),
                     ws.lock.name)
+    from . import wslock
+
     c = wslock.closure(ws, who, ctx)
     # npm packs each workspace package from a copy of its files, never from the
     # checkout, and without its `prepare` script (npm runs it where it packs a folder

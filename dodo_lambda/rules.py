@@ -8,7 +8,6 @@ caller names the item, so these functions stay free of config objects.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,16 @@ NODE_RUNTIMES: dict[str, RuntimeLife] = {
     "nodejs24.x": RuntimeLife(date(2028, 4, 30), date(2028, 6, 1), date(2028, 7, 1)),
 }
 DEFAULT_RUNTIME = "nodejs24.x"
+
+# Source: Lambda quotas, "Deployment package (.zip file archive) size: 50 MB (zipped, when
+# uploading directly)": a direct (ZipFile) upload's 69,905,067-byte request body is 50 MiB
+# once base64-encoded. Bigger zips go through S3.
+DIRECT_UPLOAD_LIMIT = 50 * 2**20
+
+
+def log_group(function: str) -> str:
+    """The CloudWatch Logs group Lambda writes a function's logs to."""
+    return f"/aws/lambda/{function}"
 RUNTIME_RE = re.compile(r"nodejs(\d+)\.x")
 
 # Source: the Lambda runtime interface client for Node.js 24 and later
@@ -337,6 +346,8 @@ def bucket_problem(bucket: object) -> str | None:
 
 
 def _is_ip(name: str) -> bool:
+    import ipaddress  # not on every run's path: only bucket names are checked with it
+
     try:
         ipaddress.ip_address(name)
     except ValueError:

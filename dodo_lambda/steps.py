@@ -21,12 +21,15 @@ import logging
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import logs, npm, records
+from . import npm
 from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
+
+if TYPE_CHECKING:
+    from .records import Done
 
 Item = Function | Layer
 
@@ -57,6 +60,7 @@ class Later:
 
 build, bundle, deploy = Later("build"), Later("bundle"), Later("deploy")
 buildcache, executor, planner = Later("buildcache"), Later("executor"), Later("planner")
+records = Later("records")
 
 # What each step was doing, for a machine's error (disk full, permissions).
 DOING = {"npm": "installing dependencies", "bundle": "bundling", "package": "writing the package",
@@ -144,7 +148,7 @@ def _layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...]) -> None:
     executor.publish_layer(layer, ctx, users)
 
 
-def summary_line(done: records.Done) -> str:
+def summary_line(done: Done) -> str:
     """One line per deployed item: what was done, version, CodeSha256 prefix, time."""
     parts = [_ACTED.get(done.action, done.action)]
     kinds = [k for k in ("update_code", "update_settings") if k in done.steps]
@@ -226,6 +230,8 @@ def _rollback(fn: Function, ctx: RunContext) -> None:
 def _logs(fn: Function, ctx: RunContext, options: dict[str, Any]) -> None:
     """Print the function's recent log events, one line each, newest last; with
     --follow keep printing new ones until Ctrl-C (which ends the task cleanly)."""
+    from . import logs
+
     since_text = str(options.get("since") or "10m")
     since = logs.parse_since(since_text)
     follow = bool(options.get("follow"))

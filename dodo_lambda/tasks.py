@@ -20,15 +20,14 @@ from typing import Any
 
 from doit.exceptions import TaskFailed
 
-from . import logs, npm, records, rules, workspaces
+from . import npm, rules, workspaces
 from . import stages as staging
-from .aws import AwsTarget
 from .config import Function, Layer, label
-from .context import RunContext
+from .context import AwsTarget, RunContext
 from .errors import DodoLambdaError, NextStep
 from .files import locked, remove_dead_temps
-from .lambdas import DIRECT_UPLOAD_LIMIT
 from .layout import written_folders
+from .rules import DIRECT_UPLOAD_LIMIT
 from .stages import Stage
 from .steps import (
     DOING,
@@ -37,6 +36,7 @@ from .steps import (
     build,
     buildcache,
     bundle,
+    records,
     say,
     show_core_messages,
 )
@@ -262,7 +262,7 @@ def _logs_task(fn: Function, ctx: RunContext) -> TaskDict:
     return {
         "basename": "logs",
         "name": fn.name,
-        "doc": f"{label(fn)}: its recent log events ({logs.group_name(fn.name)}); --since 10m"
+        "doc": f"{label(fn)}: its recent log events ({rules.log_group(fn.name)}); --since 10m"
                " (s, m, h, d), --follow",
         "actions": [(run_step, ["logs", (fn, ctx)])],
         "uptodate": [False],
