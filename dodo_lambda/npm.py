@@ -168,10 +168,51 @@ def install_key(item: Function | Layer, versions: dict[str, str],
     }
     ws = workspaces.of(item, ctx)
     if ws is not None:  # the root's .npmrc, the closure, the workspace packages' package.json
-        from . import wslock  # the root lock's reader: only in a monorepo
-
-        key.update(wslock.install_key(ws, item, ctx))
+        key.update(_workspace_key(item, ws, ctx))
     return key
+
+
+def _workspace_key(item: Function | Layer, ws: workspaces.Workspace,
+                   ctx: RunContext | None) -> dict[str, Any]:
+    """``wslock.install_key``, kept beside the install state while the files it reads
+    keep their stats: the closure costs about 0.4 ms a function, and a monorepo's
+    no-op checks every function. The stats are taken before the files are read, so
+    an edit made meanwhile is never hidden."""
+    from . import wslock  # the root lock's reader: only in a monorepo
+
+    base = [ws.lock, ws.root / ".npmrc", ws.root / ws.member / "package.json"]
+    layout = ctx.layout(item) if ctx is not None else None
+    kept = _read_state(layout).get("workspace_key") if layout is not None else None
+    where = [RECORD_FORMAT, ws.root.as_posix(), ws.member, ws.lock.as_posix()]
+    if isinstance(kept, dict) and kept.get("where") == where:
+        files = [Path(f) for f in kept.get("files", ())]
+        before = _stats(files)
+        if before == kept.get("stats"):
+            return kept["key"]
+    else:
+        files = base
+        before = _stats(files)
+    key = wslock.install_key(ws, item, ctx)
+    needed = [*base, *(ws.root / src / "package.json" for src in key["workspace"]["packages"])]
+    if layout is not None and needed == files:  # else: stat them before the next read
+        _update_state(layout, workspace_key={"where": where, "files": [f.as_posix() for f in files],
+                                             "stats": before, "key": key})
+    elif layout is not None:
+        _update_state(layout, workspace_key={"where": where, "files": [f.as_posix() for f in needed],
+                                             "stats": None, "key": key})
+    return key
+
+
+def _stats(files: list[Path]) -> list[tuple[int, int, int, int] | None]:
+    out: list[tuple[int, int, int, int] | None] = []
+    for f in files:
+        try:
+            st = os.stat(f)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return out
 
 
 def _tree(item: Function | Layer, ctx: RunContext) -> list[Entry]:

@@ -246,6 +246,39 @@ def test_install_key_follows_the_closure_and_workspace_package_json(mono: Projec
     assert [x for x in "abc" if again[x] != after[x]] == ["c"]
 
 
+def test_install_key_kept_between_runs_still_follows_changes(mono: Project, monkeypatch) -> None:
+    """The workspace part of the key is kept beside the install state while the files it
+    read keep their stats; an edit of any of them, or of the root lock, is still seen."""
+    from dodo_lambda import Function, npm, wslock
+    from dodo_lambda.context import RunContext
+
+    monkeypatch.chdir(mono.root)
+    versions = {"node": "20", "npm": "11"}
+    fns = {x: Function(x, source=f"functions/{x}", handler="index.handler") for x in "abc"}
+    computed: list[str] = []
+    real = wslock.install_key
+    monkeypatch.setattr(wslock, "install_key",
+                        lambda ws, item, ctx: computed.append(item.name) or real(ws, item, ctx))
+
+    def keys() -> dict[str, dict]:
+        ctx = RunContext(Path(".dodo_lambda"))  # a new run each time
+        return {x: npm.install_key(fn, versions, ctx) for x, fn in fns.items()}
+
+    first = [keys() for _ in range(3)][-1]
+    computed.clear()
+    assert keys() == first and computed == []  # kept: no closure computed
+    manifest = json.loads(Path("packages/shared/package.json").read_text())
+    Path("packages/shared/package.json").write_text(json.dumps({**manifest, "main": "lib/x.js"}))
+    after = keys()
+    assert [x for x in "abc" if after[x] != first[x]] == ["a", "b"]
+    lock = json.loads(Path("package-lock.json").read_text())
+    lock["packages"]["node_modules/ext-d"]["integrity"] = "sha512-changed"
+    Path("package-lock.json").write_text(json.dumps(lock))
+    again = keys()
+    assert [x for x in "abc" if again[x] != after[x]] == ["c"]
+    assert keys() == again
+
+
 def test_bundled_workspace_function(mono: Project, bundle_env: dict[str, str],
                                     tmp_path: Path) -> None:
     mono.configure([{"name": "d", "source": "functions/d", "handler": "index.handler",
