@@ -33,12 +33,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import lambda_project as lp
@@ -133,26 +131,6 @@ class Moto:
         self.proc.wait(timeout=10)
 
 
-@dataclass
-class Timed:
-    wall: float
-    cpu: float  # user + system of the whole process tree
-    output: str
-
-
-def run(cmd: list[str], cwd: Path, env: dict[str, str]) -> Timed:
-    with tempfile.TemporaryFile("w+") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        output = out.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)} in {cwd}\n{output[-3000:]}")
-    return Timed(wall, usage.ru_utime + usage.ru_stime, output)
-
-
 def make_template(ws: lp.Workspace, template: Path, n: int) -> None:
     """N copies of the benchmark function, each with a line of its own."""
     lp.ensure_project(ws)
@@ -213,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     doit = [sys.executable, "-m", "doit", "deploy"]
     try:
         print("first deploy (creates the functions, fills the cache) ...", flush=True)
-        setup = run(doit, checkout(template, base / "setup"), env)
+        setup = lp.timed(doit, checkout(template, base / "setup"), env)
         shutil.rmtree(base / "setup")
         print(f"  {setup.wall:.1f} s", flush=True)
         times: dict[str, list[float]] = {"cold": [], "warm": [], "b": []}
@@ -233,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                         s3.delete_object(Bucket=CACHE_BUCKET, Key=o["Key"])
                 root = checkout(template, base / case)
                 mark = moto.mark()
-                timed = run(doit, root, env if case == "cold" else warm_env)
+                timed = lp.timed(doit, root, env if case == "cold" else warm_env)
                 requests[case] = moto.requests(mark)
                 times[case].append(timed.wall)
                 cpu[case].append(timed.cpu)

@@ -33,12 +33,11 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import bench_package as bp
+import lambda_project as lp
 
 BENCH_DIR = Path(__file__).resolve().parent
 FUNCTIONS = [f"fn-{i:02d}" for i in range(1, 11)]
@@ -139,28 +138,8 @@ def generate(root: Path) -> None:
     (root / "dodo_all.py").write_text(DODO.format(db=".doit-all.db", names=FUNCTIONS))
 
 
-@dataclass
-class Timed:
-    wall: float
-    cpu: float  # user + system of the process tree: steadier than wall time on a busy machine
-    output: str
-
-
-def run(cmd: list[str], cwd: Path) -> Timed:
-    with tempfile.TemporaryFile("w+") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=bp.ENV)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        output = out.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"command failed: {' '.join(cmd)} in {cwd}\n{output}")
-    return Timed(wall, usage.ru_utime + usage.ru_stime, output)
-
-
-def doit(root: Path, dodo: str, *args: str) -> Timed:
-    return run([sys.executable, "-m", "doit", "-f", dodo, *args], root)
+def doit(root: Path, dodo: str, *args: str) -> lp.Timed:
+    return lp.timed([sys.executable, "-m", "doit", "-f", dodo, *args], root, bp.ENV)
 
 
 def reference_tree(root: Path, ref: Path) -> None:
@@ -227,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     out = root.parent / "ref.zip"
     for _ in range(args.runs):
         out.unlink(missing_ok=True)
-        timed = {"b": run(["zip", "-qr", "-X", str(out), "."], ref)}
+        timed = {"b": lp.timed(["zip", "-qr", "-X", str(out), "."], ref, bp.ENV)}
         for case, dodo in (("one", "dodo_one.py"), ("all", "dodo_all.py")):
             timed[case] = doit(root, dodo, "package")
             ran = bp.executed_tasks(timed[case].output)

@@ -19,6 +19,9 @@ import os
 import random
 import shutil
 import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +315,27 @@ def tree_stats(root: Path) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- npm
+
+
+@dataclass
+class Timed:
+    wall: float
+    cpu: float  # user + system of the process tree: steadier than wall time on a busy machine
+    output: str
+
+
+def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> Timed:
+    """Run ``cmd`` to completion: its wall time, CPU time and output; exit on failure."""
+    with tempfile.TemporaryFile("w+") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        output = out.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"command failed: {' '.join(cmd)} in {cwd}\n{output[-3000:]}")
+    return Timed(wall, usage.ru_utime + usage.ru_stime, output)
 
 
 def run(cmd: list[str], cwd: Path) -> None:
