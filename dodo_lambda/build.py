@@ -153,8 +153,7 @@ def _scan(item: Function | Layer, ctx: RunContext, options: str) -> Scan:
 
         own = bundle.walk(item, ctx)
     else:
-        own = walk_roots([r for r in roots(item, ctx.build_dir) if r != seg], label(item),
-                         ctx.caches.walks)
+        own = walk_roots([r for r in roots(item, ctx.build_dir) if r != seg], label(item))
     tree = npm.staged_tree(item, ctx) if seg is not None else None
     return Scan(options, own, digest.stat_digest(own), tree)
 

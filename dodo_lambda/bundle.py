@@ -386,7 +386,7 @@ def walk(fn: Function, ctx: RunContext) -> list[Entry]:
     who = label(fn)
     found: list[Entry] = []
     for root in roots(fn, ctx.build_dir):
-        entries = walk_roots([root], who, ctx.caches.walks)
+        entries = walk_roots([root], who)
         if fn.include and root == _source_root(fn, ctx.build_dir):
             only = Patterns(("*",), fn.include).matcher()  # include= alone decides
             entries = [e for e in entries if only.selected(e.arcname)]

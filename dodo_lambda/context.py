@@ -2,9 +2,9 @@
 
 ``lambda_tasks`` makes a ``RunContext`` from its arguments and hands it to every
 uptodate check and action. Besides the project's settings it carries what one
-step learns that a later step in the same process reuses: the walk an uptodate
-check made, taken by the action that follows it; the package check's scan; node
-and npm versions; botocore clients. Nothing else in dodo_lambda keeps state
+step learns that a later step in the same process reuses: the package check's scan
+(its walk, taken by the package action that follows it); node and npm versions;
+botocore clients. Nothing else in dodo_lambda keeps state
 between calls.
 
 Pickled (``doit -P process`` sends actions to worker processes) it keeps the
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from .aws import Clients
     from .buildcache import CacheSettings
     from .config import Function, Layer
-    from .selection import Entry, Root
 
 T = TypeVar("T")
 # ``made`` keys (their first part) that a new round keeps: botocore's loader, clients
@@ -53,8 +52,6 @@ class AwsTarget:
 class Caches:
     """Per-process memory of one run. Never pickled."""
 
-    # a walk made by an uptodate check, taken (once) by the next user of that root
-    walks: dict[Root, list[Entry]] = field(default_factory=dict)
     # the package check's findings, taken by the package action right after it
     scans: dict[tuple[str, str], Any] = field(default_factory=dict)
     # anything made once per run and kept: tool versions, botocore clients, ...
@@ -99,9 +96,9 @@ class RunContext:
         self.caches = Caches()
 
     def next_round(self) -> None:
-        """A new round in a long-lived process (watch): forget what was learnt (walks,
-        scans, the run's decisions such as whether a listing pays), keep what is costly
-        to make and whose key says when it is stale (``KEPT_BETWEEN_ROUNDS``)."""
+        """A new round in a long-lived process (watch): forget what was learnt (scans,
+        the run's decisions such as whether a listing pays), keep what is costly to make
+        and whose key says when it is stale (``KEPT_BETWEEN_ROUNDS``)."""
         made = self.caches.made
         self.caches = Caches(made={k: v for k, v in made.items() if k[0] in KEPT_BETWEEN_ROUNDS})
 

@@ -242,12 +242,7 @@ def _update_state(layout: Layout, **changes: Any) -> None:
 def is_installed(item: Function | Layer, ctx: RunContext) -> bool:
     """True when the staged tree is what the current inputs would install (in a
     workspace: and its copies of workspace packages match their source)."""
-    if _tree_installed(item, ctx) and _local_unchanged(item, ctx):
-        return True
-    # the npm step runs next and changes the tree: the walk kept for the package check
-    # is stale (and a worker doit forks from this process later would inherit it)
-    ctx.caches.walks.pop(staged_root(item, ctx.layout(item)), None)
-    return False
+    return _tree_installed(item, ctx) and _local_unchanged(item, ctx)
 
 
 def _tree_installed(item: Function | Layer, ctx: RunContext) -> bool:

@@ -403,20 +403,9 @@ def patterns_for(source: Path, exclude: Iterable[str], include: Iterable[str],
     return Patterns(lines, include, DEFAULT_EXCLUDES, tuple(staged), origins)
 
 
-def walk_roots(roots: Iterable[Root], who: str, walks: dict[Root, list[Entry]] | None = None,
-               *, keep: bool = False) -> list[Entry]:
-    """Every file under the roots. ``walks`` (the run's ``caches.walks``) passes a
-    walk from an uptodate check made with ``keep=True`` to the next call for the
-    same root, once, instead of walking the tree again."""
-    out: list[Entry] = []
-    for root in roots:
-        found = walks.pop(root, None) if walks is not None else None
-        if found is None:
-            found = list(walk(root, who))
-        if keep and walks is not None:
-            walks[root] = found
-        out.extend(found)
-    return out
+def walk_roots(roots: Iterable[Root], who: str) -> list[Entry]:
+    """Every file under the roots."""
+    return [e for root in roots for e in walk(root, who)]
 
 
 class Selection(NamedTuple):
