@@ -475,19 +475,13 @@ def largest(sizes: dict[str, int], n: int = 10) -> str:
     return ", ".join(f"{name} {size / 1e6:.1f} MB" for name, size in top)
 
 
-def check_size(entries: Sequence[Entry], who: str, limit: int = UNZIPPED_LIMIT) -> None:
-    total = sum(e.size for e in entries)
-    if total > limit:
-        raise DodoLambdaError(
-            f"{who}: {total:,} bytes unzipped, over Lambda's limit of {limit:,};"
-            f" largest: {largest(group_sizes(entries))};"
-            " exclude what is not needed at run time (.lambdaignore, exclude=) or move it to a layer"
-        )
-
-
 def _unsafe(arcname: str) -> bool:
     return arcname.startswith("/") or "\\" in arcname or (
         ".." in arcname and ".." in arcname.split("/"))
+
+
+def _refuse_unsafe(who: str, arcname: str) -> DodoLambdaError:
+    return DodoLambdaError(f"{who}: refusing unsafe zip path {arcname!r}; rename the file")
 
 
 def _too_many(who: str, count: int) -> DodoLambdaError:
@@ -495,9 +489,14 @@ def _too_many(who: str, count: int) -> DodoLambdaError:
                            f" ({MAX_ENTRIES}); exclude what is not needed at run time")
 
 
-def _too_big(who: str, total: int, sizes: dict[str, int], limit: int) -> DodoLambdaError:
+def _too_big(who: str, total: int, entries: Sequence[Entry], prefix: str,
+             packages: dict[str, int]) -> DodoLambdaError:
+    """Over the unzipped limit: the largest of the own files' groups and the staged
+    packages (grouped only now: a build that fits never needs them)."""
+    sizes = group_sizes(entries)
+    sizes.update({f"{prefix}{name}": size for name, size in packages.items()})
     return DodoLambdaError(
-        f"{who}: {total:,} bytes unzipped, over Lambda's limit of {limit:,};"
+        f"{who}: {total:,} bytes unzipped, over Lambda's limit of {UNZIPPED_LIMIT:,};"
         f" largest: {largest(sizes)};"
         " exclude what is not needed at run time (.lambdaignore, exclude=) or move it to a layer")
 
@@ -521,13 +520,11 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
         raise _too_many(who, count)
     for e in entries:
         if _unsafe(e.arcname):
-            raise DodoLambdaError(f"{who}: refusing unsafe zip path {e.arcname!r}; rename the file")
-    sizes = group_sizes(entries)
-    if copied:
-        sizes.update({f"{copied.prefix}{name}": size for name, size in copied.packages.items()})
-    total = sum(sizes.values())
+            raise _refuse_unsafe(who, e.arcname)
+    total = sum(e.size for e in entries) + (sum(copied.packages.values()) if copied else 0)
     if total > UNZIPPED_LIMIT:
-        raise _too_big(who, total, sizes, UNZIPPED_LIMIT)
+        raise _too_big(who, total, entries, copied.prefix if copied else "",
+                       copied.packages if copied else {})
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     cache = previous if previous and dest.is_file() else {}
@@ -539,7 +536,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
             if isinstance(staged, Segment):
                 writer.copy_segment(staged)
             elif staged is not None:
-                _write_staged(writer, staged, pool, who, total, sizes)
+                _write_staged(writer, staged, pool, who, total, entries)
             for packed in _ordered(entries, cache, pool):
                 writer.add(packed)
             writer.finish()
@@ -571,14 +568,14 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
 
 
 def _write_staged(writer: _Writer, part: Staged, pool: Executor | None, who: str, known: int,
-                  sizes: dict[str, int]) -> None:
-    """Stream a staged tree into the zip, checking Lambda's limits as it goes."""
+                  entries: Sequence[Entry]) -> None:
+    """Stream a staged tree into the zip, checking Lambda's limits as it goes (``known``:
+    the unzipped size of the own ``entries``)."""
 
     def checked() -> Iterator[Entry]:
         for e in part.entries:
             if _unsafe(e.arcname):
-                raise DodoLambdaError(f"{who}: refusing unsafe zip path {e.arcname!r}; rename"
-                                      " the file")
+                raise _refuse_unsafe(who, e.arcname)
             yield e
 
     seg = _Sum(part.prefix, part.key, part.content)
@@ -587,6 +584,5 @@ def _write_staged(writer: _Writer, part: Staged, pool: Executor | None, who: str
         if writer.count > MAX_ENTRIES:
             raise _too_many(who, writer.count)
         if known + seg.unzipped > UNZIPPED_LIMIT:
-            staged = {f"{part.prefix}{name}": size for name, size in seg.packages.items()}
-            raise _too_big(who, known + seg.unzipped, {**sizes, **staged}, UNZIPPED_LIMIT)
+            raise _too_big(who, known + seg.unzipped, entries, part.prefix, seg.packages)
     writer.end(seg)
