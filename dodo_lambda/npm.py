@@ -194,12 +194,10 @@ def _workspace_key(item: Function | Layer, ws: workspaces.Workspace,
         before = _stats(files)
     key = wslock.install_key(ws, item, ctx)
     needed = [*base, *(ws.root / src / "package.json" for src in key["workspace"]["packages"])]
-    if layout is not None and needed == files:  # else: stat them before the next read
-        _update_state(layout, workspace_key={"where": where, "files": [f.as_posix() for f in files],
-                                             "stats": before, "key": key})
-    elif layout is not None:
-        _update_state(layout, workspace_key={"where": where, "files": [f.as_posix() for f in needed],
-                                             "stats": None, "key": key})
+    if layout is not None:  # files read but not stat'ed before: stat'ed before the next read
+        _update_state(layout, workspace_key={
+            "where": where, "files": [f.as_posix() for f in needed],
+            "stats": before if needed == files else None, "key": key})
     return key
 
 
@@ -504,9 +502,10 @@ def install(item: Function | Layer, ctx: RunContext) -> None:
     # two doit processes must not install into the same staging folder at once; npm
     # holds the lock too (see _run_npm): the npm of a killed run is waited for
     with locked(layout.install_lock, on_wait=lambda: _say_waiting(who, layout)) as lock_fd:
-        if is_installed(item, ctx):
+        tree_installed = _tree_installed(item, ctx)
+        if tree_installed and _local_unchanged(item, ctx):
             return  # another run installed the same thing while we waited
-        if ws is not None and _tree_installed(item, ctx):
+        if ws is not None and tree_installed:
             _refresh_local(item, ctx, ws)
             return
         layout.install_record.unlink(missing_ok=True)  # from here on, nothing counts as installed
