@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import npmpolicy
 from .errors import DodoLambdaError
 from .files import locked
 
@@ -178,8 +179,10 @@ def _npm_install(work: Path, who: str, env: Mapping[str, str]) -> None:
            "--no-audit", "--no-fund", "--no-update-notifier"]
     if shutil.which("npm") is None:
         raise DodoLambdaError(f"{who}: npm not found on PATH; install Node.js to bundle")
-    proc = subprocess.run(cmd, cwd=work, env=dict(env), capture_output=True, text=True,
-                          check=False)
+    # esbuild's own install script runs: in the scrubbed environment, as every npm run
+    referenced = npmpolicy.npmrc_variables(npmpolicy.npmrc_files(work, env))
+    proc = subprocess.run(cmd, cwd=work, env=npmpolicy.child_env(env, referenced),
+                          capture_output=True, text=True, check=False)
     if proc.returncode == 0:
         return
     reason = next((line.removeprefix("npm error").strip() for line in

@@ -135,6 +135,25 @@ def test_child_env_is_an_allow_list() -> None:
     assert env["NODE_AUTH_TOKEN"] == "t1" and "NPM_TOKEN" not in env and "UNSET_VAR" not in env
 
 
+def test_esbuilds_install_never_sees_secrets(tmp_path: Path) -> None:
+    """The esbuild install (whose package runs an install script) gets the same scrubbed
+    environment as every other npm run."""
+    from dodo_lambda import esbuild
+
+    bin_dir, seen = tmp_path / "bin", tmp_path / "env.json"
+    bin_dir.mkdir()
+    (bin_dir / "npm").write_text(f"#!{sys.executable}\nimport json, os\n"
+                                 f"open({str(seen)!r}, 'w').write(json.dumps(dict(os.environ)))\n")
+    (bin_dir / "npm").chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    esbuild._npm_install(work, "function 'demo'",
+                         {**SECRETS, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+                          "HOME": str(tmp_path)})
+    env = json.loads(seen.read_text())
+    assert env["HOME"] == str(tmp_path) and not set(SECRETS) & set(env)
+
+
 def test_npmrc_variables_follow_npms_syntax(tmp_path: Path) -> None:
     rc = tmp_path / ".npmrc"
     rc.write_text("//r.example/:_authToken=${NPM_TOKEN}\n@s:registry=${REG?}\n"
