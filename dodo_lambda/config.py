@@ -348,9 +348,7 @@ def _role_policies_problem(fn: Function) -> str | None:
     if fn.role is not None:
         return ("role_policies= is for the role dodo_lambda creates when role= is not given;"
                 f" attach them to role {fn.role} yourself, or drop role=")
-    from .iam import policies_problem
-
-    return policies_problem(fn.role_policies)
+    return rules.policies_problem(fn.role_policies)
 
 
 def _keep_problem(field_name: str, value: object) -> str | None:

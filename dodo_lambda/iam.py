@@ -23,6 +23,7 @@ from typing import Any
 from .aws import _ACCESS_CODES, Clients, _error_code, aws_error
 from .errors import DodoLambdaError, Refused
 from .lambdas import wait_scale
+from .rules import MANAGED
 
 PREFIX = "dodo-lambda-"
 MAX_NAME = 64  # IAM's limit on a role name (CreateRole, RoleName)
@@ -32,14 +33,6 @@ TRUST = {
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
                    "Action": "sts:AssumeRole"}],
 }
-# AWS-managed policies by the word role_policies= takes for them; each ARN is
-# arn:PARTITION:iam::aws:policy/<path>. "basic" is always attached.
-MANAGED = {
-    "basic": "service-role/AWSLambdaBasicExecutionRole",  # CloudWatch Logs
-    "vpc": "service-role/AWSLambdaVPCAccessExecutionRole",  # network interfaces in a VPC
-    "xray": "AWSXRayDaemonWriteAccess",  # X-Ray traces
-}
-POLICY_ARN_RE = re.compile(r"arn:aws[a-zA-Z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]{1,512}")
 ROLE_WAIT = 20  # seconds: GetRole once a second until IAM shows the new role
 # IAM's answer names the action: "... is not authorized to perform: iam:CreateRole on ..."
 _ACTION_RE = re.compile(r"perform: ([a-z0-9-]+:[A-Za-z]+)")
@@ -58,18 +51,6 @@ def role_name(function: str, project_role: str | None = None) -> str:
         return name
     digest = hashlib.sha256(function.encode()).hexdigest()[:8]
     return f"{name[:MAX_NAME - len(digest) - 1]}-{digest}"
-
-
-def policies_problem(value: object) -> str | None:
-    """What is wrong with ``role_policies=`` (a list of "vpc", "xray" or policy ARNs)."""
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        return (f"role_policies={value!r} must be a list, e.g. role_policies=['vpc', 'xray']"
-                " or policy ARNs")
-    for item in value:
-        if not isinstance(item, str) or not (item in MANAGED or POLICY_ARN_RE.fullmatch(item)):
-            return (f"role_policies: {item!r} is neither 'vpc', 'xray' nor an IAM policy ARN"
-                    " (arn:aws:iam::ACCOUNT:policy/NAME)")
-    return None
 
 
 def policy_arns(words: Iterable[str], partition: str = "aws") -> list[str]:

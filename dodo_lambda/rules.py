@@ -198,6 +198,29 @@ def role_problem(role: object) -> str | None:
     return None
 
 
+# Source: Lambda Developer Guide, "Lambda execution role" (AWS managed policies for
+# Lambda features). The AWS-managed policies by the word role_policies= takes for them;
+# each ARN is arn:PARTITION:iam::aws:policy/<path>. "basic" is always attached.
+MANAGED = {
+    "basic": "service-role/AWSLambdaBasicExecutionRole",  # CloudWatch Logs
+    "vpc": "service-role/AWSLambdaVPCAccessExecutionRole",  # network interfaces in a VPC
+    "xray": "AWSXRayDaemonWriteAccess",  # X-Ray traces
+}
+POLICY_ARN_RE = re.compile(r"arn:aws[a-zA-Z-]*:iam::(aws|\d{12}):policy/[\w+=,.@/-]{1,512}")
+
+
+def policies_problem(value: object) -> str | None:
+    """What is wrong with ``role_policies=`` (a list of "vpc", "xray" or policy ARNs)."""
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        return (f"role_policies={value!r} must be a list, e.g. role_policies=['vpc', 'xray']"
+                " or policy ARNs")
+    for item in value:
+        if not isinstance(item, str) or not (item in MANAGED or POLICY_ARN_RE.fullmatch(item)):
+            return (f"role_policies: {item!r} is neither 'vpc', 'xray' nor an IAM policy ARN"
+                    " (arn:aws:iam::ACCOUNT:policy/NAME)")
+    return None
+
+
 def alias_problem(alias: object) -> str | None:
     if alias is None:
         return None
