@@ -20,13 +20,7 @@ from . import rules
 if TYPE_CHECKING:
     from .bundle_options import BundleOptions
 
-# Kept here for the modules that import them from config.
-RUNTIME_RE = rules.RUNTIME_RE
-NAME_RE = rules.FUNCTION_NAME_RE
-ARCHITECTURES = rules.ARCHITECTURES
 HANDLER_EXTS = (".js", ".mjs", ".cjs")
-MAX_LAYERS = rules.MAX_LAYERS
-LAYER_ARN_RE = rules.LAYER_ARN_RE
 
 
 def _strings(value: Any, key: str) -> tuple[tuple[Any, ...], str | None]:
@@ -324,21 +318,19 @@ def _entry_problem(fn: Function) -> str | None:
     only a TypeScript entry is told to bundle (the rest is checked in the zip)."""
     src = Path(fn.source)
     module = fn.handler.rpartition(".")[0]
-    if fn.bundle_options is None and any((src / (module + ext)).is_file() for ext in HANDLER_EXTS):
+    unbundled = fn.bundle_options is None
+    if unbundled and any((src / (module + ext)).is_file() for ext in HANDLER_EXTS):
         return None  # the common case, decided without esbuild's options
     from . import bundle_options
 
-    if fn.bundle_options is not None:
-        if bundle_options.entry(src, module) is None:
-            others = "/".join(bundle_options.ENTRY_EXTS[1:])
-            return (f"handler file {src / module}.ts (or {others}) not found;"
-                    f" fix handler={fn.handler!r} or add the file to {fn.source}")
-        return None
-    if not any((src / (module + ext)).is_file() for ext in HANDLER_EXTS):
-        typed = bundle_options.entry(src, module)
-        if typed is not None:
-            return (f"handler file {src / module}.js (or .mjs/.cjs) not found, but {typed} is"
-                    " there; TypeScript needs bundling: add bundle=True to the Function")
+    typed = bundle_options.entry(src, module)
+    if unbundled and typed is not None:
+        return (f"handler file {src / module}.js (or .mjs/.cjs) not found, but {typed} is"
+                " there; TypeScript needs bundling: add bundle=True to the Function")
+    if not unbundled and typed is None:
+        others = "/".join(bundle_options.ENTRY_EXTS[1:])
+        return (f"handler file {src / module}.ts (or {others}) not found;"
+                f" fix handler={fn.handler!r} or add the file to {fn.source}")
     return None
 
 

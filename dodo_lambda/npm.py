@@ -36,11 +36,12 @@ from pathlib import Path
 from typing import Any
 
 from . import digest, localpkgs, npmpolicy, workspaces
-from .config import ARCHITECTURES, Function, Layer, label
+from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
 from .files import locked, read_json, write_atomic, write_json
 from .layout import Layout
+from .rules import ARCHITECTURES
 from .selection import Entry, Root, walk
 
 LOCK_FILES = ("package-lock.json", "npm-shrinkwrap.json")
