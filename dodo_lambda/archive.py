@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import deflate
 
-from .digest import ContentDigest, content_digest, same_stat, segment_line
+from .digest import ContentDigest, same_stat, zip_content_digest
 from .entrycache import CachedEntry, Segment
 from .errors import DodoLambdaError
 from .selection import Entry, zip_mode
@@ -552,16 +552,14 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
     from base64 import b64encode
 
     records = writer.records
-    lines = [(name, r.mode, r.sha256) for name, r in records.items()]
-    if writer.segment is not None:
-        lines.append(segment_line(writer.segment.prefix, writer.segment.content))
     return ZipResult(
         sha256=sha.hexdigest(),
         code_sha256=b64encode(sha.digest()).decode(),
         zip_size=dest.stat().st_size,
         unzipped_size=writer.unzipped,
         files=writer.count,
-        content_digest=content_digest(lines),
+        content_digest=zip_content_digest(
+            ((name, r.mode, r.sha256) for name, r in records.items()), writer.segment),
         records=records,
         segment=writer.segment,
     )

@@ -470,10 +470,8 @@ def _is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
     entries = chosen.entries
     old = cache.records
     files = digest.entry_hashes(entries, old)
-    lines = [*files, digest.segment_line(cache.segment.prefix, cache.segment.content)] \
-        if cache.segment else files
     # the manifest lists what the defaults left out: a new .env means a new manifest
-    if digest.content_digest(lines) != manifest.get("content_digest") \
+    if digest.zip_content_digest(files, cache.segment) != manifest.get("content_digest") \
             or chosen.dropped != manifest.get("excluded_by_default"):
         ctx.caches.scans[_key(item)] = scan  # the build that follows starts from here
         return False

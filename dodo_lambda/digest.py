@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .selection import Entry
 
 if TYPE_CHECKING:
-    from .entrycache import CachedEntry
+    from .entrycache import CachedEntry, Segment
 
 CHUNK = 1 << 20
 
@@ -71,6 +71,15 @@ def segment_line(prefix: str, content: str) -> tuple[str, int, str]:
     (mode 0: no file has it). The block's files sort together, where its prefix
     sorts, so the digest is the same however the zip was written."""
     return prefix, 0, content
+
+
+def zip_content_digest(files: Iterable[tuple[str, int, str]], segment: Segment | None) -> str:
+    """A zip's ``content_digest``: its own files' triples and, when it has one, the line
+    of the staged block (``segment_line``)."""
+    lines = list(files)
+    if segment is not None:
+        lines.append(segment_line(segment.prefix, segment.content))
+    return content_digest(lines)
 
 
 def same_stat(rec: CachedEntry, e: Entry) -> bool:

@@ -1,8 +1,8 @@
 """A zip rewritten for a few changed entries, for the watch's save-to-zip path.
 
 The watch keeps an item's zip in memory between saves (its entries, their zip
-records, central directory entries and content-digest lines) and, when the
-watcher names the files that changed, writes the new zip by copying the
+records and central directory entries) and, when the watcher names the files
+that changed, writes the new zip by copying the
 unchanged runs of the old one (in the kernel where it can), compressing only
 the changed files, patching the offsets of the entries that moved, and hashing
 only from the last checkpoint before the first change. No tree walk, no
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import archive
-from .digest import same_stat, segment_line
+from .digest import same_stat, zip_content_digest
 from .entrycache import CachedEntry, Segment
 from .errors import DodoLambdaError
 from .selection import Entry
@@ -49,7 +49,6 @@ class ZipState:
     names: list[str]
     records: dict[str, CachedEntry]  # their records (``ZipResult.records``)
     central: list[bytes]  # the central directory entry of each
-    lines: list[str]  # content-digest line of each
     cd_offset: int  # where the central directory starts (the end of the entries)
     dostime: tuple[int, int]
     segment: Segment | None = None  # the staged tree's block, first in the zip
@@ -70,10 +69,6 @@ def discard(state: ZipState) -> None:
     if state.old is not None:
         state.old.unlink(missing_ok=True)
         state.old = None
-
-
-def _line(arcname: str, mode: int, sha: str) -> str:
-    return f"{arcname}\0{mode:o}\0{sha}\n"  # as digest.content_digest builds it
 
 
 def _central(arcname: str, rec: CachedEntry, dostime: tuple[int, int]) -> bytes:
@@ -111,8 +106,7 @@ def load(path: Path, entries: list[Entry], records: dict[str, CachedEntry],
             for e, r in ((e, records[e.arcname]) for e in entries)):
         raise Fallback("the records do not describe these files")
     central = [_central(n, records[n], dostime) for n in names]
-    lines = [_line(n, records[n].mode, records[n].sha256) for n in names]
-    state = ZipState(path, list(entries), names, records, central, lines, 0, dostime,
+    state = ZipState(path, list(entries), names, records, central, 0, dostime,
                      segment=segment, unzipped=sum(r.size for r in records.values()))
     try:
         size = _stat(path)[0]
@@ -224,7 +218,6 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
     new_names: list[str] = []
     new_entries: list[Entry] = []
     new_central: list[bytes] = []
-    new_lines: list[str] = []
     tmp = state.path.with_name(f".{state.path.name}.{os.getpid()}.tmp")
     first_change: int | None = None
     time_, date = state.dostime
@@ -238,8 +231,7 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
             i = 0  # next old entry not yet copied
             for arcname, p in packed.items():  # sorted by zip path
                 j = bisect.bisect_left(names, arcname)
-                pos = _run(state, src, fd, i, j, pos, new_names, new_entries, new_central,
-                           new_lines)
+                pos = _run(state, src, fd, i, j, pos, new_names, new_entries, new_central)
                 if first_change is None:
                     first_change = pos
                 i = j + 1 if j < len(names) and names[j] == arcname else j
@@ -258,10 +250,9 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
                 new_names.append(arcname)
                 new_entries.append(e)
                 new_central.append(_central(arcname, recs[arcname], state.dostime))
-                new_lines.append(_line(arcname, p.mode, p.sha256))
                 pos += len(header) + p.csize
             pos = _run(state, src, fd, i, len(names), pos, new_names, new_entries, new_central,
-                       new_lines, end=old_cd)
+                       end=old_cd)
         # the central directory in path order: the segment's records where its prefix sorts
         seg = state.segment
         split = bisect.bisect_right(new_names, seg.prefix) if seg is not None else len(new_names)
@@ -290,24 +281,18 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
     except OSError:
         state.old = None
     os.replace(tmp, state.path)
-    state.names, state.entries, state.central, state.lines = (new_names, new_entries,
-                                                              new_central, new_lines)
+    state.names, state.entries, state.central = new_names, new_entries, new_central
     state.cd_offset, state.marks, state.stat = pos, marks, _stat(state.path)
     state.segment = seg
-    lines = new_lines
-    if seg is not None:  # the segment's line, where its prefix sorts (digest.content_digest)
-        lines = [*new_lines[:split], _line(*segment_line(seg.prefix, seg.content)),
-                 *new_lines[split:]]
     return archive.ZipResult(
         sha256=h.hexdigest(), code_sha256=b64encode(h.digest()).decode(),
         zip_size=state.stat[0], unzipped_size=state.unzipped, files=n,
-        content_digest=hashlib.sha256("".join(lines).encode()).hexdigest(),
+        content_digest=zip_content_digest(((n, r.mode, r.sha256) for n, r in recs.items()), seg),
         records=recs, segment=seg)
 
 
 def _run(state: ZipState, src: int, dst: int, i: int, j: int, pos: int, names: list[str],
-         entries: list[Entry], central: list[bytes], lines: list[str],
-         end: int | None = None) -> int:
+         entries: list[Entry], central: list[bytes], end: int | None = None) -> int:
     """Copy old entries i..j-1 (contiguous in the old zip) to ``pos``; returns the new end.
     Offsets are read before the run's own records move (entry j's is not touched yet)."""
     if j <= i:
@@ -321,7 +306,6 @@ def _run(state: ZipState, src: int, dst: int, i: int, j: int, pos: int, names: l
     run_names = state.names[i:j]
     names.extend(run_names)
     entries.extend(state.entries[i:j])
-    lines.extend(state.lines[i:j])
     if delta == 0:
         central.extend(state.central[i:j])
     else:
