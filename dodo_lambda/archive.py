@@ -98,6 +98,22 @@ class Packed:
     stream: bool = False
 
 
+def local_header(name: bytes, flags: int, method: int, dostime: tuple[int, int], crc: int,
+                 csize: int, size: int) -> bytes:
+    """A file's local header and name: what comes before its data (one definition for
+    the writer and the splice, whose bytes must be the same)."""
+    return _LOCAL.pack(0x04034B50, 20, flags, method, dostime[0], dostime[1], crc, csize, size,
+                       len(name), 0) + name
+
+
+def central_record(name: bytes, flags: int, method: int, dostime: tuple[int, int], crc: int,
+                   csize: int, size: int, mode: int, offset: int) -> bytes:
+    """A file's central directory record (mode: 0o644 or 0o755, a regular file)."""
+    return _CENTRAL.pack(0x02014B50, (3 << 8) | 20, 20, flags, method, dostime[0], dostime[1],
+                         crc, csize, size, len(name), 0, 0, 0, 0, (0o100000 | mode) << 16,
+                         offset) + name
+
+
 def _name_bytes(arcname: str) -> tuple[bytes, int]:
     raw = arcname.encode("utf-8")
     return raw, (0 if raw.isascii() else _UTF8_FLAG)
@@ -244,7 +260,7 @@ class _Writer:
 
     def __init__(self, out: Any, old: Any, dostime: tuple[int, int]) -> None:
         self.out, self.old = out, old
-        self.time, self.date = dostime
+        self.dostime = dostime
         self.central = bytearray()  # the own files' directory records, in path order
         self.count = 0
         self.records: dict[str, CachedEntry] = {}  # the item's own files
@@ -304,17 +320,14 @@ class _Writer:
                 self.pos = self.out.tell()
             else:
                 buf = self.buf  # inline: this runs once per file
-                buf += _LOCAL.pack(0x04034B50, 20, flags, p.method, self.time, self.date, p.crc,
-                                   p.csize, p.size, len(name), 0)
-                buf += name
+                buf += local_header(name, flags, p.method, self.dostime, p.crc, p.csize, p.size)
                 if p.data:
                     buf += p.data
                 self.pos += _LOCAL.size + len(name) + p.csize
                 if len(buf) >= _READ:
                     self._drain()
-        record = _CENTRAL.pack(
-            0x02014B50, (3 << 8) | 20, 20, flags, p.method, self.time, self.date, p.crc,
-            p.csize, p.size, len(name), 0, 0, 0, 0, (0o100000 | p.mode) << 16, offset) + name
+        record = central_record(name, flags, p.method, self.dostime, p.crc, p.csize, p.size,
+                                p.mode, offset)
         self.count += 1
         self.unzipped += p.size
         if seg is None:
@@ -364,8 +377,7 @@ class _Writer:
         self.segment = seg
 
     def _local(self, p: Packed, name: bytes, flags: int) -> bytes:
-        return _LOCAL.pack(0x04034B50, 20, flags, p.method, self.time, self.date, p.crc,
-                           p.csize, p.size, len(name), 0) + name
+        return local_header(name, flags, p.method, self.dostime, p.crc, p.csize, p.size)
 
     def _stream(self, p: Packed, name: bytes, flags: int) -> Packed:
         """Compress a large file chunk by chunk, then patch its header."""

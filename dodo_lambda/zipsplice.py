@@ -73,10 +73,8 @@ def discard(state: ZipState) -> None:
 
 def _central(arcname: str, rec: CachedEntry, dostime: tuple[int, int]) -> bytes:
     name, flags = archive._name_bytes(arcname)
-    return archive._CENTRAL.pack(
-        0x02014B50, (3 << 8) | 20, 20, flags, rec.method, dostime[0], dostime[1], rec.crc,
-        rec.csize, rec.size, len(name), 0, 0, 0, 0, (0o100000 | rec.mode) << 16,
-        rec.offset) + name
+    return archive.central_record(name, flags, rec.method, dostime, rec.crc, rec.csize, rec.size,
+                                  rec.mode, rec.offset)
 
 
 def _safe(arcname: str) -> bool:
@@ -220,7 +218,6 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
     new_central: list[bytes] = []
     tmp = state.path.with_name(f".{state.path.name}.{os.getpid()}.tmp")
     first_change: int | None = None
-    time_, date = state.dostime
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         with open(state.path, "rb") as old:
@@ -240,8 +237,8 @@ def _write(state: ZipState, packed: dict[str, archive.Packed | None], who: str
                 if p is None:
                     continue
                 name, flags = archive._name_bytes(arcname)
-                header = archive._LOCAL.pack(0x04034B50, 20, flags, p.method, time_, date, p.crc,
-                                             p.csize, p.size, len(name), 0) + name
+                header = archive.local_header(name, flags, p.method, state.dostime, p.crc,
+                                              p.csize, p.size)
                 os.pwrite(fd, header + (p.data or b""), pos)
                 e = p.entry
                 state.unzipped += p.size
