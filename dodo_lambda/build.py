@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import archive, digest, entrycache, npm, npmpolicy
-from .config import Function, Layer, label
+from .config import Function, Layer, bundled, label
 from .context import RunContext
 from .entrycache import EntryCache, Segment, zip_stat
 from .errors import DodoLambdaError, NextStep
@@ -51,7 +51,7 @@ def _inside(child: Path, parent: Path) -> str | None:
 
 
 def roots(item: Function | Layer, build_dir: Path) -> list[Root]:
-    if isinstance(item, Function) and item.bundle_options is not None:
+    if bundled(item):
         from . import bundle  # imported where needed: a run that bundles nothing never loads it
 
         return bundle.roots(item, build_dir)  # the bundle's output stands in for the source
@@ -108,7 +108,7 @@ def options_digest(item: Function | Layer, build_dir: Path) -> str:
 def segment_root(item: Function | Layer, build_dir: Path) -> Root | None:
     """The staged tree packed as one segment: the npm step's tree, for an item that
     has one (a bundle ships its few externals file by file)."""
-    if isinstance(item, Function) and item.bundle_options is not None:
+    if bundled(item):
         return None
     if not npm.has_dependencies(item):
         return None
@@ -148,7 +148,7 @@ def _key(item: Function | Layer) -> tuple[str, str]:
 
 def _scan(item: Function | Layer, ctx: RunContext, options: str) -> Scan:
     seg = segment_root(item, ctx.build_dir)
-    if isinstance(item, Function) and item.bundle_options is not None:
+    if bundled(item):
         from . import bundle
 
         own = bundle.walk(item, ctx)
@@ -178,7 +178,7 @@ def write_package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     if npm.has_dependencies(item) and not layout.install_record.is_file():
         raise DodoLambdaError(f"{who}: dependencies are not installed",
                               next_step=NextStep("npm", item.name))
-    if isinstance(item, Function) and item.bundle_options is not None:
+    if bundled(item):
         from . import bundle
 
         bundle.check_bundled(item, layout)

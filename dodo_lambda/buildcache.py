@@ -21,9 +21,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import archive, build, bundle, cachestore, digest, npm
-from .cachekey import Computed, bundled, compute
+from .cachekey import Computed, compute
 from .cachestore import CacheSettings, Found, settings
-from .config import Function, Layer, label
+from .config import Function, Layer, bundled, label
 from .context import RunContext
 from .entrycache import zip_stat
 from .errors import DodoLambdaError
@@ -172,7 +172,7 @@ def _prepare(item: Function | Layer, ctx: RunContext) -> None:
     """The npm and bundle steps, when doit skipped them for a hit that then failed."""
     if npm.has_dependencies(item) and not npm.is_installed(item, ctx):
         npm.install(item, ctx)
-    if isinstance(item, Function) and bundled(item) and not bundle.is_bundled(item, ctx):
+    if bundled(item) and not bundle.is_bundled(item, ctx):
         bundle.bundle(item, ctx)
 
 
@@ -233,7 +233,7 @@ def _extras(item: Function | Layer, ctx: RunContext) -> dict[str, str]:
     """The files a bundle read outside the function's source folder (and outside the
     staged tree): a config file above it, shared code. The key cannot hold them (only
     esbuild knows them); the entry does, and a hit needs them unchanged."""
-    if not isinstance(item, Function) or not bundled(item):
+    if not bundled(item):
         return {}
     record = read_json(ctx.layout(item).bundle_record) or {}
     src = os.path.realpath(item.source) + os.sep

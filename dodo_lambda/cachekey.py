@@ -33,7 +33,7 @@ from . import (
     workspaces,
     wslock,
 )
-from .config import Function, Layer, label
+from .config import Function, Layer, bundled, label
 from .context import RunContext
 from .entrycache import CachedEntry
 from .errors import DodoLambdaError
@@ -102,10 +102,6 @@ def tool_versions(ctx: RunContext, known: Mapping[str, Any] | None = None) -> di
         npm_major = ctx.once(("npm major", os.path.realpath(exe)), lambda: _run_version("npm"),
                              wait=False)
     return {"stamp": stamp, "node": node_major, "npm": npm_major}
-
-
-def bundled(item: Function | Layer) -> bool:
-    return isinstance(item, Function) and item.bundle_options is not None
 
 
 def _source_root(item: Function, ctx: RunContext) -> Root:

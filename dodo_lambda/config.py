@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from . import rules
 
@@ -303,6 +303,11 @@ def _function_problem(fn: Function, today: date | None) -> str | None:
         rules.handler_problem(fn.handler, fn.source),
     ]
     return next((p for p in checks if p), None) or _entry_problem(fn)
+
+
+def bundled(item: Function | Layer) -> TypeGuard[Function]:
+    """Whether the item is a function whose handler esbuild bundles (``bundle=``)."""
+    return isinstance(item, Function) and item.bundle_options is not None
 
 
 def _parse_bundle(value: Any) -> tuple[BundleOptions | None, str | None]:

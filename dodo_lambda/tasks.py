@@ -22,7 +22,7 @@ from doit.exceptions import TaskFailed
 
 from . import npm, rules, workspaces
 from . import stages as staging
-from .config import Function, Layer, label
+from .config import Function, Layer, bundled, label
 from .context import AwsTarget, RunContext
 from .errors import DodoLambdaError, NextStep
 from .files import locked, remove_dead_temps
@@ -168,10 +168,6 @@ def _bundle_task(fn: Function, ctx: RunContext) -> TaskDict:
     }
 
 
-def _bundled(item: Any) -> bool:
-    return isinstance(item, Function) and item.bundle_options is not None
-
-
 def _package_task(item: Item, ctx: RunContext) -> TaskDict:
     layout = ctx.layout(item)
     file_dep = []
@@ -180,14 +176,14 @@ def _package_task(item: Item, ctx: RunContext) -> TaskDict:
     return {
         "basename": "package",
         "name": item.name,
-        "doc": f"{label(item)}: zip {'the bundle of ' if _bundled(item) else ''}{item.source}"
+        "doc": f"{label(item)}: zip {'the bundle of ' if bundled(item) else ''}{item.source}"
                f" into {layout.zip}",
         "actions": [(run_step, ["package", (item, ctx)])],
         "file_dep": file_dep,
         "targets": [str(layout.zip), str(layout.manifest)],
         "uptodate": [(build.is_packaged, [item, ctx])],
         "clean": [(build.clean_package, [item, ctx])],
-        "task_dep": [f"bundle:{item.name}"] if _bundled(item) else [],
+        "task_dep": [f"bundle:{item.name}"] if bundled(item) else [],
         "verbosity": 2,  # its size and file count (see result())
     }
 
@@ -475,7 +471,7 @@ def _cached(task: TaskDict, item: Item, ctx: RunContext) -> TaskDict:
     elif step == "bundle":
         task.update(targets=[], uptodate=[(buildcache.bundle_is_current, [item, ctx])])
     elif step == "package":
-        if npm.has_dependencies(item) and not _bundled(item):
+        if npm.has_dependencies(item) and not bundled(item):
             task["task_dep"] = [*task["task_dep"], f"npm:{item.name}"]  # was the file_dep's
         task.update(file_dep=[], uptodate=[(buildcache.is_packaged, [item, ctx])],
                     clean=[*task["clean"], (buildcache.forget, [item, ctx])])
@@ -578,7 +574,7 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
         built = []
         if npm.has_dependencies(item):
             built.append(_npm_task(item, ctx))
-        if isinstance(item, Function) and item.bundle_options is not None:
+        if bundled(item):
             built.append(_bundle_task(item, ctx))
         built.append(_package_task(item, ctx))
         tasks += [_cached(t, item, ctx) for t in built] if ctx.cache is not None else built

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import archive, build, bundle, deploy, entrycache, executor, npm, workspaces, zipsplice
-from .config import Function, Layer, label
+from .config import Function, Layer, bundled, label
 from .context import RunContext
 from .errors import DodoLambdaError
 from .files import locked, read_json
@@ -110,8 +110,8 @@ class Watch:
         self.watched = [self._watched(i) for i in self.items]
 
     def _watched(self, item: Item) -> _Watched:
-        bundled = isinstance(item, Function) and item.bundle_options is not None
-        roots = [] if bundled else [
+        is_bundled = bundled(item)
+        roots = [] if is_bundled else [
             Root(_resolved(r.path), r.prefix, r.prune, r.staged)
             for r in build.roots(item, self.ctx.build_dir) if not r.staged]
         inputs = {_resolved(p) for p in npm.input_files(item, self.ctx)}
@@ -124,7 +124,7 @@ class Watch:
             inputs |= {_resolved(p) for p in (src / "package.json", ws.root / "package.json",
                                               ws.lock, ws.root / ".npmrc")}
         return _Watched(item, _resolved(item.source), roots, inputs, workspace=ws,
-                        bundled=bundled)
+                        bundled=is_bundled)
 
     @property
     def folders(self) -> list[Path]:
