@@ -50,6 +50,17 @@ def _inside(child: Path, parent: Path) -> str | None:
         return None
 
 
+def source_root(fn: Function, build_dir: Path) -> Root:
+    """A function's source folder as a root: its node_modules, .git and a build dir
+    inside it pruned."""
+    src = Path(fn.source)
+    prune = {"node_modules", ".git"}
+    inner = _inside(Path(build_dir), src)
+    if inner:
+        prune.add(inner)
+    return Root(src, "", frozenset(prune))
+
+
 def roots(item: Function | Layer, build_dir: Path) -> list[Root]:
     if bundled(item):
         from . import bundle  # imported where needed: a run that bundles nothing never loads it
@@ -59,11 +70,7 @@ def roots(item: Function | Layer, build_dir: Path) -> list[Root]:
     staged = npm.staged_root(item, Layout.of(build_dir, item))
     if isinstance(item, Layer):
         return [Root(src / "nodejs", "nodejs/", frozenset({"node_modules"})), staged]
-    prune = {"node_modules", ".git"}
-    inner = _inside(Path(build_dir), src)
-    if inner:
-        prune.add(inner)
-    out = [Root(src, "", frozenset(prune))]
+    out = [source_root(item, build_dir)]
     if npm.has_dependencies(item):
         out.append(staged)
     return out

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import digest, esbuild, externals, npm
+from .build import source_root  # build loads this module only when it bundles
 from .bundle_options import BundleOptions, entry, target
 from .config import Function, label
 from .context import RunContext
@@ -357,17 +358,6 @@ def _inputs(meta: dict[str, Any], staging_folder: Path
 
 # -- what the package step zips --------------------------------------------------
 
-def _source_root(fn: Function, build_dir: Path) -> Root:
-    src = Path(fn.source)
-    prune = {"node_modules", ".git"}
-    try:
-        inner = Path(build_dir).resolve().relative_to(src.resolve()).as_posix()
-        prune.add(inner)
-    except ValueError:
-        pass
-    return Root(src, "", frozenset(prune))
-
-
 def roots(fn: Function, build_dir: Path) -> list[Root]:
     """The bundle's output folder, each shipped external's folder in the staged tree
     and, when ``include=`` is given, the source folder (for the files it names)."""
@@ -377,7 +367,7 @@ def roots(fn: Function, build_dir: Path) -> list[Root]:
     for folder in record.get("externals") or ():
         out.append(Root(layout.staging / folder, folder + "/", staged=True))
     if fn.include:
-        out.append(_source_root(fn, build_dir))
+        out.append(source_root(fn, build_dir))
     return out
 
 
@@ -387,7 +377,7 @@ def walk(fn: Function, ctx: RunContext) -> list[Entry]:
     found: list[Entry] = []
     for root in roots(fn, ctx.build_dir):
         entries = walk_roots([root], who)
-        if fn.include and root == _source_root(fn, ctx.build_dir):
+        if fn.include and root == source_root(fn, ctx.build_dir):
             only = Patterns(("*",), fn.include).matcher()  # include= alone decides
             entries = [e for e in entries if only.selected(e.arcname)]
         found.extend(entries)

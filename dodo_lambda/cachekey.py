@@ -10,7 +10,6 @@ package again is one stat walk.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from .config import Function, Layer, bundled, label
 from .context import RunContext
 from .entrycache import CachedEntry
 from .errors import DodoLambdaError
-from .selection import Root, choose, walk
+from .selection import choose, walk
 
 T = TypeVar("T")
 
@@ -104,15 +103,6 @@ def tool_versions(ctx: RunContext, known: Mapping[str, Any] | None = None) -> di
     return {"stamp": stamp, "node": node_major, "npm": npm_major}
 
 
-def _source_root(item: Function, ctx: RunContext) -> Root:
-    """A bundled function's whole source folder (esbuild may read any of it)."""
-    src = Path(item.source)
-    prune = {"node_modules", ".git"}
-    with contextlib.suppress(ValueError):  # the build dir inside the source
-        prune.add(ctx.build_dir.resolve().relative_to(src.resolve()).as_posix())
-    return Root(src, "", frozenset(prune))
-
-
 def _source(item: Function | Layer, ctx: RunContext, known: Mapping[str, Any] | None,
             hashes: Mapping[str, CachedEntry] | None) -> dict[str, Any]:
     """The item's own files (not the staged tree) as a content digest: those the zip
@@ -122,7 +112,7 @@ def _source(item: Function | Layer, ctx: RunContext, known: Mapping[str, Any] | 
     who = label(item)
     if bundled(item):
         assert isinstance(item, Function)
-        own = [_source_root(item, ctx)]
+        own = [build.source_root(item, ctx.build_dir)]  # esbuild may read any of it
     else:
         own = [r for r in build.roots(item, ctx.build_dir) if not r.staged]
     entries = [e for r in own for e in walk(r, who)]
