@@ -14,7 +14,6 @@ the bundle step's up-to-date check can afford it.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from . import npmpolicy
 from .errors import DodoLambdaError
-from .files import locked
+from .files import locked, read_manifest
 
 VERSION = "0.28.2"  # the pinned esbuild, when the project has none of its own
 MIN_VERSION = (0, 17, 0)  # metafile marks externals, plugins can call build.resolve
@@ -60,11 +59,7 @@ def cached_folder(env: Mapping[str, str] = os.environ) -> Path:
 
 
 def _version(package: Path) -> str | None:
-    try:
-        data = json.loads((package / "package.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    version = data.get("version") if isinstance(data, dict) else None
+    version = (read_manifest(package / "package.json") or {}).get("version")
     return version if isinstance(version, str) else None
 
 
@@ -83,21 +78,13 @@ def _has_binary(package: Path) -> bool:
 
 
 def _declares_esbuild(folder: Path) -> bool:
-    try:
-        data = json.loads((folder / "package.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and any(
-        isinstance(data.get(f), dict) and "esbuild" in data[f]
-        for f in ("devDependencies", "dependencies"))
+    data = read_manifest(folder / "package.json") or {}
+    return any(isinstance(data.get(f), dict) and "esbuild" in data[f]
+               for f in ("devDependencies", "dependencies"))
 
 
 def _is_workspace_root(folder: Path) -> bool:
-    try:
-        data = json.loads((folder / "package.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "workspaces" in data
+    return "workspaces" in (read_manifest(folder / "package.json") or {})
 
 
 def _candidates(source: Path, project: Path) -> list[Path]:

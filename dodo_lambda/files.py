@@ -36,6 +36,16 @@ def read_json(path: Path) -> Any:
         return None
 
 
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """A JSON object file such as a package.json; None when it is missing, unreadable,
+    not JSON or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 @contextmanager
 def locked(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[int]:
     """Hold an exclusive lock on ``path`` (created if needed) across processes; the

@@ -21,7 +21,6 @@ Which files: what npm would install, with one deliberate difference.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -29,20 +28,13 @@ from typing import Any
 
 from . import digest
 from .errors import DodoLambdaError
+from .files import read_manifest
 from .selection import DEFAULT_EXCLUDES, Entry, Patterns, Root, walk
 
 ALWAYS = ("package.json", "readme*", "license*", "licence*")  # matched in any case
 NEVER = ("package-lock.json", "npm-debug.log", ".npmignore")
 _KEEP = "node_modules"  # the staged copy's own dependencies: npm's, never touched
 PRUNE = frozenset({"node_modules", ".git"})
-
-
-def _manifest(folder: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((folder / "package.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _spec(lines: list[str]) -> Any:
@@ -70,7 +62,7 @@ def files(folder: Path, who: str) -> list[Entry]:
 def select(folder: Path, who: str, found: list[Entry] | None = None) -> list[Entry]:
     """The files of the workspace package in ``folder`` (``found`` by ``files``), as
     installed (see the module's doc), by path relative to the folder, sorted."""
-    manifest = _manifest(folder)
+    manifest = read_manifest(folder / "package.json") or {}
     entries = found if found is not None else files(folder, who)
     defaults = Patterns((), (), DEFAULT_EXCLUDES).matcher()
     listed = manifest.get("files")

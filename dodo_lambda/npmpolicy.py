@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -21,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .files import read_manifest
 from .selection import Entry, Root
 
 # -- the child's environment ---------------------------------------------------------
@@ -163,18 +163,10 @@ def _package_dir(rel: str) -> tuple[str, str]:
         return "/".join(parts[:end]), "/".join(parts[end:])
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def skipped_scripts(node_modules: Path) -> list[str]:
     """Installed packages with install scripts (as npm's hidden lockfile records
     them), by package folder relative to ``node_modules``."""
-    lock = _read_json(node_modules / ".package-lock.json")
+    lock = read_manifest(node_modules / ".package-lock.json") or {}
     packages = lock.get("packages")
     if not isinstance(packages, dict):
         return []
@@ -212,7 +204,7 @@ def unbuilt_packages(entries: Iterable[Entry], staged: Root) -> list[tuple[str, 
     for folder in skipped_scripts(staged.path):
         if folder in built or folder in candidates:
             continue
-        scripts = _read_json(staged.path / folder / "package.json").get("scripts")
+        scripts = (read_manifest(staged.path / folder / "package.json") or {}).get("scripts")
         if not isinstance(scripts, dict):
             continue
         for key in _INSTALL_SCRIPTS:
@@ -224,7 +216,7 @@ def unbuilt_packages(entries: Iterable[Entry], staged: Root) -> list[tuple[str, 
     built_names = {package_name(folder) for folder in built}
     out = []
     for folder, why in sorted(candidates.items()):
-        optional = _read_json(staged.path / folder / "package.json").get("optionalDependencies")
+        optional = (read_manifest(staged.path / folder / "package.json") or {}).get("optionalDependencies")
         if isinstance(optional, dict) and built_names.intersection(optional):
             continue
         out.append((package_name(folder), why))

@@ -11,7 +11,6 @@ installs from the root lock is wslock.py's job.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DodoLambdaError
+from .files import read_manifest
 
 if TYPE_CHECKING:
     from .config import Function, Layer
@@ -40,14 +40,6 @@ class Workspace:
 
 
 # -- which root governs a folder ----------------------------------------------------
-
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _globs(manifest: dict[str, Any]) -> list[str] | None:

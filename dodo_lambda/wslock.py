@@ -36,7 +36,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import digest
 from .errors import DodoLambdaError
-from .workspaces import Workspace, read_manifest
+from .files import read_manifest
+from .workspaces import Workspace
 
 if TYPE_CHECKING:
     from .config import Function, Layer
