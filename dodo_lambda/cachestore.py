@@ -31,6 +31,7 @@ from .config import Function, Layer, label
 from .context import RunContext
 from .errors import DodoLambdaError
 from .files import read_json, write_json
+from .layout import BuildDir
 
 log = logging.getLogger("dodo_lambda")
 
@@ -120,7 +121,7 @@ def clients(ctx: RunContext) -> Clients:
 
 
 def _down_file(ctx: RunContext) -> Path:
-    return ctx.build_dir / "cache" / "buildcache-down.json"
+    return BuildDir(ctx.build_dir).build_cache_down
 
 
 def down(ctx: RunContext, op: str) -> bool:

@@ -198,10 +198,26 @@ def written_folders(build_dir: str | Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class BuildDir:
-    """The paths under ``build_dir`` that belong to no one item: the local invoker's
-    extraction cache and the emulator's files."""
+    """The paths under ``build_dir`` that belong to no one item: the run's shared
+    records, the local invoker's extraction cache and the emulator's files."""
 
     path: Path
+
+    # -- one project's runs
+    @property
+    def run_summary(self) -> Path:
+        """Which end-of-run lines were said in a run (records.first_to_report)."""
+        return self.path / "cache" / "summary.json"
+
+    @property
+    def doit_processes_lock(self) -> Path:
+        """Held by each doit process of the project (tasks: other processes running)."""
+        return self.path / "cache" / "doit-processes.lock"
+
+    @property
+    def build_cache_down(self) -> Path:
+        """When the shared build cache was last found unreachable (cachestore)."""
+        return self.path / "cache" / "buildcache-down.json"
 
     # -- the local invoker (invoke.py)
     @property

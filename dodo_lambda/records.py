@@ -50,6 +50,7 @@ from .aws import Clients
 from .config import Function, Layer
 from .context import RunContext
 from .files import locked, read_json, write_json
+from .layout import BuildDir
 
 FORMAT = 2
 MAX_SEEN = 8  # local keys remembered per record (profiles of the same account)
@@ -216,7 +217,7 @@ class Done:
 def first_to_report(ctx: RunContext, what: str) -> bool:
     """True the first time ``what`` is asked for in this run, across processes (under
     ``doit -P process`` each worker runs the teardowns of its own tasks)."""
-    path = ctx.build_dir / "cache" / "summary.json"
+    path = BuildDir(ctx.build_dir).run_summary
     with locked(path.with_suffix(".lock")):
         said = read_json(path)
         if not isinstance(said, dict) or said.get("run") != ctx.run_id:

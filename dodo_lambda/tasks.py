@@ -26,7 +26,7 @@ from .config import Function, Layer, bundled, label
 from .context import AwsTarget, RunContext
 from .errors import DodoLambdaError, NextStep
 from .files import locked, remove_dead_temps
-from .layout import written_folders
+from .layout import BuildDir, written_folders
 from .rules import DIRECT_UPLOAD_LIMIT
 from .stages import Stage
 from .steps import (
@@ -659,7 +659,7 @@ def _check_doit_backend(ctx: RunContext) -> None:
             getattr(manager, "_dodo_lambda_checked", False):
         return
     manager._dodo_lambda_checked = True
-    others = _other_doit_running(ctx.build_dir / "cache" / "doit-processes.lock")
+    others = _other_doit_running(BuildDir(ctx.build_dir).doit_processes_lock)
     if jobs > 1 or others:
         why = f"-n {jobs}" if jobs > 1 else "another doit process runs in this project"
         logging.getLogger("dodo_lambda").warning(
