@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +27,6 @@ from . import (
     esbuild,
     localpkgs,
     npm,
-    npmpolicy,
     workspaces,
     wslock,
 )
@@ -67,12 +65,6 @@ def _npm_version(package_json: Path) -> str | None:
     return None
 
 
-def _run_version(tool: str) -> str:
-    out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False,
-                         env=npmpolicy.child_env(os.environ))
-    return out.stdout.strip().lstrip("v").split(".")[0] or "?"
-
-
 def tool_versions(ctx: RunContext, known: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Node's and npm's major versions, without running npm: npm's own package.json
     says its version (the npm on PATH; without one, a deploy-only runner, the npm that
@@ -88,7 +80,7 @@ def tool_versions(ctx: RunContext, known: Mapping[str, Any] | None = None) -> di
     if known and known.get("stamp") == stamp and isinstance(known.get("node"), str):
         node_major = known["node"]
     else:
-        node_major = ctx.once(("node major", *stamp), lambda: _run_version("node"), wait=False)
+        node_major = ctx.once(("node major", *stamp), lambda: npm.tool_major("node"), wait=False)
     exe = shutil.which("npm")
     if exe is not None:
         places = [Path(os.path.realpath(exe)).parent.parent / "package.json"]  # bin/npm-cli.js
@@ -98,7 +90,7 @@ def tool_versions(ctx: RunContext, known: Mapping[str, Any] | None = None) -> di
                   prefix / "node_modules" / "npm" / "package.json"]  # (Windows' layout)
     npm_major = next((v for v in map(_npm_version, places) if v), None)
     if npm_major is None and exe is not None:  # a wrapper script: ask it
-        npm_major = ctx.once(("npm major", os.path.realpath(exe)), lambda: _run_version("npm"),
+        npm_major = ctx.once(("npm major", os.path.realpath(exe)), lambda: npm.tool_major("npm"),
                              wait=False)
     return {"stamp": stamp, "node": node_major, "npm": npm_major}
 

@@ -148,12 +148,15 @@ def _tools(ctx: RunContext, *known: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    versions = {}
-    for tool in ("node", "npm"):
-        out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False,
-                             env=npmpolicy.child_env(os.environ))
-        versions[tool] = out.stdout.strip().lstrip("v").split(".")[0] or "?"
-    return versions
+    return {tool: tool_major(tool) for tool in ("node", "npm")}
+
+
+def tool_major(tool: str) -> str:
+    """``node``'s or ``npm``'s major version, as it answers ``--version`` ("?" when it
+    says nothing)."""
+    out = subprocess.run([tool, "--version"], capture_output=True, text=True, check=False,
+                         env=npmpolicy.child_env(os.environ))
+    return out.stdout.strip().lstrip("v").split(".")[0] or "?"
 
 
 def install_key(item: Function | Layer, versions: dict[str, str],
