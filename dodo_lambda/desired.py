@@ -99,6 +99,16 @@ def deployed_fields(config: Mapping[str, Any], keys: Any) -> dict[str, Any]:
     return {key: deployed_value(config, key) for key in keys}
 
 
+def code_differences(local: Mapping[str, Any], deployed: Mapping[str, Any]) -> list[str]:
+    """The fields an UpdateFunctionCode sets (code, architecture) that differ."""
+    return [k for k in (CODE, ARCH) if deployed[k] != local[k]]
+
+
+def settings_changes(local: Mapping[str, Any], deployed: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields an UpdateFunctionConfiguration sets that differ, with their values."""
+    return {k: v for k, v in local.items() if k not in (CODE, ARCH) and deployed[k] != v}
+
+
 def fingerprint(values: Mapping[str, Any]) -> dict[str, str]:
     """One digest per field: what a record keeps (environment values may be secrets)."""
     return {key: value_digest(value) for key, value in values.items()}

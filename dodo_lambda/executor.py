@@ -99,11 +99,10 @@ def _make_it_ours(p: Progress, fn: Function) -> None:
     if there == local:
         return
     log.info("%s: it was there already, not as planned: updating it", p.who)
-    if (there[desired.CODE], there[desired.ARCH]) != (local[desired.CODE], local[desired.ARCH]):
+    if desired.code_differences(local, there):
         p.config = lambdas.update_code(p.c, fn.name, who=p.who, architecture=fn.architecture,
                                        config=p.config, **_code(p))
-    changes = {k: v for k, v in local.items()
-               if k not in (desired.CODE, desired.ARCH) and there[k] != v}
+    changes = desired.settings_changes(local, there)
     if changes:
         p.config = lambdas.update_configuration(p.c, fn.name, who=p.who, changes=changes,
                                                 config=p.config)

@@ -260,13 +260,13 @@ def _updates(plan: Plan, local: dict[str, Any], deployed: dict[str, Any],
             line += " (drift: changed in AWS since the last deploy)"
         return line
 
-    changes = {k: v for k, v in local.items() if k not in (CODE, ARCH) and deployed[k] != v}
+    changes = desired.settings_changes(local, deployed)
     if "Runtime" in changes and rules.update_blocked(deployed["Runtime"], today):
         # Lambda refuses any other update on a blocked runtime: move the runtime first
         plan.steps.append(Step("update_settings", why("Runtime") + " (first: Lambda refuses"
                                " other updates on the old runtime)",
                                {"changes": {"Runtime": changes.pop("Runtime")}}))
-    code = [k for k in (CODE, ARCH) if deployed[k] != local[k]]
+    code = desired.code_differences(local, deployed)
     if code:
         plan.steps.append(Step("update_code", "; ".join(why(k) for k in code)))
     if changes:
