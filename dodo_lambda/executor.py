@@ -297,8 +297,8 @@ def publish_layer(layer: Layer, ctx: RunContext, users: tuple[Function, ...] = (
         c = deploy.clients(ctx, who)
         target = records.identity(c)
         record = records.for_target(records.read(layout.published), target)
-        if not (records.verifying(ctx) or check_aws) and records.finished(record) and record \
-                and record.get("code_sha256") == m["code_sha256"]:
+        if not (records.verifying(ctx) or check_aws) and records.same_publish(record,
+                                                                             m["code_sha256"]):
             records.remember_key(layout.published, ctx, target)
             return Outcome(Plan(layer, known=True), (), record.get("arn"),
                            str(record.get("version")), m["code_sha256"], None,

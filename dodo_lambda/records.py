@@ -44,7 +44,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .aws import Clients
 from .config import Function, Layer
@@ -159,19 +159,16 @@ def write_deployed(ctx: RunContext, fn: Function, target: Mapping[str, Any], *,
 def deploy_is_recorded(fn: Function, ctx: RunContext) -> bool:
     """uptodate for deploy: the record says this code and these settings went to the
     target this machine's settings lead to. Local only: no AWS request."""
-    from .desired import settings_digest
-
     if verifying(ctx):
         return False
     record = read(ctx.layout(fn).deployed)
     m = read_json(ctx.layout(fn).manifest)
-    return (here(record, ctx) and finished(record) and record is not None and isinstance(m, dict)
-            and record.get("code_sha256") == m.get("code_sha256")
-            and record.get("settings_digest") == settings_digest(fn, ctx))
+    return here(record, ctx) and isinstance(m, dict) and \
+        same_deploy(record, fn, ctx, m.get("code_sha256"))
 
 
 def same_deploy(record: Mapping[str, Any] | None, fn: Function, ctx: RunContext,
-                code_sha256: str) -> bool:
+                code_sha256: str | None) -> bool:
     """The record (of this target) says exactly this was deployed: nothing to ask AWS
     unless verifying."""
     from .desired import settings_digest
@@ -194,8 +191,13 @@ def layer_is_recorded(layer: Layer, ctx: RunContext) -> bool:
         return False
     record = read(ctx.layout(layer).published)
     m = read_json(ctx.layout(layer).manifest)
-    return here(record, ctx) and finished(record) and record is not None and \
-        isinstance(m, dict) and record.get("code_sha256") == m.get("code_sha256")
+    return here(record, ctx) and isinstance(m, dict) and same_publish(record, m.get("code_sha256"))
+
+
+def same_publish(record: Mapping[str, Any] | None, code_sha256: str | None
+                 ) -> TypeGuard[Mapping[str, Any]]:
+    """The record (of this target) says a version of exactly this zip was published."""
+    return finished(record) and record is not None and record.get("code_sha256") == code_sha256
 
 
 # -- this run's results, for the summary ---------------------------------------------
