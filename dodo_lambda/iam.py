@@ -15,14 +15,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 from collections.abc import Iterable
 from typing import Any
 
-from .aws import _ACCESS_CODES, Clients, _error_code, aws_error
+from .aws import _ACCESS_CODES, Clients, _error_code, translating
 from .errors import DodoLambdaError, Refused
-from .lambdas import wait_scale
+from .lambdas import waiter_config
 from .rules import MANAGED
 
 PREFIX = "dodo-lambda-"
@@ -76,52 +75,49 @@ def partition(c: Clients) -> str:
 def read_role(c: Clients, name: str, *, who: str) -> dict[str, Any] | None:
     """The role (GetRole), or None when there is none of that name. A caller not allowed
     to ask is a refusal: deploy could not make the role either."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
-    try:
-        return dict(c.iam.get_role(RoleName=name)["Role"])
-    except ClientError as exc:
-        if _error_code(exc) == "NoSuchEntity":
-            return None
-        if _error_code(exc) in _ACCESS_CODES:
-            raise Refused(denied(exc, who, f"look up its execution role {name}")) from exc
-        raise aws_error(exc, who, c=c) from exc
-    except BotoCoreError as exc:
-        raise aws_error(exc, who, c=c) from exc
+    with translating(who, c=c):
+        try:
+            return dict(c.iam.get_role(RoleName=name)["Role"])
+        except ClientError as exc:
+            if _error_code(exc) == "NoSuchEntity":
+                return None
+            if _error_code(exc) in _ACCESS_CODES:
+                raise Refused(denied(exc, who, f"look up its execution role {name}")) from exc
+            raise
 
 
 def create_role(c: Clients, name: str, *, who: str, policies: list[str], function: str) -> str:
     """Create the role (or take the one a concurrent deploy just made), attach the
     policies, wait until IAM shows it; its ARN. Lambda may still refuse to assume it
     for a few seconds: lambdas.create_function waits that out."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError
 
     doing = f"create its execution role {name}"
-    try:
+    with translating(who, c=c):  # the waiter's WaiterError too
         try:
-            arn = c.iam.create_role(
-                RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST), Tags=[TAG],
-                Description=f"Execution role of Lambda function {function}, created by"
-                            " dodo_lambda")["Role"]["Arn"]
+            try:
+                arn = c.iam.create_role(
+                    RoleName=name, AssumeRolePolicyDocument=json.dumps(TRUST), Tags=[TAG],
+                    Description=f"Execution role of Lambda function {function}, created by"
+                                " dodo_lambda")["Role"]["Arn"]
+            except ClientError as exc:
+                if _error_code(exc) != "EntityAlreadyExists":
+                    raise
+                arn = c.iam.get_role(RoleName=name)["Role"]["Arn"]  # made meanwhile: same name
+            for policy in policies:
+                doing = f"attach {short(policy)} to its execution role {name}"
+                c.iam.attach_role_policy(RoleName=name, PolicyArn=policy)
+            log.info("%s: role %s created; waiting until IAM shows it (at most %d s)", who,
+                     name, ROLE_WAIT)
+            waiter = c.iam.get_waiter("role_exists")
+            doing = f"wait for its execution role {name}"
+            waiter.wait(RoleName=name, WaiterConfig=waiter_config(1.0, ROLE_WAIT))
         except ClientError as exc:
-            if _error_code(exc) != "EntityAlreadyExists":
-                raise
-            arn = c.iam.get_role(RoleName=name)["Role"]["Arn"]  # made meanwhile: same name
-        for policy in policies:
-            doing = f"attach {short(policy)} to its execution role {name}"
-            c.iam.attach_role_policy(RoleName=name, PolicyArn=policy)
-        log.info("%s: role %s created; waiting until IAM shows it (at most %d s)", who, name,
-                 ROLE_WAIT)
-        waiter = c.iam.get_waiter("role_exists")
-        doing = f"wait for its execution role {name}"
-        waiter.wait(RoleName=name, WaiterConfig={
-            "Delay": 1.0 * wait_scale(), "MaxAttempts": max(1, math.ceil(ROLE_WAIT / 1.0))})
-    except ClientError as exc:
-        if _error_code(exc) in _ACCESS_CODES:
-            raise DodoLambdaError(denied(exc, who, doing)) from exc
-        raise aws_error(exc, who, c=c) from exc
-    except BotoCoreError as exc:  # the waiter's WaiterError too
-        raise aws_error(exc, who, c=c) from exc
+            if _error_code(exc) in _ACCESS_CODES:
+                raise DodoLambdaError(denied(exc, who, doing)) from exc
+            raise
     return str(arn)
 
 

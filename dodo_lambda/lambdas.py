@@ -47,6 +47,12 @@ def wait_scale() -> float:
         return 1.0
 
 
+def waiter_config(delay: float, bound: float) -> dict[str, Any]:
+    """A botocore waiter's WaiterConfig: its delay (scaled, see ``wait_scale``) and as
+    many attempts as fit in ``bound`` seconds."""
+    return {"Delay": delay * wait_scale(), "MaxAttempts": max(1, math.ceil(bound / delay))}
+
+
 def pause(seconds: float) -> None:
     time.sleep(seconds * wait_scale())
 
@@ -135,7 +141,7 @@ def _wait(c: Clients, waiter_name: str, *, who: str, what: str, **kwargs: Any) -
 
     waiter = c.lam.get_waiter(waiter_name)
     delay = float(waiter.config.delay)
-    config = {"Delay": delay * wait_scale(), "MaxAttempts": max(1, math.ceil(WAIT_TIMEOUT / delay))}
+    config = waiter_config(delay, WAIT_TIMEOUT)
     with translating(who, c=c):
         try:
             waiter.wait(**kwargs, WaiterConfig=config)
