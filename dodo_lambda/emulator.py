@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import DodoLambdaError
-from .files import locked, read_json
+from .files import locked, pid_alive, read_json
 from .layout import BuildDir
 
 if TYPE_CHECKING:
@@ -73,22 +73,6 @@ class Emulator:
     started: bool = False  # True when this call started it
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # an exited server waits for init to reap it: a zombie is gone for us
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc here: trust kill()
-
-
 def status(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
     """The server's own answer about itself, or None when nothing answers there."""
     try:
@@ -102,7 +86,7 @@ def status(url: str, timeout: float = 5.0) -> dict[str, Any] | None:
 def running(build_dir: str | Path) -> Emulator | None:
     """The project's live server, or None (a stale state file is ignored)."""
     state = read_json(paths(build_dir).emulator_state)
-    if not isinstance(state, dict) or not _pid_alive(int(state.get("pid", 0) or 0)):
+    if not isinstance(state, dict) or not pid_alive(int(state.get("pid", 0) or 0)):
         return None
     answer = status(str(state.get("url")))
     if not answer or answer.get("id") != state.get("id"):
@@ -114,7 +98,7 @@ def target_key(build_dir: str | Path) -> str:
     """Which server deploys go to, without a request: its id from the state file. A
     new server is a new target, so deploy tasks run again (and find it empty)."""
     state = read_json(paths(build_dir).emulator_state)
-    if isinstance(state, dict) and _pid_alive(int(state.get("pid", 0) or 0)):
+    if isinstance(state, dict) and pid_alive(int(state.get("pid", 0) or 0)):
         return f"emulator-{state.get('id')}"
     return "emulator-none"
 
@@ -214,9 +198,9 @@ def stop(build_dir: str | Path, *, timeout: float = 15.0) -> Emulator | None:
             with _open(request, 5) as resp:
                 resp.read()
         deadline = time.monotonic() + timeout
-        while _pid_alive(found.pid) and time.monotonic() < deadline:
+        while pid_alive(found.pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # a foreign process: nothing to wait on but its pid
-        if _pid_alive(found.pid):
+        if pid_alive(found.pid):
             with contextlib.suppress(OSError):
                 os.kill(found.pid, 9)
         f.emulator_state.unlink(missing_ok=True)

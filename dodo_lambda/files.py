@@ -83,13 +83,17 @@ def remove_dead_temps(*folders: Path, skip: tuple[str, ...] = ()) -> list[Path]:
             target = name[1:match.start(1) - 1]  # .<target>.<pid>.tmp
             if skip and target.endswith(skip):
                 continue
-            if not _alive(int(match.group(1))) and (folder / name).is_file():
+            if not pid_alive(int(match.group(1))) and (folder / name).is_file():
                 (folder / name).unlink(missing_ok=True)
                 removed.append(folder / name)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (an exited one that waits to be reaped, a
+    zombie, does not)."""
+    if pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:
@@ -98,4 +102,8 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # someone else's process
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc here: trust kill()

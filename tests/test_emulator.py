@@ -19,6 +19,7 @@ import pytest
 from projects import LAYER, Project
 
 from dodo_lambda import emulator
+from dodo_lambda.files import pid_alive
 
 HANDLERS = {
     "hello/index.js": """
@@ -66,7 +67,7 @@ def _wait_until(done, timeout: float = 30.0) -> bool:
 
 
 def _wait_gone(pids: list[int], timeout: float = 30.0) -> bool:
-    return _wait_until(lambda: not any(emulator._pid_alive(p) for p in pids), timeout)
+    return _wait_until(lambda: not any(pid_alive(p) for p in pids), timeout)
 
 
 @pytest.fixture
@@ -213,7 +214,7 @@ def test_a_watch_keeps_its_server_awake(emu: Project) -> None:
     emulator.keep_awake(build_dir, stop, every=0.1)
     try:
         # three idle times with the watch's status requests: the server is still there
-        assert not _wait_until(lambda: not emulator._pid_alive(server.pid), timeout=3.0)
+        assert not _wait_until(lambda: not pid_alive(server.pid), timeout=3.0)
         found = emulator.running(build_dir)
         assert found is not None and (found.id, found.pid) == (server.id, server.pid)
     finally:
