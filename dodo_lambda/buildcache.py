@@ -37,12 +37,11 @@ DEFAULT_PREFIX = cachestore.DEFAULT_PREFIX
 RECORD_FORMAT = 1
 
 
-def computed(item: Function | Layer, ctx: RunContext,
-             memory: Mapping[str, Any] | None = None) -> Computed:
+def computed(item: Function | Layer, ctx: RunContext) -> Computed:
     """The item's key, computed once per run (the npm, bundle and package checks and
-    the package step all ask)."""
+    the package step all ask), from what the last fetch remembered."""
     return ctx.once(("build cache key", item.kind, item.build_name),
-                    lambda: compute(item, ctx, memory), wait=False)
+                    lambda: compute(item, ctx, _memory(item, ctx)), wait=False)
 
 
 def lookup(item: Function | Layer, ctx: RunContext) -> Found | None:
@@ -50,7 +49,7 @@ def lookup(item: Function | Layer, ctx: RunContext) -> Found | None:
     cannot be used). Once per run and item."""
     if ctx.cache is None or cachestore.down(ctx, "read"):
         return None
-    key = computed(item, ctx, _memory(item, ctx)).key
+    key = computed(item, ctx).key
 
     def read() -> Found | None:
         found = cachestore.read_entry(item, ctx, key)
@@ -92,7 +91,7 @@ def _is_fetched(item: Function | Layer, ctx: RunContext) -> bool:
         return False
     if list(zip_stat(layout.zip) or ()) != record.get("zip") or not layout.manifest.is_file():
         return False
-    if computed(item, ctx, record.get("memory")).key != record.get("key"):
+    if computed(item, ctx).key != record.get("key"):
         return False
     extras = record.get("extras") or {}
     moved = False
@@ -152,7 +151,7 @@ def package(item: Function | Layer, ctx: RunContext,
     if problem:
         raise DodoLambdaError(problem)
     try:
-        done = computed(item, ctx, _memory(item, ctx))
+        done = computed(item, ctx)
     except DodoLambdaError:
         done = None  # the build says what is wrong, in its own words
     if done is not None:
