@@ -152,7 +152,7 @@ def _remove_bundle(fn: Function, ctx: RunContext) -> None:
     layout.bundle_record.unlink(missing_ok=True)
 
 
-def _bundle_task(fn: Function, ctx: RunContext) -> TaskDict:
+def _bundle_task(fn: Function, ctx: RunContext, deps: bool) -> TaskDict:
     layout = ctx.layout(fn)
     return {
         "basename": "bundle",
@@ -160,7 +160,7 @@ def _bundle_task(fn: Function, ctx: RunContext) -> TaskDict:
         "doc": f"{label(fn)}: esbuild {fn.handler} from {fn.source} into {layout.bundle_out}",
         "actions": [(run_step, ["bundle", (fn, ctx)])],
         # the npm step first; whether its result changed is the bundle's own check
-        "task_dep": [f"npm:{fn.name}"] if npm.has_dependencies(fn) else [],
+        "task_dep": [f"npm:{fn.name}"] if deps else [],
         "targets": [str(layout.bundle_record)],
         "uptodate": [(bundle.is_bundled, [fn, ctx])],
         "clean": [(_remove_bundle, [fn, ctx])],
@@ -168,10 +168,10 @@ def _bundle_task(fn: Function, ctx: RunContext) -> TaskDict:
     }
 
 
-def _package_task(item: Item, ctx: RunContext) -> TaskDict:
+def _package_task(item: Item, ctx: RunContext, deps: bool) -> TaskDict:
     layout = ctx.layout(item)
     file_dep = []
-    if npm.has_dependencies(item):
+    if deps:
         file_dep.append(str(layout.install_record))
     return {
         "basename": "package",
@@ -460,7 +460,7 @@ def verify_staging() -> bool:
                                  os.environ.get("CI")))
 
 
-def _cached(task: TaskDict, item: Item, ctx: RunContext) -> TaskDict:
+def _cached(task: TaskDict, item: Item, ctx: RunContext, deps: bool) -> TaskDict:
     """With a shared build cache the npm, bundle and package steps are decided by their
     uptodate checks alone (which cover the files doit would watch): a fresh checkout
     whose package is in the cache has no install record, bundle or doit state to
@@ -471,7 +471,7 @@ def _cached(task: TaskDict, item: Item, ctx: RunContext) -> TaskDict:
     elif step == "bundle":
         task.update(targets=[], uptodate=[(buildcache.bundle_is_current, [item, ctx])])
     elif step == "package":
-        if npm.has_dependencies(item) and not bundled(item):
+        if deps and not bundled(item):
             task["task_dep"] = [*task["task_dep"], f"npm:{item.name}"]  # was the file_dep's
         task.update(file_dep=[], uptodate=[(buildcache.is_packaged, [item, ctx])],
                     clean=[*task["clean"], (buildcache.forget, [item, ctx])])
@@ -572,12 +572,13 @@ def lambda_tasks(*items: Item, build_dir: str = ".dodo_lambda", profile: str | N
             item = _built_for_users(item, items)
         valid.append(item)
         built = []
-        if npm.has_dependencies(item):
+        deps = npm.has_dependencies(item)  # package.json read once for the item's tasks
+        if deps:
             built.append(_npm_task(item, ctx))
         if bundled(item):
-            built.append(_bundle_task(item, ctx))
-        built.append(_package_task(item, ctx))
-        tasks += [_cached(t, item, ctx) for t in built] if ctx.cache is not None else built
+            built.append(_bundle_task(item, ctx, deps))
+        built.append(_package_task(item, ctx, deps))
+        tasks += [_cached(t, item, ctx, deps) for t in built] if ctx.cache is not None else built
         dep = staging.staged(item, stage)  # the item itself without stages
         problem = staging.staged_problem(item, dep, stage)
         if problem:
