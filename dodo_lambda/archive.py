@@ -4,19 +4,21 @@ Same inputs, same bytes: entries sorted by path, one fixed timestamp, modes
 normalised to 0644/0755, no extra fields, deflate from a compressor that ships
 inside its wheel (libdeflate via ``deflate``). Files are compressed in worker
 threads (the compressors release the GIL) through a bounded window, so memory
-stays flat. A rebuild copies the unchanged entries' bytes from the previous
-zip, as ``zip -FS`` does, and recompresses only what changed; the output is
-identical to a cold build because each entry's bytes depend only on its path,
-content and mode. A staged dependency tree is written as a *segment*, first in
-the file (the central directory still lists every entry in path order): streamed
-from its walk, nothing kept per file but its directory record's bytes, and
-copied whole, entries and directory records, while it stays the same.
+stays flat; a large staged tree, by two processes (``splitpack``). A rebuild
+copies the unchanged entries' bytes from the previous zip, as ``zip -FS`` does,
+and recompresses only what changed; the output is identical to a cold build
+because each entry's bytes depend only on its path, content and mode. A staged
+dependency tree is written as a *segment*, first in the file (the central
+directory still lists every entry in path order): streamed from its walk, nothing
+kept per file but its directory record's bytes, and copied whole, entries and
+directory records, while it stays the same.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import struct
 import time
@@ -188,11 +190,11 @@ _INLINE = 16  # files to read at most for a rebuild to pack them without workers
 
 def _pool(entries: Sequence[Entry], cache: Mapping[str, CachedEntry],
           staged: Staged | Segment | None) -> contextlib.AbstractContextManager[Executor | None]:
-    """Threads: libdeflate and hashlib release the GIL. A pool of forked processes
-    was measured too (benchmarks/bench_package.py, this 2-core machine, interleaved):
-    no faster on 24,000 files, slower on 7,000 (fork and pickling), a quarter more
-    CPU; the per-file Python work left under the GIL is what was cut instead. An
-    edit's rebuild, with a few files to read, packs them itself (no threads to start)."""
+    """Threads: libdeflate and hashlib release the GIL, but the per-file Python work
+    does not. A pool of forked processes fed by pickling was measured no faster (this
+    2-core machine); a staged tree of known content is packed by two processes that
+    share nothing but a batch counter instead (splitpack). An edit's rebuild, with a
+    few files to read, packs them itself (no threads to start)."""
     if not isinstance(staged, Staged):
         todo = 0
         for e in entries:
@@ -548,7 +550,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
             if isinstance(staged, Segment):
                 writer.copy_segment(staged)
             elif staged is not None:
-                _write_staged(writer, staged, pool, who, total, entries)
+                _write_staged(writer, staged, pool, who, total, entries, tmp)
             for packed in _ordered(entries, cache, pool):
                 writer.add(packed)
             writer.finish()
@@ -578,9 +580,9 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
 
 
 def _write_staged(writer: _Writer, part: Staged, pool: Executor | None, who: str, known: int,
-                  entries: Sequence[Entry]) -> None:
+                  entries: Sequence[Entry], tmp: Path) -> None:
     """Stream a staged tree into the zip, checking Lambda's limits as it goes (``known``:
-    the unzipped size of the own ``entries``)."""
+    the unzipped size of the own ``entries``, which come after it)."""
 
     def checked() -> Iterator[Entry]:
         for e in part.entries:
@@ -589,10 +591,27 @@ def _write_staged(writer: _Writer, part: Staged, pool: Executor | None, who: str
             yield e
 
     seg = _Sum(part.prefix, part.key, part.content)
-    for packed in _ordered(checked(), {}, pool, hashed=part.content is None):
+    walk = checked()
+    if part.content is not None:  # known content: the files need no hash, nor one writer
+        from . import splitpack
+
+        if splitpack.usable():
+            head = list(itertools.islice(walk, splitpack.FORK_AFTER))
+            if len(head) < splitpack.FORK_AFTER:
+                walk = iter(head)
+            else:
+                room = (MAX_ENTRIES - len(entries), UNZIPPED_LIMIT - known)
+                over = splitpack.write(writer, seg, itertools.chain(head, walk), tmp, room)
+                if over is not None and over[0] == "files":
+                    raise _too_many(who, over[1] + len(entries))
+                if over is not None or known + seg.unzipped > UNZIPPED_LIMIT:
+                    raise _too_big(who, known + seg.unzipped, entries, part.prefix, seg.packages)
+                writer.end(seg)
+                return
+    for packed in _ordered(walk, {}, pool, hashed=part.content is None):
         writer.add(packed, seg)
-        if writer.count > MAX_ENTRIES:
-            raise _too_many(who, writer.count)
+        if writer.count + len(entries) > MAX_ENTRIES:
+            raise _too_many(who, writer.count + len(entries))
         if known + seg.unzipped > UNZIPPED_LIMIT:
             raise _too_big(who, known + seg.unzipped, entries, part.prefix, seg.packages)
     writer.end(seg)
