@@ -17,7 +17,7 @@ from typing import Any
 from . import archive, digest, entrycache, npm, npmpolicy
 from .config import Function, Layer, bundled, label
 from .context import RunContext
-from .entrycache import EntryCache, Segment, zip_stat
+from .entrycache import EntryCache, HandlerMemo, Segment, zip_stat
 from .errors import DodoLambdaError, NextStep
 from .files import locked, read_json, write_json
 from .layout import Layout
@@ -198,7 +198,8 @@ def write_package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
     chosen = scan.selection or choose(scan.own, rules, who, roots(item, ctx.build_dir))
     entries = chosen.entries
     seg = segment_root(item, ctx.build_dir)
-    check_entries(item, ctx.build_dir, entries, seg)
+    known = scan.cache.handler if scan.cache and scan.cache.options == options else None
+    memo = check_entries(item, ctx.build_dir, entries, seg, known)
     _warn_defaults(item, chosen)
     with locked(layout.package_lock):  # one writer of this zip at a time
         remove_stale_temps(layout)
@@ -216,7 +217,7 @@ def write_package(item: Function | Layer, ctx: RunContext) -> archive.ZipResult:
         layout.entries.unlink(missing_ok=True)  # stale the moment the zip changes
         result = archive.write_zip(entries, layout.zip, who=who, staged=staged,
                                    previous=cache.records if cache else None)
-        _record(item, layout, options, scan.stat, chosen, result, rules.sources)
+        _record(item, layout, options, scan.stat, chosen, result, rules.sources, memo)
     _warn_native(item, layout, entries, result.segment)
     return result
 
@@ -302,12 +303,14 @@ def _why(name: str) -> str:
 
 
 def check_entries(item: Function | Layer, build_dir: Path, entries: list[Entry],
-                  staged: Root | None = None) -> None:
+                  staged: Root | None = None, known: HandlerMemo | None = None
+                  ) -> HandlerMemo | None:
     """What must hold of the selected files before a zip is written: no file where
     the package needs a folder, nothing from the build dir, and (functions) a
     handler that Lambda can load. ``staged`` is the staged tree when it is packed
     as a segment (its files are not in ``entries``). Raises DodoLambdaError;
-    warnings are logged."""
+    warnings are logged. Returns the handler check's memo to keep with the zip
+    (``known``: the previous zip's, which spares the check when it still holds)."""
     who = label(item)
     clash = folder_clash(entries, [r.prefix for r in roots(item, build_dir)],
                          [staged.prefix] if staged is not None else [])
@@ -330,26 +333,46 @@ def check_entries(item: Function | Layer, build_dir: Path, entries: list[Entry],
                 " would pack its own build output: exclude it (exclude=) or move build_dir="
                 " outside the source")
     if isinstance(item, Function):
-        _check_handler(item, build_dir, entries, staged)
+        return _check_handler(item, build_dir, entries, staged, known)
+    return None
+
+
+def _handler_key(fn: Function, entries: list[Entry]) -> str:
+    return digest.value_digest([fn.handler, fn.runtime, fn.source,
+                                "\0".join(e.arcname for e in entries)])
 
 
 def _check_handler(fn: Function, build_dir: Path, entries: list[Entry],
-                   staged: Root | None = None) -> None:
+                   staged: Root | None = None, known: HandlerMemo | None = None
+                   ) -> HandlerMemo | None:
+    """The handler check, spared when ``known`` was made for the same handler and file
+    names and the files it read are unchanged (an edit elsewhere: most rebuilds)."""
+    who = label(fn)
+    by_name = {e.arcname: e for e in entries}
+    if known is not None and known.key == _handler_key(fn, entries) and all(
+            (e := by_name.get(read[0])) is not None and (e.size, e.mtime_ns, e.ctime_ns) == read[1:]
+            for read in known.reads):
+        for warning in known.warnings:
+            log.warning("%s: %s", who, warning)
+        return known
     from . import handlers  # with its JavaScript reader: only when a package is built
 
-    who = label(fn)
     files = {e.arcname: e.path for e in entries}
-    if staged is not None and not handlers.in_package(files, fn.handler):
+    own = handlers.in_package(files, fn.handler)  # then neither node_modules nor layers count
+    if staged is not None and not own:
         # a handler loaded from node_modules (or missing): the staged tree's names count
         files.update((e.arcname, e.path) for e in stream_staged(staged, patterns(fn, build_dir),
                                                                  who))
 
+    reads: list[str] = []
+
     def read(arcname: str) -> bytes:
+        reads.append(arcname)
         with open(files[arcname], "rb") as f:
             return f.read(handlers.MAX_READ + 1)
 
     layers: list[set[str] | None] = []
-    if fn.layers and not handlers.in_package(files, fn.handler):
+    if fn.layers and not own:
         for layer in fn.layers:
             if isinstance(layer, str):
                 layers.append(None)
@@ -366,14 +389,21 @@ def _check_handler(fn: Function, build_dir: Path, entries: list[Entry],
         log.warning("%s: %s", who, warning)
     if verdict.error:
         raise DodoLambdaError(f"{who}: {verdict.error}")
+    if not own or any(name not in by_name for name in reads):
+        return None  # it looked into node_modules or layers: checked on every build
+    return HandlerMemo(_handler_key(fn, entries), tuple(
+        (name, by_name[name].size, by_name[name].mtime_ns, by_name[name].ctime_ns)
+        for name in dict.fromkeys(reads)), tuple(verdict.warnings))
 
 
 def _record(item: Function | Layer, layout: Layout, options: str, stat: str,
-            chosen: Selection, result: archive.ZipResult, sources: Sources | None = None) -> None:
+            chosen: Selection, result: archive.ZipResult, sources: Sources | None = None,
+            handler: HandlerMemo | None = None) -> None:
     """The manifest (for people and the deploy steps) and the entry cache."""
     write_manifest(item, layout, chosen, result)
     entrycache.write(layout.entries, EntryCache(options, zip_stat(layout.zip), stat,
-                                                result.records, result.segment, sources))
+                                                result.records, result.segment, sources,
+                                                handler))
 
 
 def write_manifest(item: Function | Layer, layout: Layout, chosen: Selection,
@@ -490,5 +520,5 @@ def _is_packaged(item: Function | Layer, ctx: RunContext) -> bool:
             records[e.arcname] = rec._replace(size=e.size, mtime_ns=e.mtime_ns,
                                               ctime_ns=e.ctime_ns, mode=e.mode, sha256=sha)
     entrycache.write(layout.entries, EntryCache(cache.options, cache.zip, scan.stat, records,
-                                                cache.segment, cache.sources))
+                                                cache.segment, cache.sources, cache.handler))
     return True

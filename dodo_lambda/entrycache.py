@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from .files import write_atomic
 
-_MAGIC = b"dodo_lambda-cache-3\n"
+_MAGIC = b"dodo_lambda-cache-4\n"
 
 
 class CachedEntry(NamedTuple):
@@ -61,6 +61,15 @@ class Segment(NamedTuple):
     notable: list[tuple[str, str]]  # (zip path, file) of .node and binding.gyp files
 
 
+class HandlerMemo(NamedTuple):
+    """A handler check that passed, and what it depended on: a rebuild whose file names
+    and read files are the same need not read and parse the handler again."""
+
+    key: str  # the handler, runtime, source and every selected zip path
+    reads: tuple[tuple[str, int, int, int], ...]  # (zip path, size, mtime_ns, ctime_ns)
+    warnings: tuple[str, ...]  # shown again when the check is skipped
+
+
 @dataclass
 class EntryCache:
     """The record of one zip: how it was made and what is in it."""
@@ -72,6 +81,7 @@ class EntryCache:
     segment: Segment | None  # the staged tree's block
     # the selection's compiled regexes (selection.Patterns.sources), for the same options
     sources: tuple[str | None, str | None, str | None] | None = None
+    handler: HandlerMemo | None = None  # the handler check this zip passed
 
 
 def zip_stat(path: Path) -> tuple[int, int] | None:
@@ -88,11 +98,13 @@ def read(path: Path) -> EntryCache | None:
         data = path.read_bytes()
         if not data.startswith(_MAGIC):
             return None
-        options, zip_, stat, records, segment, sources = marshal.loads(data[len(_MAGIC):])
+        options, zip_, stat, records, segment, sources, handler = marshal.loads(
+            data[len(_MAGIC):])
         return EntryCache(options, (zip_[0], zip_[1]) if zip_ else None, stat,
                           {name: CachedEntry._make(rec) for name, rec in records.items()},
                           Segment._make(segment) if segment else None,
-                          (sources[0], sources[1], sources[2]) if sources else None)
+                          (sources[0], sources[1], sources[2]) if sources else None,
+                          HandlerMemo._make(handler) if handler else None)
     except (OSError, ValueError, EOFError, TypeError, AttributeError):
         return None
 
@@ -100,5 +112,6 @@ def read(path: Path) -> EntryCache | None:
 def write(path: Path, cache: EntryCache) -> None:
     records = {name: tuple(rec) for name, rec in cache.records.items()}
     segment = tuple(cache.segment) if cache.segment else None
-    data: Any = (cache.options, cache.zip, cache.stat, records, segment, cache.sources)
+    handler = tuple(cache.handler) if cache.handler else None
+    data: Any = (cache.options, cache.zip, cache.stat, records, segment, cache.sources, handler)
     write_atomic(path, _MAGIC + marshal.dumps(data))

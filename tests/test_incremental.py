@@ -119,3 +119,37 @@ def test_a_file_that_changed_since_its_stat_is_read_whole(tmp_path: Path, walked
         assert archive._read(fd, walked_size) == b"12345"
     finally:
         os.close(fd)
+
+
+def test_a_rebuild_rechecks_the_handler_only_when_what_it_read_or_the_names_change(
+        project: Project, monkeypatch, caplog) -> None:
+    from dodo_lambda import Function, build, handlers
+    from dodo_lambda.context import RunContext
+    from dodo_lambda.errors import DodoLambdaError
+
+    (project.fn / "index.js").write_text("module.exports = makeHandlers();\n")  # a warning
+    assert project.doit("package").rc == 0
+    monkeypatch.chdir(project.root)
+    checks: list[str] = []
+    real = handlers.check_handler
+    monkeypatch.setattr(handlers, "check_handler",
+                        lambda *a, **k: checks.append(a[2]) or real(*a, **k))
+    fn = Function("demo", source="fn", handler="index.handler")
+
+    def rebuild() -> None:
+        build.package(fn, RunContext(Path(".dodo_lambda")))
+
+    _edit(project.fn)  # a file the check does not read
+    caplog.clear()
+    rebuild()
+    assert checks == []
+    assert "cannot tell whether" in caplog.text  # its warning, shown again
+
+    _add(project.fn)  # new names: a file may now shadow the handler's
+    rebuild()
+    assert checks == ["index.handler"]
+
+    (project.fn / "index.js").write_text("exports.hander = async () => 1;\n")  # the file it read
+    with pytest.raises(DodoLambdaError, match="hander"):
+        rebuild()
+    assert checks == ["index.handler"] * 2
