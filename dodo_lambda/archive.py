@@ -34,6 +34,7 @@ import deflate
 from .digest import ContentDigest, same_stat, zip_content_digest
 from .entrycache import CachedEntry, Segment
 from .errors import DodoLambdaError
+from .files import replace_big
 from .selection import Entry, zip_mode
 
 if TYPE_CHECKING:
@@ -550,7 +551,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
             if isinstance(staged, Segment):
                 writer.copy_segment(staged)
             elif staged is not None:
-                _write_staged(writer, staged, pool, who, total, entries, tmp)
+                _write_staged(writer, staged, pool, who, total, entries, dest)
             for packed in _ordered(entries, cache, pool):
                 writer.add(packed)
             writer.finish()
@@ -559,7 +560,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
             sha = hashlib.sha256()
             with open(tmp, "rb") as f:
                 _copy_exact(f, sha.update, tmp.stat().st_size)
-        os.replace(tmp, dest)
+        replace_big(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -580,7 +581,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
 
 
 def _write_staged(writer: _Writer, part: Staged, pool: Executor | None, who: str, known: int,
-                  entries: Sequence[Entry], tmp: Path) -> None:
+                  entries: Sequence[Entry], dest: Path) -> None:
     """Stream a staged tree into the zip, checking Lambda's limits as it goes (``known``:
     the unzipped size of the own ``entries``, which come after it)."""
 
@@ -601,7 +602,7 @@ def _write_staged(writer: _Writer, part: Staged, pool: Executor | None, who: str
                 walk = iter(head)
             else:
                 room = (MAX_ENTRIES - len(entries), UNZIPPED_LIMIT - known)
-                over = splitpack.write(writer, seg, itertools.chain(head, walk), tmp, room)
+                over = splitpack.write(writer, seg, itertools.chain(head, walk), dest, room)
                 if over is not None and over[0] == "files":
                     raise _too_many(who, over[1] + len(entries))
                 if over is not None or known + seg.unzipped > UNZIPPED_LIMIT:

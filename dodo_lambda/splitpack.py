@@ -32,6 +32,7 @@ from typing import Any
 
 from . import archive
 from .errors import DodoLambdaError
+from .files import settle
 from .selection import Entry
 
 FORK_AFTER = 512  # files walked before forking: a smaller tree is not worth a process
@@ -46,7 +47,10 @@ _Batch = tuple[int, int, int, int, bytes, int, int, dict[str, int], list[tuple[s
 
 
 def usable() -> bool:
-    return sys.platform == "linux" and archive.WORKERS >= 2 and threading.active_count() == 1
+    if sys.platform != "linux" or archive.WORKERS < 2:
+        return False
+    settle()  # an earlier zip's old file being freed: its thread would be forked with us
+    return threading.active_count() == 1
 
 
 class _Counter:
@@ -177,12 +181,13 @@ def _decoded(data: bytes, code: int) -> tuple[list[_Batch], tuple[str, int] | No
     return payload[1], payload[2]
 
 
-def write(writer: archive._Writer, seg: archive._Sum, entries: Iterator[Entry], tmp: Path,
+def write(writer: archive._Writer, seg: archive._Sum, entries: Iterator[Entry], dest: Path,
           room: tuple[int, int]) -> tuple[str, int] | None:
     """Pack ``entries`` (a walk in progress) as two processes and append them to
-    ``writer`` in order, summed into ``seg``; a limit passed is returned as in
-    ``_pack_share`` (the caller raises: it knows the whole item)."""
-    parts = [tmp.with_name(f"{tmp.name[:-4]}.{i}.tmp") for i in (0, 1)]
+    ``writer`` (the zip to be ``dest``) in order, summed into ``seg``; a limit passed is
+    returned as in ``_pack_share`` (the caller raises: it knows the whole item)."""
+    # temporary files as the build knows them: .<zip>.<what>.<pid>.tmp
+    parts = [dest.with_name(f".{dest.name}.part{i}.{os.getpid()}.tmp") for i in (0, 1)]
     counter = _Counter()
     rfd, wfd = os.pipe()
     try:
