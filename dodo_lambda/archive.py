@@ -34,7 +34,6 @@ import deflate
 from .digest import ContentDigest, same_stat, zip_content_digest
 from .entrycache import CachedEntry, Segment
 from .errors import DodoLambdaError
-from .files import replace_big
 from .selection import Entry, zip_mode
 
 if TYPE_CHECKING:
@@ -560,7 +559,7 @@ def write_zip(entries: Sequence[Entry], dest: Path, *, who: str,
             sha = hashlib.sha256()
             with open(tmp, "rb") as f:
                 _copy_exact(f, sha.update, tmp.stat().st_size)
-        replace_big(tmp, dest)
+        os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,35 +22,6 @@ def write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-_discarding: list[threading.Thread] = []
-
-
-def replace_big(tmp: Path, dest: Path) -> None:
-    """``os.replace`` for a file of megabytes, the old file's blocks freed off this
-    thread: on ext4 freeing an 8.6 MB zip takes 5 ms, which the rest of the run
-    (records, doit's own bookkeeping) can overlap. The old file is held open across
-    the replace, so the replace frees nothing; the last close, on a thread, does (no
-    name is left behind for a later delete of the folder to trip on)."""
-    try:
-        fd = os.open(dest, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:  # no old file
-        os.replace(tmp, dest)
-        return
-    try:
-        os.replace(tmp, dest)
-    finally:
-        thread = threading.Thread(target=os.close, args=(fd,), name="dodo_lambda-discard")
-        thread.start()
-        _discarding[:] = [t for t in _discarding if t.is_alive()]  # a watch replaces often
-        _discarding.append(thread)
-
-
-def settle() -> None:
-    """Wait for the old files ``replace_big`` is still freeing (before a fork)."""
-    while _discarding:
-        _discarding.pop().join()
 
 
 def write_json(path: Path, value: Any) -> None:

@@ -32,7 +32,6 @@ from typing import Any
 
 from . import archive
 from .errors import DodoLambdaError
-from .files import settle
 from .selection import Entry
 
 FORK_AFTER = 512  # files walked before forking: a smaller tree is not worth a process
@@ -47,10 +46,7 @@ _Batch = tuple[int, int, int, int, bytes, int, int, dict[str, int], list[tuple[s
 
 
 def usable() -> bool:
-    if sys.platform != "linux" or archive.WORKERS < 2:
-        return False
-    settle()  # an earlier zip's old file being freed: its thread would be forked with us
-    return threading.active_count() == 1
+    return sys.platform == "linux" and archive.WORKERS >= 2 and threading.active_count() == 1
 
 
 class _Counter:
@@ -186,7 +182,7 @@ def write(writer: archive._Writer, seg: archive._Sum, entries: Iterator[Entry], 
     """Pack ``entries`` (a walk in progress) as two processes and append them to
     ``writer`` (the zip to be ``dest``) in order, summed into ``seg``; a limit passed is
     returned as in ``_pack_share`` (the caller raises: it knows the whole item)."""
-    # temporary files as the build knows them: .<zip>.<what>.<pid>.tmp
+    # temporary files as the build's cleaners know them: .<zip>.<what>.<pid>.tmp
     parts = [dest.with_name(f".{dest.name}.part{i}.{os.getpid()}.tmp") for i in (0, 1)]
     counter = _Counter()
     rfd, wfd = os.pipe()
