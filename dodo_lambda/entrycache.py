@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import marshal
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -70,8 +69,7 @@ class HandlerMemo(NamedTuple):
     warnings: tuple[str, ...]  # shown again when the check is skipped
 
 
-@dataclass
-class EntryCache:
+class EntryCache(NamedTuple):
     """The record of one zip: how it was made and what is in it."""
 
     options: str  # the packaging options' digest it was built with
