@@ -40,6 +40,7 @@ _NEXT = struct.Struct("<qq")  # the next batch to take, and whether to stop
 _NAME_LEN = struct.Struct("<H")  # in a central directory record, at byte 28
 _OFFSET = struct.Struct("<I")  # in a central directory record, at byte 42
 _RECORD = 46  # a central directory record without its name (no extra, no comment)
+_COPY = 1 << 20
 
 # one packed batch: (index, part, start, end, records, files, unzipped, packages, notable)
 _Batch = tuple[int, int, int, int, bytes, int, int, dict[str, int], list[tuple[str, str]]]
@@ -233,26 +234,29 @@ def _append(writer: archive._Writer, seg: archive._Sum, batches: list[_Batch],
     batches one process wrote one after the other in one piece), their records moved."""
     if [b[0] for b in batches] != list(range(len(batches))):
         raise RuntimeError("the zip's two processes lost a batch")  # a bug, not an input
-    with open(parts[0], "rb") as f0, open(parts[1], "rb") as f1:
-        maps = [mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.fstat(f.fileno()).st_size
-                else None for f in (f0, f1)]
-        try:
-            views = [memoryview(m) if m is not None else memoryview(b"") for m in maps]
-            writer._drain()
-            for part, start, end in _runs(batches):
-                with views[part][start:end] as view:
-                    writer._write(view)
-            for b in batches:
-                writer.staged_cd += _moved(b[4], writer.pos - b[2])
-                writer.pos += b[3] - b[2]
-                writer.count += b[5]
-                writer.unzipped += b[6]
-            for v in views:
-                v.release()
-        finally:
-            for m in maps:
-                if m is not None:
-                    m.close()
+    # read into one buffer, not mapped: mapped pages would count in the build's memory
+    buf = bytearray(_COPY)
+    view = memoryview(buf)
+    writer._drain()
+    with open(parts[0], "rb", buffering=0) as f0, open(parts[1], "rb", buffering=0) as f1:
+        files = (f0, f1)
+        for part, start, end in _runs(batches):
+            f = files[part]
+            f.seek(start)
+            left = end - start
+            while left > 0:
+                n = f.readinto(view[:min(_COPY, left)])
+                if not n:
+                    raise DodoLambdaError(f"{f.name} was cut short while the zip was written;"
+                                          " run the build again")
+                writer._write(view[:n])
+                left -= n
+    view.release()
+    for b in batches:
+        writer.staged_cd += _moved(b[4], writer.pos - b[2])
+        writer.pos += b[3] - b[2]
+        writer.count += b[5]
+        writer.unzipped += b[6]
     _sum(seg, batches)
 
 
