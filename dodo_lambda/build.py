@@ -255,14 +255,15 @@ def remove_stale_temps(layout: Layout) -> None:
 
 
 def clean_package(item: Function | Layer, ctx: RunContext) -> None:
-    """`doit clean`: the zip, its manifest and any temporary file a killed run left
-    (under the package lock, so a build running now finishes first)."""
+    """`doit clean`: the zip, the spare it is written over, its manifest and any
+    temporary file a killed run left (under the package lock, so a build running now
+    finishes first)."""
     layout = ctx.layout(item)
     if not layout.zip.parent.is_dir():
         return
     with locked(layout.package_lock):
         remove_stale_temps(layout)
-        for path in (layout.zip, layout.manifest):
+        for path in (layout.zip, archive.spare_path(layout.zip), layout.manifest):
             path.unlink(missing_ok=True)
 
 

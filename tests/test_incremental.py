@@ -153,3 +153,50 @@ def test_a_rebuild_rechecks_the_handler_only_when_what_it_read_or_the_names_chan
     with pytest.raises(DodoLambdaError, match="hander"):
         rebuild()
     assert checks == ["index.handler"] * 2
+
+
+def test_a_rebuild_writes_over_the_zip_before_and_gives_a_cold_builds_bytes(
+        project: Project) -> None:
+    from dodo_lambda import archive
+
+    zip_path = project.zip_path()
+    spare = archive.spare_path(zip_path)
+
+    def build() -> bytes:
+        run = project.doit("package")
+        assert "package:demo" in run.executed, run.text
+        return zip_path.read_bytes()
+
+    first = build()
+    assert not spare.exists()  # nothing replaced yet
+    _edit(project.fn)
+    build()
+    assert spare.read_bytes() == first  # the replaced zip, kept to be written over
+    blob = project.fn / "blob.txt"
+    blob.write_text("".join(f"line {n} of a file that makes the zip bigger\n"
+                            for n in range(40_000)))
+    bigger = build()  # written over the smaller first zip: it grew
+    blob.unlink()
+    build()
+    (project.fn / "README.md").unlink()
+    assert spare.read_bytes() == bigger
+    smaller = build()  # written over the bigger one: cut to its length
+    assert len(smaller) < len(bigger)
+    assert smaller == _cold_bytes(project)
+
+
+def test_a_zip_still_open_elsewhere_is_never_written_over(project: Project) -> None:
+    from dodo_lambda import archive
+
+    zip_path = project.zip_path()
+    assert project.doit("package").rc == 0
+    _edit(project.fn)
+    assert project.doit("package").rc == 0
+    spare = archive.spare_path(zip_path)
+    with open(spare, "rb") as upload:  # an upload that opened the zip before it was replaced
+        before = upload.read()
+        (project.fn / "index.js").write_text((project.fn / "index.js").read_text() + "// 2\n")
+        assert project.doit("package").rc == 0
+        upload.seek(0)
+        assert upload.read() == before
+    assert zip_path.read_bytes() == _cold_bytes(project)
