@@ -69,6 +69,16 @@ class HandlerMemo(NamedTuple):
     warnings: tuple[str, ...]  # shown again when the check is skipped
 
 
+class SelectionMemo(NamedTuple):
+    """What the selection rules made of a walk (its picks are the records' names): a
+    rebuild whose walk has the same names, paths and problems under the same options
+    need not match them again."""
+
+    key: str  # the options and every walked file's zip path, path and problem
+    dropped: tuple[str, ...]
+    restored: tuple[str, ...]
+
+
 class EntryCache(NamedTuple):
     """The record of one zip: how it was made and what is in it."""
 
@@ -80,6 +90,7 @@ class EntryCache(NamedTuple):
     # the selection's compiled regexes (selection.Patterns.sources), for the same options
     sources: tuple[str | None, str | None, str | None] | None = None
     handler: HandlerMemo | None = None  # the handler check this zip passed
+    selection: SelectionMemo | None = None  # the selection its files came from
 
 
 def zip_stat(path: Path) -> tuple[int, int] | None:
@@ -96,13 +107,14 @@ def read(path: Path) -> EntryCache | None:
         data = path.read_bytes()
         if not data.startswith(_MAGIC):
             return None
-        options, zip_, stat, records, segment, sources, handler = marshal.loads(
+        options, zip_, stat, records, segment, sources, handler, selection = marshal.loads(
             data[len(_MAGIC):])
         return EntryCache(options, (zip_[0], zip_[1]) if zip_ else None, stat,
                           {name: CachedEntry._make(rec) for name, rec in records.items()},
                           Segment._make(segment) if segment else None,
                           (sources[0], sources[1], sources[2]) if sources else None,
-                          HandlerMemo._make(handler) if handler else None)
+                          HandlerMemo._make(handler) if handler else None,
+                          SelectionMemo._make(selection) if selection else None)
     except (OSError, ValueError, EOFError, TypeError, AttributeError):
         return None
 
@@ -111,5 +123,7 @@ def write(path: Path, cache: EntryCache) -> None:
     records = {name: tuple(rec) for name, rec in cache.records.items()}
     segment = tuple(cache.segment) if cache.segment else None
     handler = tuple(cache.handler) if cache.handler else None
-    data: Any = (cache.options, cache.zip, cache.stat, records, segment, cache.sources, handler)
+    selection = tuple(cache.selection) if cache.selection else None
+    data: Any = (cache.options, cache.zip, cache.stat, records, segment, cache.sources, handler,
+                 selection)
     write_atomic(path, _MAGIC + marshal.dumps(data))

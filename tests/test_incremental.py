@@ -200,3 +200,36 @@ def test_a_zip_still_open_elsewhere_is_never_written_over(project: Project) -> N
         upload.seek(0)
         assert upload.read() == before
     assert zip_path.read_bytes() == _cold_bytes(project)
+
+
+def test_a_rebuild_matches_the_patterns_only_when_the_walk_changes(project: Project,
+                                                                    monkeypatch) -> None:
+    from dodo_lambda import Function, build
+    from dodo_lambda.context import RunContext
+
+    (project.fn / ".env").write_text("SECRET=1\n")  # left out by default
+    assert project.doit("package").rc == 0
+    left_out = project.manifest()["excluded_by_default"]
+    assert ".env" in left_out
+    monkeypatch.chdir(project.root)
+    matched: list[int] = []
+    real = build.choose
+    monkeypatch.setattr(build, "choose", lambda own, *a: matched.append(len(own))
+                        or real(own, *a))
+    fn = Function("demo", source="fn", handler="index.handler")
+
+    def rebuild() -> None:
+        build.package(fn, RunContext(Path(".dodo_lambda")))
+
+    _edit(project.fn)  # same names: the last choice again
+    rebuild()
+    assert matched == []
+    assert ".env" not in project.names()
+    assert project.manifest()["excluded_by_default"] == left_out
+    assert project.zip_path().read_bytes() == _cold_bytes(project)
+
+    (project.fn / "lib" / ".env.local").write_text("X=1\n")  # a new name: matched again
+    rebuild()
+    assert len(matched) == 1
+    assert project.manifest()["excluded_by_default"] == sorted([*left_out, "lib/.env.local"])
+    assert "lib/.env.local" not in project.names()
