@@ -19,7 +19,7 @@ from .config import Function, Layer, bundled, label
 from .context import RunContext
 from .entrycache import EntryCache, HandlerMemo, Segment, SelectionMemo, zip_stat
 from .errors import DodoLambdaError, NextStep
-from .files import locked, read_json, write_json
+from .files import locked, read_json, spare_path, write_json
 from .layout import Layout
 from .selection import (
     CODE_SUFFIXES,
@@ -286,7 +286,7 @@ def clean_package(item: Function | Layer, ctx: RunContext) -> None:
         return
     with locked(layout.package_lock):
         remove_stale_temps(layout)
-        for path in (layout.zip, archive.spare_path(layout.zip), layout.manifest):
+        for path in (layout.zip, spare_path(layout.zip), layout.manifest):
             path.unlink(missing_ok=True)
 
 

@@ -157,10 +157,10 @@ def test_a_rebuild_rechecks_the_handler_only_when_what_it_read_or_the_names_chan
 
 def test_a_rebuild_writes_over_the_zip_before_and_gives_a_cold_builds_bytes(
         project: Project) -> None:
-    from dodo_lambda import archive
+    from dodo_lambda.files import spare_path
 
     zip_path = project.zip_path()
-    spare = archive.spare_path(zip_path)
+    spare = spare_path(zip_path)
 
     def build() -> bytes:
         run = project.doit("package")
@@ -186,13 +186,13 @@ def test_a_rebuild_writes_over_the_zip_before_and_gives_a_cold_builds_bytes(
 
 
 def test_a_zip_still_open_elsewhere_is_never_written_over(project: Project) -> None:
-    from dodo_lambda import archive
+    from dodo_lambda.files import spare_path
 
     zip_path = project.zip_path()
     assert project.doit("package").rc == 0
     _edit(project.fn)
     assert project.doit("package").rc == 0
-    spare = archive.spare_path(zip_path)
+    spare = spare_path(zip_path)
     with open(spare, "rb") as upload:  # an upload that opened the zip before it was replaced
         before = upload.read()
         (project.fn / "index.js").write_text((project.fn / "index.js").read_text() + "// 2\n")

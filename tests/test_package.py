@@ -224,12 +224,12 @@ def test_parallel_processes(project: Project) -> None:
 
 
 def test_clean_removes_the_zip(project: Project) -> None:
-    from dodo_lambda import archive
+    from dodo_lambda.files import spare_path
 
     assert project.doit("package").rc == 0
     (project.fn / "index.js").write_text((project.fn / "index.js").read_text() + "// 2\n")
     assert project.doit("package").rc == 0  # the first zip is now the spare
-    spare = archive.spare_path(project.zip_path())
+    spare = spare_path(project.zip_path())
     assert spare.is_file()
     assert project.doit("clean", "package").rc == 0
     assert not project.zip_path().exists() and not spare.exists()
