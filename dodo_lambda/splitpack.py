@@ -110,7 +110,8 @@ def _pack_share(entries: Iterator[Entry], counter: _Counter, part: int, path: Pa
             unzipped += part_seg.unzipped
             if unzipped > room[1]:
                 counter.stop()
-                break
+                w._drain()
+                return done, ("bytes", unzipped)
             want = counter.take()
         w._drain()
     return done, None
