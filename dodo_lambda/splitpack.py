@@ -40,7 +40,6 @@ _NEXT = struct.Struct("<qq")  # the next batch to take, and whether to stop
 _NAME_LEN = struct.Struct("<H")  # in a central directory record, at byte 28
 _OFFSET = struct.Struct("<I")  # in a central directory record, at byte 42
 _RECORD = 46  # a central directory record without its name (no extra, no comment)
-_COPY = 1 << 20
 
 # one packed batch: (index, part, start, end, records, files, unzipped, packages, notable)
 _Batch = tuple[int, int, int, int, bytes, int, int, dict[str, int], list[tuple[str, str]]]
@@ -235,24 +234,13 @@ def _append(writer: archive._Writer, seg: archive._Sum, batches: list[_Batch],
     batches one process wrote one after the other in one piece), their records moved."""
     if [b[0] for b in batches] != list(range(len(batches))):
         raise RuntimeError("the zip's two processes lost a batch")  # a bug, not an input
-    # read into one buffer, not mapped: mapped pages would count in the build's memory
-    buf = bytearray(_COPY)
-    view = memoryview(buf)
     writer._drain()
-    with open(parts[0], "rb", buffering=0) as f0, open(parts[1], "rb", buffering=0) as f1:
+    # read, not mapped: mapped pages would count in the build's memory
+    with open(parts[0], "rb") as f0, open(parts[1], "rb") as f1:
         files = (f0, f1)
         for part, start, end in _runs(batches):
-            f = files[part]
-            f.seek(start)
-            left = end - start
-            while left > 0:
-                n = f.readinto(view[:min(_COPY, left)])
-                if not n:
-                    raise DodoLambdaError(f"{f.name} was cut short while the zip was written;"
-                                          " run the build again")
-                writer._write(view[:n])
-                left -= n
-    view.release()
+            files[part].seek(start)
+            archive._copy_exact(files[part], writer._write, end - start)
     for b in batches:
         writer.staged_cd += _moved(b[4], writer.pos - b[2])
         writer.pos += b[3] - b[2]
