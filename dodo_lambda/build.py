@@ -157,12 +157,11 @@ def _choose(item: Function | Layer, build_dir: Path, scan: Scan, cache: EntryCac
     (its records' names) without compiling and matching the patterns (2 ms of an edit)."""
     key = digest.value_digest([scan.options, "\0".join(
         f"{e.arcname}\0{e.path}\0{e.problem or ''}" for e in scan.own)])
-    memo = cache.selection if cache is not None and cache.options == scan.options else None
-    if memo is not None and memo.key == key and cache is not None:
-        kept = cache.records
-        chosen = Selection([e for e in scan.own if e.arcname in kept], list(memo.dropped),
-                           list(memo.restored))
-        chosen.entries.sort(key=lambda e: e.arcname)
+    if cache is not None and cache.selection is not None and cache.selection.key == key:
+        kept, memo = cache.records, cache.selection  # the key holds the options
+        chosen = Selection(sorted((e for e in scan.own if e.arcname in kept),
+                                  key=lambda e: e.arcname),
+                           list(memo.dropped), list(memo.restored))
     else:
         chosen = choose(scan.own, _rules(item, build_dir, scan.options, cache), label(item),
                         roots(item, build_dir))
@@ -373,7 +372,8 @@ def _check_handler(fn: Function, build_dir: Path, entries: list[Entry],
     names and the files it read are unchanged (an edit elsewhere: most rebuilds)."""
     who = label(fn)
     by_name = {e.arcname: e for e in entries}
-    if known is not None and known.key == _handler_key(fn, entries) and all(
+    key = _handler_key(fn, entries)
+    if known is not None and known.key == key and all(
             (e := by_name.get(read[0])) is not None and (e.size, e.mtime_ns, e.ctime_ns) == read[1:]
             for read in known.reads):
         for warning in known.warnings:
@@ -415,7 +415,7 @@ def _check_handler(fn: Function, build_dir: Path, entries: list[Entry],
         raise DodoLambdaError(f"{who}: {verdict.error}")
     if not own or any(name not in by_name for name in reads):
         return None  # it looked into node_modules or layers: checked on every build
-    return HandlerMemo(_handler_key(fn, entries), tuple(
+    return HandlerMemo(key, tuple(
         (name, by_name[name].size, by_name[name].mtime_ns, by_name[name].ctime_ns)
         for name in dict.fromkeys(reads)), tuple(verdict.warnings))
 
