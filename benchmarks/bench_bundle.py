@@ -23,7 +23,6 @@ against the package step's (build.is_packaged) on the bundled function.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -169,13 +168,7 @@ def in_process_checks(project: Path, repeat: int) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="rounds (at least 5; default 7)")
-    parser.add_argument("--workdir", type=Path, default=lp.DEFAULT_WORKDIR)
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    if args.runs < 5:
-        parser.error("--runs must be at least 5")
+    args = bp.timed_args(bp.timed_parser(__doc__, 7, lp.DEFAULT_WORKDIR), argv)
     bp.require_library()
     bp.require_tools()
     bench = Bench(lp.Workspace(args.workdir.resolve()))

@@ -21,7 +21,6 @@ Targets: w / b <= 0.05; i - n <= 300 ms.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import queue
@@ -37,7 +36,16 @@ import zipfile
 from pathlib import Path
 
 import lambda_project as lp
-from bench_package import DOIT, ENV, executed_tasks, require_library, require_tools, run_timed
+from bench_package import (
+    DOIT,
+    ENV,
+    executed_tasks,
+    require_library,
+    require_tools,
+    run_timed,
+    timed_args,
+    timed_parser,
+)
 
 from dodo_lambda.layout import BuildDir, Layout
 
@@ -99,13 +107,7 @@ def task_root(quick: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15, help="rounds (at least 5; default 15)")
-    parser.add_argument("--workdir", type=Path, default=lp.DEFAULT_WORKDIR)
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    if args.runs < 5:
-        parser.error("--runs must be at least 5")
+    args = timed_args(timed_parser(__doc__, 15, lp.DEFAULT_WORKDIR), argv)
     require_library()
     require_tools()
     ws = lp.Workspace(args.workdir.resolve())

@@ -432,19 +432,32 @@ def check_contents(bench: Bench) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="rounds (at least 5; default 7)")
-    parser.add_argument("--trees", default=",".join(TREES),
-                        help=f"comma-separated, of {', '.join(TREES)} (default: both)")
-    parser.add_argument("--workdir", type=Path, default=lp.DEFAULT_WORKDIR)
+def timed_parser(doc: str, runs: int, workdir: Path) -> argparse.ArgumentParser:
+    """The options every timed benchmark has: --runs, --workdir, --json."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=runs,
+                        help=f"rounds (at least 5; default {runs})")
+    parser.add_argument("--workdir", type=Path, default=workdir)
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--peers", action="store_true",
-                        help="also time SAM and Serverless v3 on the base tree (installed by"
-                             " `python benchmarks/peers.py --install`)")
+    return parser
+
+
+def timed_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``argv`` parsed, with at least 5 rounds (a median of fewer says little)."""
     args = parser.parse_args(argv)
     if args.runs < 5:
         parser.error("--runs must be at least 5")
+    return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = timed_parser(__doc__, 7, lp.DEFAULT_WORKDIR)
+    parser.add_argument("--trees", default=",".join(TREES),
+                        help=f"comma-separated, of {', '.join(TREES)} (default: both)")
+    parser.add_argument("--peers", action="store_true",
+                        help="also time SAM and Serverless v3 on the base tree (installed by"
+                             " `python benchmarks/peers.py --install`)")
+    args = timed_args(parser, argv)
     args.trees = [t.strip() for t in args.trees.split(",") if t.strip()]
     unknown = [t for t in args.trees if t not in TREES]
     if unknown or not args.trees:

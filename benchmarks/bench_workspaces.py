@@ -26,7 +26,6 @@ first: the closure's install key and the check of the workspace packages' source
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -184,13 +183,7 @@ def in_process_checks(root: Path, rounds: int = 30) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7, help="rounds (at least 5; default 7)")
-    parser.add_argument("--workdir", type=Path, default=BENCH_DIR / ".work" / "workspaces")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args(argv)
-    if args.runs < 5:
-        parser.error("--runs must be at least 5")
+    args = bp.timed_args(bp.timed_parser(__doc__, 7, BENCH_DIR / ".work" / "workspaces"), argv)
     bp.require_library()
     bp.require_tools()
     root, ref = args.workdir / "repo", args.workdir / "ref_tree"
